@@ -1,0 +1,31 @@
+# The two commands of the README: `make up` runs hermes-flare locally,
+# `make test` runs every test. Both install what they need first.
+SHELL := /bin/bash
+VENV  := .venv/bin
+CONFIG ?= hermes-flare.yaml
+
+.PHONY: up test setup lint typecheck pytest worker-test bench schema clean
+
+setup:
+	@./scripts/setup
+
+up: setup
+	$(VENV)/flared up -c $(CONFIG)
+
+test:
+	@./scripts/setup --worker
+	$(VENV)/ruff check flared tests bench
+	$(VENV)/ruff format --check flared tests bench
+	$(VENV)/mypy
+	@if [ -f worker/package.json ]; then ./scripts/worker-test; fi
+	$(VENV)/pytest -q
+
+bench: setup
+	$(VENV)/python bench/run.py
+
+schema: setup
+	$(VENV)/flared schema > schema/hermes-flare.schema.json
+	$(VENV)/python -m flared.docgen > docs/config.md
+
+clean:
+	rm -rf .flare .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from flared.cli import main
+
+raise SystemExit(main())
