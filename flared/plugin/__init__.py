@@ -1,0 +1,36 @@
+"""The `flare` Hermes plugin, loaded by every gateway flared starts.
+
+Hermes finds it through the ``hermes_agent.plugins`` entry point and calls
+:func:`register` when ``plugins.enabled`` lists ``flare``. Each feature lives
+in its own module with an ``install(ctx)`` function:
+
+- :mod:`flared.plugin.terminal`: the fail-closed terminal backend that sends
+  every command to a flared sandbox lease;
+- :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+log = logging.getLogger("flared.plugin")
+
+FEATURES = ("terminal", "slack")
+REGISTERED: dict[str, Any] = {}
+
+
+def register(ctx: Any) -> None:
+    """Install every feature; a feature that fails to install fails loudly."""
+    REGISTERED["ctx"] = ctx
+    for name in FEATURES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # feature not built yet
+            raise
+        module.install(ctx)
+        REGISTERED[name] = module
+    log.info("flare plugin registered: %s", ", ".join(k for k in REGISTERED if k != "ctx"))
