@@ -150,6 +150,16 @@ class Model(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        """`${VAR:-}` yields ""; for an optional field that means "not set"."""
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                if data.get(name) == "" and not f.is_required() and f.default is None:
+                    data = {**data, name: None}
+        return data
+
 
 def secret(description: str) -> Any:
     return Field(default=None, description=description, json_schema_extra={"secret": True})

@@ -38,6 +38,8 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
+        if self.line == 0:  # about the file as a whole
+            return f"{self.file}: {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:

@@ -11,9 +11,10 @@ in its own module with an ``install(ctx)`` function:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
+
+from flared.optional import optional_import
 
 log = logging.getLogger("flared.plugin")
 
@@ -25,12 +26,9 @@ def register(ctx: Any) -> None:
     """Install every feature; a feature that fails to install fails loudly."""
     REGISTERED["ctx"] = ctx
     for name in FEATURES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # feature not built yet
-            raise
+        module = optional_import(f"{__name__}.{name}")
+        if module is None:
+            continue  # feature not part of this build
         module.install(ctx)
         REGISTERED[name] = module
     log.info("flare plugin registered: %s", ", ".join(k for k in REGISTERED if k != "ctx"))

@@ -1,0 +1,51 @@
+"""`flared`: the command line. Exit codes: 0 ok, 1 failed, 2 invalid input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flared import __version__
+from flared.commands import COMMAND_MODULES
+from flared.commands.common import EXIT_FAILED, EXIT_INVALID, CommandError
+from flared.optional import optional_import
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="flared",
+        description="hermes-flare: run Hermes Agent bots from one YAML file, with snapshots and sandboxes.",
+        epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input (config or arguments).",
+    )
+    parser.add_argument("--version", action="version", version=f"flared {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        module = optional_import(f"flared.commands.{name}")
+        if module is not None:
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_INVALID
+    try:
+        return int(args.func(args))
+    except CommandError as exc:
+        print(f"flared {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return 0
