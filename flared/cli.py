@@ -35,12 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INVALID
     try:
         return int(args.func(args))
+    except SystemExit as exc:  # load_or_exit and friends
+        return int(exc.code or 0)
     except CommandError as exc:
         print(f"flared {args.command}: {exc}", file=sys.stderr)
         return exc.code

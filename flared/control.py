@@ -52,6 +52,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     is_admin: bool = False
     bot_token_bot: str | None = None
+    anonymous: bool = False  # TCP caller without a valid token
 
     def json(self) -> Any:
         if not self.body:
@@ -93,20 +94,25 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     bot_access: bool  # callable with a per-bot token (the handler checks the bot)
+    public: bool  # no credentials needed (liveness only)
 
 
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
 
-    def add(self, method: str, path: str, handler: Handler, *, bot_access: bool = False) -> None:
+    def add(
+        self, method: str, path: str, handler: Handler, *, bot_access: bool = False, public: bool = False
+    ) -> None:
         """``path`` may hold ``{name}`` segments, e.g. ``/leases/{id}/exec``."""
         regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"
-        self.routes.append(Route(method.upper(), re.compile(regex), handler, bot_access))
+        self.routes.append(Route(method.upper(), re.compile(regex), handler, bot_access, public))
 
-    def route(self, method: str, path: str, *, bot_access: bool = False) -> Callable[[Handler], Handler]:
+    def route(
+        self, method: str, path: str, *, bot_access: bool = False, public: bool = False
+    ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
-            self.add(method, path, fn, bot_access=bot_access)
+            self.add(method, path, fn, bot_access=bot_access, public=public)
             return fn
 
         return deco
@@ -120,8 +126,10 @@ class Router:
             if r.method != req.method:
                 allowed.append(r.method)
                 continue
-            if not req.is_admin and not (r.bot_access and req.bot_token_bot):
-                return Response(403 if req.bot_token_bot else 401, {"error": "not authorized"})
+            if not (req.is_admin or r.public or (r.bot_access and req.bot_token_bot)):
+                if req.anonymous:
+                    return Response(401, {"error": "missing or wrong bearer token"})
+                return Response(403, {"error": "not authorized for this endpoint"})
             req.params = m.groupdict()
             try:
                 out = r.handler(req)
@@ -175,9 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
             if req.bot_token_bot is None:
                 self._send(Response(401, {"error": "invalid bot token"}))
                 return
-        if not srv.trusted and not req.is_admin and req.bot_token_bot is None and req.path != "/healthz":
-            self._send(Response(401, {"error": "missing or wrong bearer token"}))
-            return
+        if not srv.trusted and not req.is_admin and req.bot_token_bot is None:
+            req.anonymous = True
         try:
             resp = srv.router.dispatch(req)
         except Exception:

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import xmlrpc.client
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,14 @@ class Daemon:
                 log.error("bot %s: cannot render its Hermes home: %s", bot.name, exc)
         return desired
 
+    def plan(self) -> list[Action]:
+        """What a reconcile would do now (nothing, once in step)."""
+        with self.lock:
+            return plan(self.desired_programs(), observe(self.supervisor, self.layout), restart_stopped=True)
+
     def reconcile(self) -> list[Action]:
         with self.lock:
-            desired = self.desired_programs()
-            actions = plan(desired, observe(self.supervisor, self.layout), restart_stopped=True)
+            actions = self.plan()
             apply(self.supervisor, self.layout, actions)
             return actions
 
@@ -212,6 +217,12 @@ class Daemon:
                 self.reconcile()
                 self._track_restarts()
                 self.last_tick = datetime.now(UTC)
+            except xmlrpc.client.Fault as exc:
+                if "SHUTDOWN_STATE" in exc.faultString:
+                    log.info("supervisord is shutting down")
+                    self._stop.wait(RECONCILE_EVERY)
+                    continue
+                log.warning("reconcile failed, will retry: %s", exc.faultString)
             except (OSError, SupervisorError) as exc:
                 log.warning("reconcile failed, will retry: %s", exc)
             except Exception:

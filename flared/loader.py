@@ -143,7 +143,8 @@ def load_config(
             else:
                 add(loc, _clean(err["msg"]) + _from_env(loc, overrides))
     for p, message in cross_checks(data, used_vars):
-        add(p, message)
+        if not any(f[: len(p)] == p for f in failed_vars):  # caused by an unset variable
+            add(p, message)
     if issues or config is None:
         _sort(issues)
         raise ConfigError(issues)
@@ -480,10 +481,10 @@ def _state_dir_problem(path: Path) -> str | None:
         probe = probe.parent
     if probe == path and not path.is_dir():
         return f"{path} exists and is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"cannot create {path}: {probe} is not writable"
     if not probe.is_dir():
         return f"cannot create {path}: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {probe} is not writable"
     return None
 
 

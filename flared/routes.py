@@ -58,7 +58,11 @@ def register(router: Router, daemon: Daemon) -> None:
         text = tail(path, lines)
         return Response(200, {"bot": bot, "lines": redact_text(text, daemon.loaded.config).splitlines()})
 
-    router.add("GET", "/healthz", healthz)
+    def reconcile_plan(req: Request) -> dict[str, Any]:
+        return {"actions": [{"action": type(a).__name__, "program": a.name} for a in daemon.plan()]}
+
+    router.add("GET", "/healthz", healthz, public=True)
+    router.add("GET", "/reconcile/plan", reconcile_plan)
     router.add("GET", "/status", status)
     router.add("GET", "/config", get_config)
     router.add("POST", "/reload", reload)

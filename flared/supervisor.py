@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
@@ -180,15 +181,20 @@ class SupervisorClient:
     """XML-RPC over supervisord's unix socket."""
 
     def __init__(self, socket_path: Path) -> None:
-        from supervisor.xmlrpc import SupervisorTransport
-
         self.socket_path = socket_path
-        transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-        self._proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        self._local = threading.local()
 
     @property
     def supervisor(self) -> Any:
-        return self._proxy.supervisor
+        """The `supervisor.*` namespace; one connection per thread (the transport is not thread-safe)."""
+        proxy = getattr(self._local, "proxy", None)
+        if proxy is None:
+            from supervisor.xmlrpc import SupervisorTransport
+
+            transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+            self._local.proxy = proxy
+        return proxy.supervisor
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

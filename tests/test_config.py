@@ -1,0 +1,165 @@
+"""Config loading: types, interpolation, overrides, positions, and the bad-config corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flared.cli import main
+from flared.config import format_duration, parse_duration, parse_size
+from flared.loader import ConfigError, load_config
+
+CORPUS = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
+BASE = 'bots:\n  - name: hermes\n    model: {provider: custom, base_url: "http://127.0.0.1:9/v1"}\n'
+
+
+def write(tmp_path: Path, text: str, name: str = "hermes-flare.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("15m", 900), ("1h", 3600), ("7d", 604800), ("1h30m", 5400), ("500ms", 0.5), (12, 12)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["15 minutes", "m", "-5s", "", True, "1y"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_duration_round_trip() -> None:
+    for s in (30.0, 900.0, 3600.0, 86400.0, 0.25):
+        assert parse_duration(format_duration(s)) == s
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1MiB", 1024**2), ("64KiB", 65536), ("1MB", 10**6), ("2GiB", 2 * 1024**3), (5, 5)]
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_defaults_and_paths_resolve_relative_to_the_file(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, BASE), environ={})
+    cfg = loaded.config
+    assert cfg.state_dir == str(tmp_path / ".flare")
+    assert cfg.store.url == f"file://{tmp_path / '.flare' / 'store'}"
+    assert cfg.snapshots.every == 900
+    assert list(cfg.sandboxes) == ["default"]
+    assert cfg.bots[0].sandbox == "default"
+    assert len(loaded.digest) == 64
+
+
+def test_interpolation_with_defaults_and_escapes(tmp_path: Path) -> None:
+    text = (
+        'state_dir: "${STATE:-./s}"\n'
+        "bots:\n  - name: hermes\n"
+        '    model: {provider: custom, base_url: "http://${HOST}:9/v1", model: "$${LITERAL}"}\n'
+    )
+    cfg = load_config(write(tmp_path, text), environ={"HOST": "10.0.0.1"}).config
+    assert cfg.bots[0].model.base_url == "http://10.0.0.1:9/v1"
+    assert cfg.bots[0].model.model == "${LITERAL}"
+    assert cfg.state_dir == str(tmp_path / "s")
+
+
+def test_unset_variable_names_it_and_where(tmp_path: Path) -> None:
+    text = BASE.replace('"http://127.0.0.1:9/v1"', '"${MODEL_URL}"')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    (issue,) = info.value.issues
+    assert (issue.line, issue.path) == (3, "bots[0].model.base_url")
+    assert "MODEL_URL is not set" in issue.message
+
+
+def test_empty_optional_is_unset(tmp_path: Path) -> None:
+    text = BASE.replace("provider: custom,", "provider: custom, api_key: '${KEY:-}',")
+    cfg = load_config(write(tmp_path, text), environ={}).config
+    assert cfg.bots[0].model.api_key is None
+
+
+def test_env_overrides_through_pydantic_settings(tmp_path: Path) -> None:
+    env = {
+        "FLARE_SNAPSHOTS__EVERY": "5m",
+        "FLARE_LOG_LEVEL": "debug",
+        "FLARE_RESTORE__ON_UNREACHABLE": "start_fresh",
+    }
+    cfg = load_config(write(tmp_path, BASE), environ=env).config
+    assert cfg.snapshots.every == 300
+    assert cfg.log_level == "debug"
+    assert cfg.restore.on_unreachable == "start_fresh"
+
+
+def test_bad_env_override_says_which_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE), environ={"FLARE_SNAPSHOTS__EVERY": "soon"})
+    assert "FLARE_SNAPSHOTS__EVERY" in str(info.value)
+
+
+def test_several_errors_reported_together(tmp_path: Path) -> None:
+    text = (
+        "snapshots: {every: never}\n"
+        "bots:\n"
+        "  - {name: a, sandbox: nope, model: {provider: custom, base_url: 'http://x'}}\n"
+        "  - {name: a, model: {provider: custom, base_url: 'http://x'}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    paths = [i.path for i in info.value.issues]
+    assert paths == ["snapshots.every", "bots[0].sandbox", "bots[1].name"]
+
+
+def test_secrets_never_print(tmp_path: Path) -> None:
+    text = BASE.replace("provider: custom,", "provider: custom, api_key: sk-verysecretvalue123,")
+    cfg = load_config(write(tmp_path, text), environ={}).config
+    assert "sk-verysecretvalue123" not in repr(cfg)
+    assert "sk-verysecretvalue123" not in cfg.model_dump_json()
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_bad_config_corpus(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    code = main(["validate", "-c", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}{expected}" in err, err
+    assert "Traceback" not in err
+
+
+def test_validate_ok_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = write(tmp_path, BASE)
+    assert main(["validate", "-c", str(p), "--json"]) == 0
+    assert '"valid": true' in capsys.readouterr().out
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-c", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00bots")
+    assert main(["validate", "-c", str(p)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_config_found_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, BASE, "custom.yaml")
+    monkeypatch.setenv("HERMES_FLARE_CONFIG", str(p))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate"]) == 0
+
+
+def test_repo_default_config_is_valid() -> None:
+    root = Path(__file__).parent.parent
+    loaded = load_config(root / "hermes-flare.yaml", environ={})
+    bot = loaded.config.bots[0]
+    assert bot.api is not None and bot.slack is None
+    assert loaded.config.sandboxes["default"].provider == "local"
