@@ -86,7 +86,11 @@ def write_home(tmp: Path, b: BotConfig, drop_env: tuple[str, ...] = ()) -> tuple
 
 
 def probe(home: Path) -> dict[str, Any]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home.parent), "HERMES_HOME": str(home)}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home.parent),
+        "HERMES_HOME": str(home),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -98,18 +102,37 @@ def probe(home: Path) -> dict[str, Any]:
 CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "custom+slack": (
         {
-            "model": {"provider": "custom", "model": "fake-model", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-c"},
+            "model": {
+                "provider": "custom",
+                "model": "fake-model",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key": "sk-c",
+            },
             "slack": SLACK,
             "toolsets": ["terminal", "file", "memory"],
         },
         (),
     ),
     "anthropic-unknown-host": (
-        {"model": {"provider": "anthropic", "model": "claude-x", "api_key": "sk-ant-k", "base_url": "http://127.0.0.1:9/"}},
+        {
+            "model": {
+                "provider": "anthropic",
+                "model": "claude-x",
+                "api_key": "sk-ant-k",
+                "base_url": "http://127.0.0.1:9/",
+            }
+        },
         (),
     ),
     "anthropic-without-ANTHROPIC_BASE_URL": (
-        {"model": {"provider": "anthropic", "model": "claude-x", "api_key": "sk-ant-k", "base_url": "http://127.0.0.1:9/"}},
+        {
+            "model": {
+                "provider": "anthropic",
+                "model": "claude-x",
+                "api_key": "sk-ant-k",
+                "base_url": "http://127.0.0.1:9/",
+            }
+        },
         ("ANTHROPIC_BASE_URL",),
     ),
     "anthropic-aig": (
@@ -220,7 +243,11 @@ def test_openrouter_and_openai_native(probed: dict[str, dict[str, Any]]) -> None
     assert orr["base_url"] == "https://openrouter.ai/api/v1"
     assert orr["api_key"] == "sk-or-k"
     oai = probed["openai"]["runtime"]
-    assert (oai["provider"], oai["base_url"], oai["api_key"]) == ("custom", "https://api.openai.com/v1", "sk-o")
+    assert (oai["provider"], oai["base_url"], oai["api_key"]) == (
+        "custom",
+        "https://api.openai.com/v1",
+        "sk-o",
+    )
     assert probed["openai"]["headers"] is None
 
 
@@ -242,7 +269,9 @@ def test_no_secret_in_config_yaml(tmp_path: Path) -> None:
 
 
 def test_no_slack_no_slack_settings(tmp_path: Path) -> None:
-    settings, env = render_bot_settings(bot(model={"provider": "custom", "base_url": "http://x/v1"}), tmp_path)
+    settings, env = render_bot_settings(
+        bot(model={"provider": "custom", "base_url": "http://x/v1"}), tmp_path
+    )
     assert "slack" not in settings
     assert not any(k.startswith("SLACK_") for k in env)
     assert "FLARE_MODEL_API_KEY" not in env
@@ -273,7 +302,9 @@ def test_custom_through_ai_gateway_uses_compat_route(tmp_path: Path) -> None:
 def test_probe_helper_reports_failures(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "config.yaml").write_text("model: {provider: custom, default: m, base_url: http://127.0.0.1:9/v1}\n")
+    (home / "config.yaml").write_text(
+        "model: {provider: custom, default: m, base_url: http://127.0.0.1:9/v1}\n"
+    )
     r = probe(home)
     assert r["model"] == "m"
     assert "slack" not in r

@@ -18,7 +18,7 @@ from flared.optional import optional_import
 
 log = logging.getLogger("flared.plugin")
 
-FEATURES = ("terminal", "slack")
+FEATURES = ("terminal", "slack", "model")
 REGISTERED: dict[str, Any] = {}
 
 
