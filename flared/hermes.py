@@ -171,7 +171,10 @@ def render_home(cfg: HermesFlareConfig, bot: BotConfig) -> str:
     _write_if_changed(config_path, config_text, 0o600)
     _write_if_changed(paths.home / ".env", env_text, 0o600)
     h = hashlib.sha256()
-    h.update(config_text.encode())
+    # Digest what flared decides, not the merged file: Hermes writes its own
+    # keys into config.yaml (e.g. onboarding state after the first message),
+    # and that must not restart the gateway on the next reconcile.
+    h.update(yaml.safe_dump(deep_merge(settings, bot.hermes), sort_keys=True).encode())
     h.update(env_text.encode())
     return h.hexdigest()[:16]
 
