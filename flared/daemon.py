@@ -9,6 +9,7 @@ the control API. Side effects live here; decisions live in
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -223,9 +224,11 @@ class Daemon:
                     self._stop.wait(RECONCILE_EVERY)
                     continue
                 log.warning("reconcile failed, will retry: %s", exc.faultString)
-            except (OSError, SupervisorError) as exc:
+            except (OSError, SupervisorError, http.client.HTTPException) as exc:
+                self.supervisor.reset()
                 log.warning("reconcile failed, will retry: %s", exc)
             except Exception:
+                self.supervisor.reset()
                 log.exception("reconcile failed, will retry")
             self._wake.wait(RECONCILE_EVERY)
             self._wake.clear()

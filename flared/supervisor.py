@@ -8,6 +8,7 @@ flared owns one include directory of program files. Adding a program is
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import shlex
@@ -196,14 +197,18 @@ class SupervisorClient:
             self._local.proxy = proxy
         return proxy.supervisor
 
+    def reset(self) -> None:
+        """Drop this thread's connection (after an error it cannot be reused)."""
+        self._local.proxy = None
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if self.supervisor.getState()["statename"] == "RUNNING":
                     return
-            except (OSError, xmlrpc.client.Fault):
-                pass
+            except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
+                self.reset()
             if time.monotonic() > deadline:
                 raise SupervisorError(
                     f"supervisord did not answer on {self.socket_path} within {timeout:.0f}s"
