@@ -36,6 +36,9 @@ def client(fake: FakeLLM) -> openai.OpenAI:
 
 def test_models_lists_configured_models(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["m1", "m2"]
+    assert client.models.retrieve("m2").id == "m2"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("m3")
 
 
 def test_wrong_key_is_rejected(fake: FakeLLM) -> None:

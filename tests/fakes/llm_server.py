@@ -183,6 +183,7 @@ class FakeLLM:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
@@ -269,6 +270,14 @@ class FakeLLM:
             return _error_response(401, "invalid api key")
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error_response(401, "invalid api key")
+        name = request.match_info["model"]
+        if name not in self.models:
+            return _error_response(404, f"The model {name!r} does not exist")
+        return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "fake"})
 
     async def _unknown(self, request: web.Request) -> web.Response:
         with self._cond:

@@ -1,0 +1,175 @@
+"""The mission in six scenarios: real ``hermes gateway run`` under flared, fake Slack and model.
+
+Scenarios share one ``flared up`` with two bots (alpha and beta, each its own
+Slack app); the one that kills the container runs last.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.e2e.harness import (
+    INSTALL_PATH,
+    SANDBOXES,
+    SNAPSHOTS,
+    World,
+    for_bot,
+    messages,
+    turn_with,
+    wait_until,
+)
+from tests.fakes import llm_server as llm
+from tests.fakes.llm_server import Reply
+
+pytestmark = pytest.mark.e2e
+
+needs_sandboxes = pytest.mark.skipif(
+    not SANDBOXES,
+    reason="sandboxes (issue 4: flared.plugin.terminal + flared.sandboxes.manager) not built yet",
+)
+needs_snapshots = pytest.mark.skipif(
+    not SNAPSHOTS, reason="snapshots (issue 3: flared.snapshots.service, `flared snapshot(s)`) not built yet"
+)
+
+
+@needs_sandboxes
+def test_1_the_originals_demo_runs_in_a_sandbox(world: World) -> None:
+    """A DM asks for a command; it runs in a lease, not the agent container; the output comes back."""
+    command = f"whoami; ls {INSTALL_PATH}"
+    answer = world.ask(
+        "alpha",
+        f"run whoami and ls {INSTALL_PATH}",
+        llm.tool("terminal", {"command": command}, when=turn_with("alpha", "run whoami")),
+        llm.echo_tool_result("Output:\n"),
+        contains="Output:",
+    )
+    world.llm.script()  # nothing else expected
+    assert "No such file" in answer, answer  # the agent's install is not in the sandbox
+    user = answer.split("Output:", 1)[1].strip().splitlines()[0]
+    assert user and user != "root", f"command ran as {user!r}: not dropped to the sandbox user"
+    # The model saw the same output as its tool result.
+    turn = world.llm.wait_for(lambda r: for_bot("alpha")(r) and bool(r.last_tool_result), timeout=5)
+    assert "No such file" in turn.last_tool_result
+
+
+def test_4_two_bots_are_routed_and_kept_apart(world: World) -> None:
+    world.llm.script(
+        llm.text("ALPHA-OK from alpha", when=turn_with("alpha", "ping-alpha")),
+        llm.text("BETA-OK from beta", when=turn_with("beta", "ping-beta")),
+    )
+    t = world.dm("alpha", "ping-alpha")
+    world.dm("beta", "ping-beta")
+    assert "ALPHA-OK" in world.reply("alpha", t, contains="ALPHA-OK")
+    assert "BETA-OK" in world.reply("beta", t, contains="BETA-OK")
+
+    # Each app posted only its own bot's answer.
+    assert "BETA-OK" not in world.slack.all_text(world.apps["alpha"])
+    assert "ALPHA-OK" not in world.slack.all_text(world.apps["beta"])
+    # Each model request carried only its own conversation.
+    for r in world.llm.agent_turns():
+        other = "ping-beta" if r.body["model"] == "model-alpha" else "ping-alpha"
+        assert other not in r.text
+    # Each bot's state holds only its own conversation.
+    alpha, beta = messages(world.home("alpha")), messages(world.home("beta"))
+    assert any("ping-alpha" in c for _, c in alpha) and not any("ping-beta" in c for _, c in alpha)
+    assert any("ping-beta" in c for _, c in beta) and not any("ping-alpha" in c for _, c in beta)
+    if SNAPSHOTS:  # separate snapshot streams (the periodic loop takes them)
+        a = wait_until(lambda: world.snapshots("alpha"), 30, "alpha has a snapshot")
+        b = wait_until(lambda: world.snapshots("beta"), 30, "beta has a snapshot")
+        assert {s["id"] for s in a}.isdisjoint({s["id"] for s in b})
+
+
+def test_5_disallowed_user_gets_no_agent_turn(world: World) -> None:
+    app = world.apps["alpha"]
+    before = len(world.llm.requests)
+    world.slack.dm(app, world.mallory, "mallory-wants-in")  # acked, like any event
+    # A later allowed message is answered: the gateway was up and had read mallory's first.
+    world.ask(
+        "alpha", "alice-after-mallory", llm.text("hi alice", when=for_bot("alpha")), contains="hi alice"
+    )
+    assert not any("mallory-wants-in" in r.text for r in world.llm.requests[before:])
+    assert world.slack.posts_for(app, world.slack.dm_channel(app, world.mallory)) == []
+    assert not any("mallory-wants-in" in c for _, c in messages(world.home("alpha")))
+
+
+def test_6_socket_drop_is_survived(world: World) -> None:
+    app, other = world.apps["alpha"], world.apps["beta"]
+    count, other_count = app.connect_count, other.connect_count
+    assert world.slack.drop(app) >= 1
+    world.slack.wait_connected(app, timeout=60, min_count=count + 1)
+    answer = world.ask(
+        "alpha",
+        "still there?",
+        llm.text("back again", when=turn_with("alpha", "still there")),
+        contains="back",
+    )
+    assert answer == "back again"
+    assert other.connect_count == other_count, "dropping alpha's socket touched beta"
+
+
+@needs_snapshots
+def test_3_automatic_snapshots(world: World) -> None:
+    """A change made through chat reaches the store with no command; idling uploads nothing."""
+    before = {s["id"] for s in world.snapshots("alpha")}
+    world.ask(
+        "alpha",
+        "remember my favourite colour is teal",
+        llm.tool(
+            "memory",
+            {"action": "add", "target": "user", "content": "Favourite colour: teal."},
+            when=turn_with("alpha", "favourite colour"),
+        ),
+        llm.text("Noted: teal.", when=for_bot("alpha")),
+        contains="teal",
+    )
+    wait_until(
+        lambda: {s["id"] for s in world.snapshots("alpha")} - before, 30, "a new snapshot after the change"
+    )
+    settled = {s["id"] for s in world.snapshots("alpha")}
+    time.sleep(8)  # four periods of snapshots.every with nothing happening
+    assert {s["id"] for s in world.snapshots("alpha")} == settled, "idle period uploaded snapshots"
+
+
+@needs_snapshots
+def test_2_memory_survives_the_container(world: World) -> None:
+    """Remember, snapshot, SIGKILL everything, lose the disk, come back: the bot still knows."""
+    world.ask(
+        "alpha",
+        "remember that my dog is called Yodel",
+        llm.tool(
+            "memory",
+            {"action": "add", "target": "user", "content": "User's dog is called Yodel."},
+            when=turn_with("alpha", "dog is called Yodel"),
+        ),
+        llm.text("I'll remember Yodel.", when=for_bot("alpha")),
+        contains="Yodel",
+    )
+    assert "Yodel" in (world.home("alpha") / "memories" / "USER.md").read_text()
+    world.cli("snapshot", "--bot", "alpha")
+
+    # A dead container: every process SIGKILLed, its disk gone (the store is elsewhere).
+    world.flare.kill_all()
+    shutil.rmtree(world.flare.state_dir)
+    world.flare.start()
+    world.flare.wait_running("alpha", timeout=90)
+    app = world.apps["alpha"]
+    world.slack.wait_connected(app, timeout=90, min_count=app.connect_count + 1)
+
+    history = messages(world.home("alpha"))
+    assert any("remember that my dog is called Yodel" in c for r, c in history if r == "user"), history
+
+    def answer(req: llm.LLMRequest) -> Reply:
+        return Reply(text="Your dog is Yodel." if "Yodel" in req.system else "I don't know your dog.")
+
+    reply = world.ask(
+        "alpha",
+        "what's my dog's name?",
+        llm.dynamic(answer, when=turn_with("alpha", "dog's name")),
+        contains="dog",
+    )
+    assert reply == "Your dog is Yodel."
+    turn = world.llm.wait_for(turn_with("alpha", "dog's name"), timeout=5)
+    assert "Yodel" in turn.system
