@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import idle_profile, table  # noqa: E402
+from common import idle_profile, table
 
-from flared.supervisor import Layout, SupervisorClient, render_supervisord_conf  # noqa: E402
+from flared.supervisor import Layout, SupervisorClient, render_supervisord_conf
 
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 BIN = Path(sys.executable).parent
@@ -110,9 +110,24 @@ def main() -> None:
         table(
             ["measure", "flared", "baseline", "target"],
             [
-                ["`flared up` -> gateway `/health` answers", f"{up_t:.2f} s", f"{base_t:.2f} s (supervisord alone ready)", "-"],
-                [f"idle RSS (peak over {IDLE_SECONDS:.0f} s)", f"{f_rss:.1f} MiB", f"{s_rss:.1f} MiB (supervisord)", "<= 60 MB"],
-                [f"idle CPU (over {IDLE_SECONDS:.0f} s)", f"{f_cpu:.2f} %", f"{s_cpu:.2f} % (supervisord)", "<= 0.5 %"],
+                [
+                    "`flared up` -> gateway `/health` answers",
+                    f"{up_t:.2f} s",
+                    f"{base_t:.2f} s (supervisord alone ready)",
+                    "-",
+                ],
+                [
+                    f"idle RSS (peak over {IDLE_SECONDS:.0f} s)",
+                    f"{f_rss:.1f} MiB",
+                    f"{s_rss:.1f} MiB (supervisord)",
+                    "<= 60 MB",
+                ],
+                [
+                    f"idle CPU (over {IDLE_SECONDS:.0f} s)",
+                    f"{f_cpu:.2f} %",
+                    f"{s_cpu:.2f} % (supervisord)",
+                    "<= 0.5 %",
+                ],
             ],
         )
     )
