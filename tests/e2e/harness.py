@@ -20,7 +20,7 @@ from typing import Any
 from tests.fakes import llm_server as llm
 from tests.fakes.llm_server import FakeLLM, LLMRequest
 from tests.fakes.slack_server import FakeSlack, SlackApp, SlackUser
-from tests.fixtures.flare import FlareUp, run_cli
+from tests.fixtures.flare import FlareUp, free_port, run_cli
 
 BOTS = ("alpha", "beta")
 INSTALL_PATH = sys.prefix  # where Hermes is installed in the agent; the sandbox must not see it
@@ -105,6 +105,7 @@ def bot_entry(
 ) -> dict[str, Any]:
     return {
         "name": bot,
+        "api": {"port": free_port()},  # `flared chat` talks to it
         "model": {"provider": "custom", "base_url": llm_url, "model": model_name(bot)},
         "slack": {
             "bot_token": app.bot_token,

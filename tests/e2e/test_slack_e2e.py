@@ -23,6 +23,7 @@ from tests.e2e.harness import (
 )
 from tests.fakes import llm_server as llm
 from tests.fakes.llm_server import Reply
+from tests.fixtures.flare import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +109,14 @@ def test_6_socket_drop_is_survived(world: World) -> None:
     )
     assert answer == "back again"
     assert other.connect_count == other_count, "dropping alpha's socket touched beta"
+
+
+def test_7_flared_chat_talks_to_the_api_server(world: World) -> None:
+    """No Slack: `flared chat` reaches the same agent through Hermes' api_server."""
+    world.llm.script(llm.text("CHAT-OK from the api server", when=turn_with("alpha", "via flared chat")))
+    out = run_cli("chat", "-c", str(world.flare.config_path), "--bot", "alpha", "hello via flared chat")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "CHAT-OK from the api server"
 
 
 @needs_snapshots
