@@ -175,10 +175,35 @@ class Daemon:
         if sbx is not None:
             self.leases = sbx.LeaseManager(self.loaded)
             self.leases.start()
+        live = self._live_gateways()
         for bot in self.enabled_bots():
-            self._boot_bot(bot.name)
+            if bot.name in live:
+                self._adopt(bot.name)
+            else:
+                self._boot_bot(bot.name)
         if self.snapshots is not None:
             self.snapshots.start()
+
+    def _live_gateways(self) -> set[str]:
+        """Bots whose gateway already runs: flared itself restarted, the state is live."""
+        try:
+            procs = self.supervisor.processes()
+        except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
+            self.supervisor.reset()
+            return set()
+        return {
+            p["name"].removeprefix("gateway-")
+            for p in procs
+            if p["name"].startswith("gateway-") and p["statename"] in {"RUNNING", "STARTING", "BACKOFF"}
+        }
+
+    def _adopt(self, bot: str) -> None:
+        """Take over a running gateway without restoring over its live state."""
+        log.info("bot %s: gateway already running, adopting it (no restore)", bot)
+        adopt = getattr(self.snapshots, "adopt", None)
+        if adopt is not None:
+            adopt(bot)
+        self._on_ready(bot)
 
     def serve_control(self) -> None:
         c = self.cfg.control

@@ -108,3 +108,24 @@ def test_up_with_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "bots[0].name" in out.stderr
     assert not (tmp_path / ".flare").exists()
+
+
+def test_flared_restart_adopts_running_gateways(tmp_path: Path) -> None:
+    """flared crashing or restarting must neither restart gateways nor restore over live state."""
+    from flared.supervisor import Layout, SupervisorClient
+
+    with FlareUp(tmp_path, [bot("keep")]) as flare:
+        before = flare.wait_running("keep")
+        sup = SupervisorClient(Layout(flare.state_dir).socket)
+        old_flared = sup.process("flared")["pid"]
+        os.kill(old_flared, signal.SIGKILL)  # supervisord restarts flared
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = sup.process("flared")
+            if info["statename"] == "RUNNING" and info["pid"] != old_flared:
+                break
+            time.sleep(0.1)
+        flare.wait_daemon()
+        after = flare.wait_running("keep")
+        assert after["pid"] == before["pid"]
+        assert "adopting it" in (flare.state_dir / "logs" / "flared.log").read_text()
