@@ -308,3 +308,19 @@ def test_probe_helper_reports_failures(tmp_path: Path) -> None:
     r = probe(home)
     assert r["model"] == "m"
     assert "slack" not in r
+
+
+def test_slack_manifest_asks_for_what_hermes_uses() -> None:
+    """docs/slack-app-manifest.yaml keeps Hermes' own scopes and events (plus reactions)."""
+    from hermes_cli.slack_cli import _build_full_manifest
+
+    ours = yaml.safe_load((Path(__file__).parent.parent / "docs" / "slack-app-manifest.yaml").read_text())
+    theirs = _build_full_manifest("Hermes", "x")
+    assert set(theirs["oauth_config"]["scopes"]["bot"]) | {"reactions:write"} == set(
+        ours["oauth_config"]["scopes"]["bot"]
+    )
+    assert set(theirs["settings"]["event_subscriptions"]["bot_events"]) == set(
+        ours["settings"]["event_subscriptions"]["bot_events"]
+    )
+    assert ours["settings"]["socket_mode_enabled"] is True
+    assert [c["command"] for c in ours["features"]["slash_commands"]] == ["/hermes"]
