@@ -111,6 +111,18 @@ def test_6_socket_drop_is_survived(world: World) -> None:
     assert other.connect_count == other_count, "dropping alpha's socket touched beta"
 
 
+def test_8_channel_mention_is_answered_in_a_thread(world: World) -> None:
+    app = world.apps["beta"]
+    channel = world.slack.add_channel(f"general-{app.name}")
+    world.llm.script(llm.text("MENTION-OK", when=turn_with("beta", "status please")))
+    sent = time.time()
+    world.slack.channel_message(app, world.alice, channel, "no mention: ignored")
+    env = world.slack.mention(app, world.alice, channel, "status please")
+    post = world.slack.wait_for_post(app, channel=channel, contains="MENTION-OK", after=sent, timeout=60)
+    assert post.thread_ts == env.payload["event"]["ts"], "reply_in_thread: the answer belongs in a thread"
+    assert not any("no mention: ignored" in r.text for r in world.llm.agent_turns())
+
+
 def test_7_flared_chat_talks_to_the_api_server(world: World) -> None:
     """No Slack: `flared chat` reaches the same agent through Hermes' api_server."""
     world.llm.script(llm.text("CHAT-OK from the api server", when=turn_with("alpha", "via flared chat")))
