@@ -131,6 +131,18 @@ def test_7_flared_chat_talks_to_the_api_server(world: World) -> None:
     assert out.stdout.strip() == "CHAT-OK from the api server"
 
 
+def test_9_no_secret_in_any_log(world: World) -> None:
+    secrets = [t for a in world.apps.values() for t in (a.bot_token, a.app_token)]
+    logs = [
+        p for p in world.flare.state_dir.rglob("*") if p.is_file() and (".log" in p.name or "logs" in p.parts)
+    ]
+    assert logs, "no logs found"
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a Slack token is in {path}"
+
+
 @needs_snapshots
 def test_3_automatic_snapshots(world: World) -> None:
     """A change made through chat reaches the store with no command; idling uploads nothing."""
