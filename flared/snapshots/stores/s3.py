@@ -19,7 +19,7 @@ import boto3
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from s3transfer.utils import ChunksizeAdjuster
+from s3transfer.utils import ChunksizeAdjuster  # type: ignore[import-untyped]
 
 from flared.config import StoreConfig
 from flared.snapshots.stores import (
