@@ -249,10 +249,20 @@ def render_status(con: Console, d: dict[str, Any]) -> None:
         hermes = b.get("hermes") or {}
         snap = b.get("snapshots") or {}
         last = snap.get("last") or {}
+        last_ok = snap.get("last_ok") or {}
         snap_text = "-"
         if last:
-            snap_text = f"{last.get('status', '?')} {human_age(last.get('age_s'))} ago"
-        note = b.get("error") or (snap.get("restore") or {}).get("state") or ""
+            snap_text = str(last.get("result", "?"))
+            if last_ok.get("age_s") is not None:
+                snap_text += f", {last_ok.get('id', '')[:16]} {human_age(last_ok.get('age_s'))} ago"
+        note = (
+            b.get("error")
+            or snap.get("fenced")
+            or snap.get("gate")
+            or (snap.get("phase") if snap.get("phase") not in {None, "ready"} else "")
+            or (last.get("reason") if last.get("result") == "failed" else "")
+            or ""
+        )
         state = b.get("state", "?")
         color = (
             "green"

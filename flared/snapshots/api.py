@@ -1,0 +1,62 @@
+"""Control routes for snapshots: list, take, restore, prune (admin callers only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flared.control import HTTPError, Request, Response, Router
+
+if TYPE_CHECKING:
+    from flared.daemon import Daemon
+
+
+def register(router: Router, daemon: Daemon) -> None:
+    def service() -> Any:
+        if daemon.snapshots is None:
+            raise HTTPError(503, "the snapshot service is not running")
+        return daemon.snapshots
+
+    def bots(name: Any) -> list[str]:
+        known = [b.name for b in daemon.loaded.config.bots if b.enabled]
+        if name in (None, ""):
+            return known
+        if not isinstance(name, str) or name not in known:
+            raise HTTPError(404, f"no enabled bot named {name!r} (bots: {', '.join(known) or 'none'})")
+        return [name]
+
+    def list_snapshots(req: Request) -> dict[str, Any]:
+        svc = service()
+        out: list[dict[str, Any]] = []
+        for bot in bots(req.query.get("bot")):
+            out.extend(svc.list(bot))
+        return {"snapshots": out}
+
+    def take(req: Request) -> Response:
+        body = req.json()
+        svc = service()
+        results = [
+            svc.snapshot(b, "manual", takeover=bool(body.get("takeover"))) for b in bots(body.get("bot"))
+        ]
+        failed = any(r["result"] in {"failed", "fenced"} for r in results)
+        return Response(500 if failed else 200, {"results": results})
+
+    def restore(req: Request) -> Response:
+        body = req.json()
+        targets = bots(body.get("bot"))
+        if len(targets) != 1:
+            raise HTTPError(400, 'say which bot to restore: {"bot": NAME}')
+        snapshot_id = body.get("id")
+        if snapshot_id is not None and not isinstance(snapshot_id, str):
+            raise HTTPError(400, "id must be a snapshot id string")
+        result = service().restore(targets[0], snapshot_id)
+        return Response(200 if result.get("result") == "restored" else 500, result)
+
+    def prune(req: Request) -> dict[str, Any]:
+        body = req.json()
+        svc = service()
+        return {"results": [svc.prune(b) for b in bots(body.get("bot"))]}
+
+    router.add("GET", "/snapshots", list_snapshots)
+    router.add("POST", "/snapshots", take)
+    router.add("POST", "/snapshots/prune", prune)
+    router.add("POST", "/restore", restore)

@@ -1,0 +1,581 @@
+"""The snapshot service inside the daemon: when to restore and snapshot which bot.
+
+Per bot it keeps the *fence* (what this flared last knew of the store's
+`latest.json`). No snapshot is taken while the fence is unknown, i.e. before
+a restore succeeded or the store confirmed it holds nothing: empty state must
+never overwrite good state. What it knows survives a flared restart in
+`<state_dir>/snapshots/<bot>.json`.
+
+Triggers: every `snapshots.every`, after `on_change.debounce` of quiet
+following a change in the bot's home (watchfiles), on demand, and once more
+at shutdown within `shutdown_budget`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flared.hermes import BotPaths
+from flared.loader import LoadedConfig
+from flared.snapshots import capture as cap
+from flared.snapshots import engine
+from flared.snapshots.engine import Fence, SnapshotJob, SnapshotResult
+from flared.snapshots.manifest import now_iso
+from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable, open_store
+
+log = logging.getLogger("flared.snapshots")
+
+TICK = 0.5
+#: Retention also runs this often when nothing changed (max_age expiry).
+PRUNE_EVERY = 3600.0
+
+
+class GatewayControl(Protocol):
+    def stop(self, bot: str) -> None: ...
+    def start(self, bot: str) -> None: ...
+
+
+@dataclass
+class BotState:
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    phase: str = "booting"  # booting | restoring | waiting for store | restore failed | ready
+    fence: Fence | None = None  # None: not yet known, snapshots gated
+    gate: str | None = None  # why snapshots are gated
+    fenced: str | None = None  # another writer moved latest.json
+    fingerprint: str | None = None
+    in_flight: list[str] = field(default_factory=list)
+    last: dict[str, Any] | None = None
+    last_ok: dict[str, Any] | None = None
+    restore: dict[str, Any] | None = None
+    last_attempt: float = 0.0
+    last_prune: float = 0.0
+    last_change: float | None = None
+    due_now: bool = False
+    running: bool = False
+    reading: str | None = None
+    on_ready: Callable[[str], None] | None = None
+
+    def persisted(self) -> dict[str, Any]:
+        return {
+            "fence": asdict(self.fence) if self.fence else None,
+            "fingerprint": self.fingerprint,
+            "fenced": self.fenced,
+            "in_flight": self.in_flight,
+            "last": self.last,
+            "last_ok": self.last_ok,
+        }
+
+
+class SnapshotService:
+    def __init__(self, loaded: LoadedConfig, gateways: GatewayControl | None = None) -> None:
+        self.loaded = loaded
+        self.gateways = gateways
+        self.store: Store = open_store(loaded.config.store)
+        self.dir = loaded.state_dir / "snapshots"
+        self.bots: dict[str, BotState] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
+        self._guard = threading.Lock()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def policy(self) -> Any:
+        return self.loaded.config.snapshots
+
+    def home(self, bot: str) -> Path:
+        return BotPaths.of(self.loaded.state_dir, bot).home
+
+    def _work(self, bot: str) -> Path:
+        return self.dir / "work" / bot
+
+    def state(self, bot: str) -> BotState:
+        with self._guard:
+            st = self.bots.get(bot)
+            if st is None:
+                st = self.bots[bot] = BotState(bot)
+                self._load(st)
+            return st
+
+    def _state_file(self, bot: str) -> Path:
+        return self.dir / f"{bot}.json"
+
+    def _load(self, st: BotState) -> None:
+        try:
+            raw = json.loads(self._state_file(st.name).read_text())
+        except (OSError, ValueError):
+            return
+        st.in_flight = list(raw.get("in_flight") or [])
+        st.last = raw.get("last")
+        st.last_ok = raw.get("last_ok")
+
+    def _persisted_fence(self, bot: str) -> tuple[Fence | None, str | None, str | None]:
+        try:
+            raw = json.loads(self._state_file(bot).read_text())
+        except (OSError, ValueError):
+            return None, None, None
+        fence = Fence(**raw["fence"]) if raw.get("fence") else None
+        return fence, raw.get("fingerprint"), raw.get("fenced")
+
+    def _save(self, st: BotState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self._state_file(st.name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st.persisted(), indent=2))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _exclusive(self, st: BotState) -> Iterator[None]:
+        """One snapshot or restore per bot, across threads and across processes (the CLI)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with st.lock:
+            fd = os.open(self.dir / f"{st.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ boot
+
+    def boot(self, bot: str, on_ready: Callable[[str], None]) -> None:
+        """Restore in the background; call `on_ready(bot)` once the gateway may start."""
+        st = self.state(bot)
+        st.on_ready = on_ready
+        self._spawn(f"restore-{bot}", lambda: self._boot_loop(st, adopt=False))
+
+    def adopt(self, bot: str) -> None:
+        """flared restarted under a running gateway: keep the live home, re-confirm the fence."""
+        st = self.state(bot)
+        st.phase = "ready"
+        self._spawn(f"adopt-{bot}", lambda: self._boot_loop(st, adopt=True))
+
+    def _spawn(self, name: str, fn: Callable[[], None]) -> None:
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _boot_loop(self, st: BotState, *, adopt: bool) -> None:
+        cfg = self.loaded.config.restore
+        delay = cfg.retry_initial
+        started_fresh = False
+        while not self._stop.is_set():
+            try:
+                with self._exclusive(st):
+                    done = (
+                        self._confirm(st, fresh=started_fresh)
+                        if adopt or started_fresh
+                        else self._boot_once(st)
+                    )
+                if done:
+                    return
+            except StoreUnreachable as exc:
+                st.gate = f"waiting for store: {exc}"
+                if not adopt:
+                    st.phase = "waiting for store"
+                log.warning("bot %s: %s; retrying in %.0f s", st.name, st.gate, delay)
+                if not adopt and cfg.on_unreachable == "start_fresh" and not started_fresh:
+                    started_fresh = True
+                    self.home(st.name).mkdir(parents=True, exist_ok=True)
+                    st.phase = "ready"
+                    st.restore = {"result": "started fresh (store unreachable)", "at": now_iso()}
+                    log.warning(
+                        "bot %s: starting with empty state (restore.on_unreachable: start_fresh)", st.name
+                    )
+                    self._ready(st)
+            except Exception as exc:  # a bug must not kill the loop silently
+                st.gate = f"restore error: {exc}"
+                st.phase = "restore failed"
+                log.exception("bot %s: restore error", st.name)
+            self._stop.wait(delay)
+            delay = min(delay * 2, cfg.retry_max)
+
+    def _ready(self, st: BotState) -> None:
+        if st.on_ready is not None:
+            st.on_ready(st.name)
+
+    def _confirm(self, st: BotState, *, fresh: bool) -> bool:
+        """Learn the fence from the store without restoring: adopted a live gateway, or
+        started fresh while the store was unreachable."""
+        latest, etag = engine.read_latest(self.store, st.name)
+        fence, fingerprint, fenced = self._persisted_fence(st.name)
+        if latest is None:
+            st.fence = Fence(None)
+        elif not fresh and fence is not None and fence.etag == etag:
+            st.fence, st.fingerprint, st.fenced = fence, fingerprint, fenced
+        elif not fresh and fence is None:
+            st.fence = Fence(etag, latest.generation, latest.id)  # no local record: take the store's
+            log.info("bot %s: adopted the store's snapshot %s as this writer's", st.name, latest.id)
+        else:
+            why = "this bot started fresh while the store was unreachable" if fresh else "flared was down"
+            st.fenced = (
+                f"the store holds snapshot {latest.id}, written elsewhere while {why}; "
+                f"`flared restore --bot {st.name}` takes it (the current home is kept as home.previous), "
+                f"`flared snapshot --bot {st.name} --takeover` overwrites it"
+            )
+            st.fence = Fence(etag, latest.generation, latest.id)
+            log.error("bot %s: fenced: %s", st.name, st.fenced)
+        st.gate = None
+        self._save(st)
+        return True
+
+    def _boot_once(self, st: BotState) -> bool:
+        home = self.home(st.name)
+        st.phase = "restoring"
+        latest, etag = engine.read_latest(self.store, st.name)
+        fence, _fingerprint, fenced = self._persisted_fence(st.name)
+        has_local = home.is_dir() and any(home.iterdir())
+        if has_local and ((fence is not None and fence.etag == etag) or latest is None):
+            # This machine's home is the source of `latest` (or the store is new): it is at
+            # least as new as anything stored. Keep it and snapshot soon.
+            st.fence = fence if (fence is not None and fence.etag == etag) else Fence(None)
+            st.fingerprint, st.fenced = None, fenced
+            st.restore = {
+                "result": "kept local state",
+                "at": now_iso(),
+                "id": latest.id if latest else None,
+            }
+            st.due_now = True
+            log.info(
+                "bot %s: kept the local Hermes home (store generation %s)",
+                st.name,
+                fence.generation if fence else 0,
+            )
+        else:
+            res = engine.restore(
+                self.store,
+                st.name,
+                home,
+                self._work(st.name),
+                key=engine.encryption_key(self.policy),
+                on_reading=lambda sid: setattr(st, "reading", sid),
+            )
+            st.restore = res.as_dict()
+            if res.result == "failed":
+                st.phase = "restore failed"
+                st.gate = res.error
+                log.error("bot %s: %s", st.name, res.error)
+                return False
+            if res.result == "empty":
+                home.mkdir(parents=True, exist_ok=True)
+                log.info("bot %s: the store holds no snapshot: starting fresh", st.name)
+            else:
+                log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
+            st.fence, st.fingerprint, st.fenced = res.fence, None, None
+        st.phase, st.gate = "ready", None
+        st.last_attempt = time.time()
+        self._save(st)
+        self._ready(st)
+        return True
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(
+        self, bot: str, reason: str = "manual", *, takeover: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        st = self.state(bot)
+        if st.fence is None:
+            return SnapshotResult(
+                "skipped", bot, reason=st.gate or "the bot's restore has not finished yet"
+            ).as_dict()
+        if st.fenced and not takeover:
+            return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
+        with self._exclusive(st):
+            st.running = True
+            try:
+                return self._snapshot_locked(st, reason, takeover, progress)
+            finally:
+                st.running = False
+
+    def _snapshot_locked(
+        self, st: BotState, reason: str, takeover: bool, progress: Progress | None
+    ) -> dict[str, Any]:
+        assert st.fence is not None
+        if takeover:
+            latest, etag = engine.read_latest(self.store, st.name)
+            st.fence = Fence(etag, latest.generation if latest else 0, latest.id if latest else None)
+            st.fenced, st.fingerprint = None, None
+            log.warning(
+                "bot %s: taking over the bot's snapshots from whoever wrote %s", st.name, st.fence.snapshot_id
+            )
+        st.last_attempt = time.time()
+        st.due_now = False
+        change_seen = st.last_change
+        st.last_change = None
+
+        def in_flight(sid: str) -> None:
+            st.in_flight.append(sid)
+            self._save(st)
+
+        job = SnapshotJob(
+            store=self.store,
+            bot=st.name,
+            home=self.home(st.name),
+            work=self._work(st.name),
+            policy=self.policy,
+            fence=st.fence,
+            fingerprint=st.fingerprint,
+            progress=progress,
+            on_in_flight=in_flight,
+        )
+        res = engine.take_snapshot(job)
+        out = res.as_dict()
+        out["trigger"] = reason
+        st.last = out
+        if res.result in {"ok", "unchanged"}:
+            st.fence = res.fence or st.fence
+            st.fingerprint = res.fingerprint
+            if res.result == "ok":
+                if res.id in st.in_flight:
+                    st.in_flight.remove(res.id)
+                st.last_ok = {"id": res.id, "at": res.at}
+                log.info(
+                    "bot %s: snapshot %s (%s): %d bytes in %.2f s",
+                    st.name,
+                    res.id,
+                    reason,
+                    res.bytes_uploaded,
+                    res.seconds,
+                )
+            elif st.last_ok is None and res.id:
+                st.last_ok = {"id": res.id, "at": res.at}
+        elif res.result == "fenced":
+            st.fenced = res.reason
+            st.fingerprint = None
+            log.error("bot %s: snapshot fenced: %s", st.name, res.reason)
+        else:
+            if change_seen is not None:
+                st.last_change = change_seen  # try again after the next quiet period
+            log.warning("bot %s: snapshot %s: %s", st.name, res.result, res.reason)
+        if res.result == "ok" or st.in_flight or time.time() - st.last_prune > PRUNE_EVERY:
+            self._prune_locked(st)
+        self._save(st)
+        return out
+
+    def _prune_locked(self, st: BotState) -> dict[str, Any]:
+        try:
+            done = engine.prune(
+                self.store,
+                st.name,
+                self.policy,
+                protected=[st.reading] if st.reading else [],
+                ours_in_flight=st.in_flight,
+            )
+        except StoreError as exc:
+            log.warning("bot %s: retention skipped: %s", st.name, exc)
+            return {"error": str(exc)}
+        st.last_prune = time.time()
+        st.in_flight = [i for i in st.in_flight if i not in done["orphans"]]
+        if done["expired"] or done["orphans"]:
+            log.info("bot %s: retention deleted %s, leftovers %s", st.name, done["expired"], done["orphans"])
+        return done
+
+    def prune(self, bot: str) -> dict[str, Any]:
+        st = self.state(bot)
+        with self._exclusive(st):
+            out = self._prune_locked(st)
+            self._save(st)
+            return {"bot": bot, **out}
+
+    def list(self, bot: str) -> list[dict[str, Any]]:
+        return engine.list_snapshots(self.store, bot)
+
+    # ------------------------------------------------------------------ on-demand restore
+
+    def restore(
+        self, bot: str, snapshot_id: str | None = None, *, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Stop the bot's gateway, restore, start it again (the old home kept as home.previous)."""
+        st = self.state(bot)
+        if self.gateways is not None:
+            self.gateways.stop(bot)
+        try:
+            with self._exclusive(st):
+                st.phase = "restoring"
+                try:
+                    res = engine.restore(
+                        self.store,
+                        bot,
+                        self.home(bot),
+                        self._work(bot),
+                        key=engine.encryption_key(self.policy),
+                        snapshot_id=snapshot_id,
+                        progress=progress,
+                        on_reading=lambda sid: setattr(st, "reading", sid),
+                    )
+                except StoreUnreachable as exc:
+                    st.phase = "ready" if st.fence is not None else "waiting for store"
+                    return {"result": "failed", "bot": bot, "error": str(exc)}
+                out = res.as_dict()
+                if res.result == "restored":
+                    st.fence, st.fenced, st.fingerprint, st.gate = res.fence, None, None, None
+                    st.restore = out
+                    # An older snapshot becomes the new latest with the next snapshot.
+                    st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
+                elif res.result == "empty":
+                    out = {"result": "failed", "bot": bot, "error": f"the store holds no snapshot of {bot}"}
+                st.phase = "ready" if st.fence is not None else "restore failed"
+                self._save(st)
+                return out
+        finally:
+            if st.fence is not None:
+                self._ready(st)
+            if self.gateways is not None:
+                self.gateways.start(bot)
+
+    # ------------------------------------------------------------------ loops
+
+    def start(self) -> None:
+        self._spawn("snapshot-scheduler", self._schedule_loop)
+        if self.policy.on_change.enabled:
+            self._spawn("snapshot-watch", self._watch_loop)
+
+    def _due(self, st: BotState, now: float) -> str | None:
+        if st.phase != "ready" or st.fence is None or st.fenced or st.running:
+            return None
+        if st.due_now:
+            return "restore"
+        every = self.policy.every
+        if every is not None and now - st.last_attempt >= every:
+            return "periodic"
+        oc = self.policy.on_change
+        if oc.enabled and st.last_change is not None and now - st.last_change >= oc.debounce:
+            return "change"
+        return None
+
+    def _schedule_loop(self) -> None:
+        while not self._stop.wait(TICK):
+            now = time.time()
+            for st in list(self.bots.values()):
+                reason = self._due(st, now)
+                if reason is None:
+                    continue
+                st.running = True
+                self._pool.submit(self._background_snapshot, st.name, reason)
+
+    def _background_snapshot(self, bot: str, reason: str) -> None:
+        try:
+            self.snapshot(bot, reason)
+        except Exception:
+            log.exception("bot %s: snapshot error", bot)
+        finally:
+            self.state(bot).running = False
+
+    def _watch_loop(self) -> None:
+        import watchfiles
+
+        bots_dir = self.loaded.state_dir / "bots"
+        bots_dir.mkdir(parents=True, exist_ok=True)
+
+        def relevant(_change: Any, path: str) -> bool:
+            return self._bot_of(bots_dir, path) is not None
+
+        while not self._stop.is_set():
+            try:
+                for changes in watchfiles.watch(
+                    bots_dir,
+                    watch_filter=relevant,
+                    stop_event=self._stop,
+                    debounce=200,
+                    rust_timeout=1000,
+                    yield_on_timeout=True,
+                    raise_interrupt=False,
+                ):
+                    now = time.time()
+                    for _change, path in changes:
+                        bot = self._bot_of(bots_dir, path)
+                        st = self.bots.get(bot) if bot else None
+                        if st is not None and st.phase == "ready":
+                            st.last_change = now
+            except Exception as exc:  # the directory vanished, inotify limits...
+                log.warning("watching Hermes homes failed (%s); periodic snapshots continue", exc)
+                self._stop.wait(5)
+
+    def _bot_of(self, bots_dir: Path, path: str) -> str | None:
+        try:
+            parts = Path(path).relative_to(bots_dir).parts
+        except ValueError:
+            return None
+        if len(parts) < 3 or parts[1] != "home":
+            return None
+        key = engine.encryption_key(self.policy)
+        patterns = cap.exclusions(self.policy.exclude, encrypted=key is not None)
+        return None if cap.matches("/".join(parts[2:]), patterns) else parts[0]
+
+    # ------------------------------------------------------------------ reload, retire, shutdown
+
+    def update(self, loaded: LoadedConfig) -> None:
+        """New policy applies at once; a new store at the next snapshot."""
+        store_changed = loaded.config.store != self.loaded.config.store
+        self.loaded = loaded
+        if store_changed:
+            self.store = open_store(loaded.config.store)
+            log.info("snapshot store is now %s", self.store.description)
+
+    def retire(self, bot: str) -> dict[str, Any]:
+        """A bot leaves the config: one last snapshot, then forget it (its state stays in the store)."""
+        out = self.snapshot(bot, "retire")
+        with self._guard:
+            self.bots.pop(bot, None)
+        return out
+
+    def shutdown(self, final_snapshots: bool = True) -> None:
+        self._stop.set()
+        if final_snapshots:
+            budget = self.policy.shutdown_budget
+            ready = [b for b, st in self.bots.items() if st.fence is not None and not st.fenced]
+            futures = {b: self._pool.submit(self.snapshot, b, "shutdown") for b in ready}
+            done, pending = concurrent.futures.wait(futures.values(), timeout=budget)
+            for bot, fut in futures.items():
+                if fut in done and fut.exception() is None:
+                    r = fut.result()
+                    log.info(
+                        "bot %s: final snapshot: %s %s",
+                        bot,
+                        r["result"],
+                        r.get("id") or r.get("reason") or "",
+                    )
+                elif fut in pending:
+                    log.error("bot %s: final snapshot did not finish within %.0f s", bot, budget)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, bot: str) -> dict[str, Any]:
+        st = self.state(bot)
+        now = time.time()
+        last_ok = dict(st.last_ok) if st.last_ok else None
+        if last_ok and last_ok.get("at"):
+            with contextlib.suppress(ValueError):
+                from datetime import datetime
+
+                last_ok["age_s"] = round(now - datetime.fromisoformat(last_ok["at"]).timestamp(), 1)
+        every = self.policy.every
+        next_due = None
+        if st.phase == "ready" and st.fence is not None and not st.fenced and every is not None:
+            next_due = round(max(0.0, st.last_attempt + every - now), 1)
+        return {
+            "phase": st.phase,
+            "store": self.store.description,
+            "last": st.last,
+            "last_ok": last_ok,
+            "next_due_in_s": next_due,
+            "fenced": st.fenced,
+            "gated": st.fence is None,
+            "gate": st.gate,
+            "restore": st.restore,
+            "running": st.running,
+        }
