@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from typing import Any
 
 import pytest
 
