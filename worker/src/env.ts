@@ -1,0 +1,39 @@
+/**
+ * The Worker's bindings and vars. wrangler.toml (rendered by `flared render
+ * wrangler` from hermes-flare.yaml) declares every one of them; secrets are
+ * set with `wrangler secret put` and are optional here so that a missing one
+ * is reported clearly instead of failing at import time.
+ */
+type Agent = Rpc.DurableObjectBranded;
+type SandboxRegistry = Rpc.DurableObjectBranded;
+
+export interface Env {
+  /** Agent containers: one Durable Object (and container) per bot group, named by group. */
+  Agent: DurableObjectNamespace<Agent>;
+  /** Exec sandboxes (Sandbox SDK containers), one per flared lease id. */
+  Exec: DurableObjectNamespace;
+  /** Every Exec sandbox this Worker created, so none leaks. */
+  Registry: DurableObjectNamespace<SandboxRegistry>;
+
+  /** JSON object bot name -> group, rendered from the YAML. */
+  BOT_GROUPS: string;
+  /** R2 bucket name and optional account id (for the S3 endpoint flared uses). */
+  R2_BUCKET_NAME: string;
+  CF_ACCOUNT_ID?: string;
+  /** Cloudflare Access for /api/* (both empty = Access off). */
+  ACCESS_TEAM_DOMAIN?: string;
+  ACCESS_AUD?: string;
+  /** Comma-separated emails allowed through Access (empty = any the policy admits). */
+  ACCESS_ALLOWED_EMAILS?: string;
+  /** Comma-separated secret names injected at egress instead of entering the container. */
+  EGRESS_SECRETS?: string;
+
+  /** Secret: bearer token for /api/*. */
+  API_TOKEN?: string;
+  /** Secrets: R2 API token pair flared uses for the snapshot store. */
+  R2_ACCESS_KEY_ID?: string;
+  R2_SECRET_ACCESS_KEY?: string;
+
+  /** Any other secret the YAML names as ${VAR}. */
+  [name: string]: unknown;
+}

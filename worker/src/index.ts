@@ -1,0 +1,9 @@
+/** Worker entry: HTTP routes and the cron trigger; exports the Durable Object classes. */
+import type { Env } from "./env";
+import { buildApp } from "./routes";
+
+const app = buildApp();
+
+export default {
+  fetch: (request, env, ctx) => app.fetch(request, env, ctx),
+} satisfies ExportedHandler<Env>;

@@ -1,0 +1,6 @@
+/**
+ * The test Worker: the real fetch/scheduled handlers and Registry, with the
+ * container classes (Agent, Exec) replaced by test doubles at the Durable
+ * Object boundary (workerd cannot run containers without Docker).
+ */
+export { default } from "../src/index";
