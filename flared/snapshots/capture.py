@@ -71,14 +71,14 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         out.append({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)))
         i += 1
     body = "".join(out)
+    if body.endswith("/.*"):  # `dir/**` also leaves out the directory itself
+        body = body[:-3] + "(?:/.*)?"
     prefix = "" if anchored else "(?:.*/)?"
     return re.compile(f"^{prefix}{body}(?:/.*)?$")
 
 
 def matches(rel: str, patterns: Iterable[str]) -> bool:
     """Whether a home-relative path (or a directory above it) matches any pattern."""
-    if rel.endswith("/**"):
-        rel = rel[:-3]
     return any(_glob_regex(p).match(rel) for p in patterns)
 
 
@@ -148,6 +148,8 @@ def capture(home: Path, staging: Path, patterns: tuple[str, ...]) -> Capture:
     """Copy `home` into `staging` (which must not exist) consistently; fill in the digest."""
     staging.mkdir(parents=True)
     out = Capture(root=staging)
+    with contextlib.suppress(ValueError):  # never copy the copy into itself
+        patterns = (*patterns, staging.resolve().relative_to(home.resolve()).as_posix())
     dir_modes: list[tuple[Path, os.stat_result]] = []
     same_device = home.stat().st_dev == staging.stat().st_dev
     for rel, st in _walk(home, patterns):

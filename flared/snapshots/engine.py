@@ -34,7 +34,7 @@ from flared.snapshots.manifest import (
     now_iso,
     snapshots_prefix,
 )
-from flared.snapshots.retention import Listed, plan_deletions
+from flared.snapshots.retention import ORPHAN_GRACE_S, Listed, plan_deletions
 from flared.snapshots.stores import (
     NotFound,
     PreconditionFailed,
@@ -299,8 +299,9 @@ def prune(
     now: float | None = None,
 ) -> dict[str, list[str]]:
     latest, _ = read_latest(store, bot)
+    listing = list_ids(store, bot)
     plan = plan_deletions(
-        list_ids(store, bot),
+        listing,
         latest_id=latest.id if latest else None,
         keep_last=policy.keep.last,
         max_age=policy.keep.max_age,
@@ -308,11 +309,15 @@ def prune(
         protected=protected,
         ours_in_flight=ours_in_flight,
     )
+    own = set(ours_in_flight)
+    store.clean_incomplete(snapshots_prefix(bot), own, ORPHAN_GRACE_S)
     for sid in [*plan.expired, *plan.orphans]:
         # Manifest first: a blob without manifest is an orphan the next run removes.
         store.delete(manifest_key(bot, sid))
         store.delete(blob_key(bot, sid))
-    return {"expired": plan.expired, "orphans": plan.orphans}
+    # Ours that never reached the store at all are done with, too.
+    finished = [i for i in own if i not in {x.id for x in listing}]
+    return {"expired": plan.expired, "orphans": [*plan.orphans, *finished]}
 
 
 # ---------------------------------------------------------------------- restore

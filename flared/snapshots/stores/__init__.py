@@ -79,6 +79,10 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def clean_incomplete(self, prefix: str, ids: set[str], older_than: float) -> int:
+        """Remove unfinished uploads: those naming one of `ids` at once, others when older."""
+        ...
+
 
 def open_store(cfg: StoreConfig) -> Store:
     """The store a config names (file:// paths are already absolute after loading)."""

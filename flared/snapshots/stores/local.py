@@ -61,7 +61,7 @@ class LocalStore:
 
     def _write_atomic(self, target: Path, write: WriteFn) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -164,17 +164,19 @@ class LocalStore:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
-    def clean_temporaries(self, older_than: float) -> int:
-        """Remove half-written temporaries a killed writer left behind."""
+    def clean_incomplete(self, prefix: str, ids: set[str], older_than: float) -> int:
+        """Remove half-written temporaries: at once when they belong to `ids` (our own
+        killed uploads), after `older_than` seconds otherwise (maybe another writer's)."""
+        base = self._path(prefix.rstrip("/"))
         n = 0
-        if not self.root.is_dir():
+        if not base.is_dir():
             return 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                p = Path(dirpath) / name
-                if name.startswith(_TMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        if p.stat().st_mtime < time.time() - older_than:
-                            p.unlink()
-                            n += 1
+        for p in base.iterdir():
+            if not p.name.startswith(_TMP_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                ours = any(i in p.name for i in ids)
+                if ours or p.stat().st_mtime < time.time() - older_than:
+                    p.unlink()
+                    n += 1
         return n

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,19 @@ class S3Store:
             err = _classify(exc, key)
             if not isinstance(err, NotFound):
                 raise err from None
+
+    def clean_incomplete(self, prefix: str, ids: set[str], older_than: float) -> int:
+        """Abort multipart uploads a killed writer left: ours at once, others after `older_than`."""
+        n = 0
+        try:
+            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(prefix))
+            for up in resp.get("Uploads", []):
+                ours = any(i in up["Key"] for i in ids)
+                if ours or time.time() - up["Initiated"].timestamp() > older_than:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                    )
+                    n += 1
+        except Exception as exc:
+            raise _classify(exc, f"clean {prefix}") from None
+        return n
