@@ -1,0 +1,192 @@
+/**
+ * Authentication of /api/*: a bearer token (the `API_TOKEN` secret) compared
+ * in constant time, or a Cloudflare Access JWT (`Cf-Access-Jwt-Assertion`)
+ * verified against the team's JWKS. Either one admits the request; with
+ * neither configured every request is refused (fail closed).
+ *
+ * A token in the query string is refused outright, even a valid one: URLs end
+ * up in access logs, browser history and Referer headers (the original
+ * project leaked its gateway token that way).
+ */
+import { createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
+import type { MiddlewareHandler } from "hono";
+import type { Env } from "./env";
+
+/** Query parameters that look like credentials; any of them is refused. */
+export const QUERY_TOKEN_PARAMS = ["token", "access_token", "api_token", "api_key", "key", "auth"];
+
+export type AuthResult =
+  | { ok: true; via: "bearer" | "access"; email?: string }
+  | { ok: false; status: 400 | 401 | 403 | 503; error: string };
+
+export interface AccessSettings {
+  teamDomain: string;
+  aud: string;
+  allowedEmails: string[];
+}
+
+/** The Access settings from the Worker's vars, or null when Access is off. */
+export function accessSettings(env: Env): AccessSettings | null {
+  const team = (env.ACCESS_TEAM_DOMAIN ?? "").trim();
+  const aud = (env.ACCESS_AUD ?? "").trim();
+  if (!team || !aud) return null;
+  return {
+    teamDomain: team.replace(/^https?:\/\//, "").replace(/\/+$/, ""),
+    aud,
+    allowedEmails: (env.ACCESS_ALLOWED_EMAILS ?? "")
+      .split(",")
+      .map((e) => e.trim().toLowerCase())
+      .filter(Boolean),
+  };
+}
+
+/** SHA-256 both sides first so lengths match, then compare without early exit. */
+export async function constantTimeEqual(a: string, b: string): Promise<boolean> {
+  const enc = new TextEncoder();
+  const [da, db] = await Promise.all([
+    crypto.subtle.digest("SHA-256", enc.encode(a)),
+    crypto.subtle.digest("SHA-256", enc.encode(b)),
+  ]);
+  return crypto.subtle.timingSafeEqual(da, db);
+}
+
+/** `Authorization: Bearer X` -> X, or null. */
+export function bearerToken(header: string | null | undefined): string | null {
+  if (!header) return null;
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return m?.[1] ?? null;
+}
+
+/** Access signs with RS256; nothing else (no `none`, no HMAC) is ever accepted. */
+const ACCESS_ALGORITHMS = ["RS256", "ES256"];
+
+// One JWKS cache per team per isolate: jose refetches on an unknown `kid`
+// (key rotation) with a cooldown, so a forged kid cannot make us hammer Access.
+const jwksCache = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
+
+function jwksFor(teamDomain: string): ReturnType<typeof createRemoteJWKSet> {
+  let jwks = jwksCache.get(teamDomain);
+  if (!jwks) {
+    jwks = createRemoteJWKSet(new URL(`https://${teamDomain}/cdn-cgi/access/certs`), {
+      timeoutDuration: 5000,
+      cooldownDuration: 30_000,
+      cacheMaxAge: 10 * 60_000,
+    });
+    jwksCache.set(teamDomain, jwks);
+  }
+  return jwks;
+}
+
+/** Verify an Access JWT: signature (team JWKS), `iss`, `aud`, expiry, and the email allow-list. */
+export async function verifyAccessJwt(
+  jwt: string,
+  access: AccessSettings,
+): Promise<{ ok: true; payload: JWTPayload } | { ok: false; error: string; status: 401 | 403 }> {
+  // Reject what is not even a compact JWS before any key lookup (no JWKS
+  // fetch for garbage).
+  if (!/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/.test(jwt)) {
+    return { ok: false, status: 401, error: "invalid Access token: malformed" };
+  }
+  let alg: unknown;
+  try {
+    alg = decodeProtectedHeader(jwt).alg;
+  } catch {
+    return { ok: false, status: 401, error: "invalid Access token: malformed" };
+  }
+  if (typeof alg !== "string" || !ACCESS_ALGORITHMS.includes(alg)) {
+    return { ok: false, status: 401, error: "invalid Access token: algorithm not allowed" };
+  }
+  try {
+    const { payload } = await jwtVerify(jwt, jwksFor(access.teamDomain), {
+      issuer: `https://${access.teamDomain}`,
+      audience: access.aud,
+      algorithms: ACCESS_ALGORITHMS,
+      clockTolerance: 30,
+      requiredClaims: ["exp"],
+    });
+    if (access.allowedEmails.length > 0) {
+      const email = typeof payload.email === "string" ? payload.email.toLowerCase() : "";
+      if (!email || !access.allowedEmails.includes(email)) {
+        return { ok: false, status: 403, error: "this Access identity is not in the allowed emails" };
+      }
+    }
+    return { ok: true, payload };
+  } catch (err) {
+    return { ok: false, status: 401, error: `invalid Access token: ${describeJoseError(err)}` };
+  }
+}
+
+function describeJoseError(err: unknown): string {
+  if (err instanceof joseErrors.JWTExpired) return "expired";
+  if (err instanceof joseErrors.JWTClaimValidationFailed) return `claim ${err.claim} is wrong`;
+  if (err instanceof joseErrors.JWSSignatureVerificationFailed) return "bad signature";
+  if (err instanceof joseErrors.JWKSNoMatchingKey) return "signed by an unknown key";
+  if (err instanceof joseErrors.JWKSTimeout) return "the Access key set did not answer in time";
+  if (err instanceof joseErrors.JWSInvalid || err instanceof joseErrors.JWTInvalid) return "malformed";
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return "algorithm not allowed";
+  if (err instanceof joseErrors.JOSEError) return err.code;
+  return "cannot verify";
+}
+
+/** Decide whether a request to /api/* is authenticated. Never logs a credential. */
+export async function authenticate(req: Request, env: Env): Promise<AuthResult> {
+  const url = new URL(req.url);
+  for (const name of url.searchParams.keys()) {
+    if (QUERY_TOKEN_PARAMS.includes(name.toLowerCase())) {
+      return {
+        ok: false,
+        status: 400,
+        error:
+          `a credential in the query string (?${name}=) is refused: URLs leak into logs and history. ` +
+          "Send it as a header: Authorization: Bearer <token>",
+      };
+    }
+  }
+
+  const apiToken = typeof env.API_TOKEN === "string" && env.API_TOKEN ? env.API_TOKEN : null;
+  const access = accessSettings(env);
+  if (!apiToken && !access) {
+    return {
+      ok: false,
+      status: 503,
+      error: "no authentication is configured: set the API_TOKEN secret or Cloudflare Access vars",
+    };
+  }
+
+  const presented = bearerToken(req.headers.get("Authorization"));
+  if (presented && apiToken && (await constantTimeEqual(presented, apiToken))) {
+    return { ok: true, via: "bearer" };
+  }
+
+  const jwt = req.headers.get("Cf-Access-Jwt-Assertion");
+  if (jwt && access) {
+    const v = await verifyAccessJwt(jwt, access);
+    if (v.ok) {
+      const email = typeof v.payload.email === "string" ? v.payload.email : undefined;
+      return email ? { ok: true, via: "access", email } : { ok: true, via: "access" };
+    }
+    return { ok: false, status: v.status, error: v.error };
+  }
+
+  if (presented) return { ok: false, status: 401, error: "wrong bearer token" };
+  return {
+    ok: false,
+    status: 401,
+    error: access
+      ? "missing credentials: send Authorization: Bearer <token> or come through Cloudflare Access"
+      : "missing credentials: send Authorization: Bearer <token>",
+  };
+}
+
+/** Hono middleware for /api/*. */
+export function requireAuth(): MiddlewareHandler<{ Bindings: Env }> {
+  return async (c, next) => {
+    const result = await authenticate(c.req.raw, c.env);
+    if (!result.ok) {
+      const headers: Record<string, string> = {};
+      if (result.status === 401) headers["WWW-Authenticate"] = 'Bearer realm="hermes-flare"';
+      return c.json({ error: result.error }, result.status, headers);
+    }
+    await next();
+  };
+}
