@@ -48,9 +48,10 @@ def plan_deletions(
     """Keep the newest `keep_last`; beyond them delete what is older than `max_age`.
 
     Never `latest`, never a protected id (a restore is reading it). Orphans: a
-    blob without manifest or a manifest without blob, and complete snapshots
-    newer than `latest` that were never published; deleted at once when they
-    are our own failed uploads, after :data:`ORPHAN_GRACE_S` otherwise.
+    blob without manifest or a manifest without blob, complete snapshots
+    newer than `latest` that were never published, and our own uploads that
+    never got confirmed as published; deleted at once when they are ours,
+    after :data:`ORPHAN_GRACE_S` otherwise.
     """
     keep = {i for i in (latest_id, *protected) if i}
     own = set(ours_in_flight)
@@ -62,7 +63,7 @@ def plan_deletions(
             continue
         unpublished = latest_time is not None and (id_time(item.id) or 0) > latest_time
         partial = not (item.has_blob and item.has_manifest)
-        if partial or unpublished or (latest_id is None and item.id in own):
+        if partial or unpublished or item.id in own:
             if item.id in own or now - item.modified > ORPHAN_GRACE_S:
                 orphans.append(item.id)
             continue
