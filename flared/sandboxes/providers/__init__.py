@@ -1,0 +1,1 @@
+"""Sandbox providers: ``local`` (bubblewrap) and ``cloudflare`` (the Worker's Exec containers)."""

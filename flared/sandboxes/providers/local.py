@@ -1,0 +1,491 @@
+"""The local provider: each command runs under bubblewrap in the lease's own directory.
+
+A lease is a directory ``<root>/leases/<id>/`` (``work`` bound read-write at
+the profile's ``workdir``, ``tmp`` bound at ``/tmp``) and, when flared runs as
+root, its own unprivileged host uid, so the kernel's per-user process limit
+is a per-lease limit and leases cannot read each other's files even if a
+bind went wrong. Nothing else of the host is writable, and only ``/usr``,
+the ``/bin``/``/lib*`` links and a few files of ``/etc`` are visible: bots'
+homes, the state dir, sockets, ``.env`` files and the hermes-agent install
+are simply not there. Installs that live under ``/usr`` (a system-wide
+hermes-agent, flared itself) are hidden behind an empty read-only tmpfs.
+
+Every command is a fresh ``bwrap`` with all namespaces unshared (network too
+unless ``network: true``), a cleared environment, ``--die-with-parent`` and
+a new session; memory, CPU time and process count are rlimits. The wall-clock
+timeout kills bwrap, which takes the sandbox's whole PID namespace with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import os
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from flared.config import SandboxProfile
+from flared.sandboxes.types import (
+    TIMEOUT_EXIT,
+    ExecRequest,
+    ExecResult,
+    SandboxError,
+    cap_output,
+)
+
+SANDBOX_USER = "sandbox"
+SANDBOX_UID = 1000  # the uid commands see inside
+UID_BASE = 200_000  # host uids for leases when flared runs as root
+UID_SPAN = 50_000
+PR_SET_CHILD_SUBREAPER = 36
+DRAIN_FACTOR = 16  # read and discard up to this many times output_limit, then close the pipe
+SYSTEM_ROOTS = ("/usr",)
+LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = (
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/mime.types",
+    "/etc/os-release",
+)
+NETWORK_ETC = ("/etc/resolv.conf", "/etc/gai.conf")
+# cd into the requested directory (creating it), then run the command as `bash -c` would.
+WRAPPER = 'mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; exec /bin/bash -c "$1"'
+
+
+def sandbox_root(state_dir: Path) -> Path:
+    """Where lease directories live.
+
+    As root, bwrap runs as each lease's unprivileged uid, which must be able
+    to look up the lease directory; binding from file descriptors does not
+    help (bwrap resolves /proc/self/fd after entering its user namespace,
+    where the kernel denies it). So when some parent of the state dir is not
+    searchable by others (a 0700 home or temp dir), leases live under
+    /var/tmp instead, in a directory named after the state dir.
+    """
+    preferred = Path(state_dir).resolve() / "sandboxes" / "local"
+    if os.geteuid() != 0 or _searchable(preferred.parent):
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
+    return Path("/var/tmp/flared-sandboxes") / digest
+
+
+def _searchable(path: Path) -> bool:
+    """Every existing ancestor lets others search it (o+x)."""
+    for p in [path, *path.parents]:
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def find_bwrap() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)")
+    return path
+
+
+def default_hidden() -> list[Path]:
+    """Install locations that must not be visible in a sandbox even if they sit under /usr."""
+    paths = {Path(sys.prefix), Path(sys.base_prefix) / "lib" / "python3" / "dist-packages"}
+    for mod in ("tools", "hermes_cli", "gateway", "agent", "flared"):
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(mod)
+            if spec is not None and spec.origin:
+                origin = Path(spec.origin).resolve()
+                # the package dir's parent: the site-packages holding it
+                paths.add(origin.parent.parent if origin.name == "__init__.py" else origin.parent)
+    return sorted(paths)
+
+
+class LocalProvider:
+    """bubblewrap sandboxes under ``root`` (``<state>/sandboxes/local``)."""
+
+    name = "local"
+
+    def __init__(self, root: Path, *, hidden: Iterable[Path] = ()) -> None:
+        self.root = Path(root)
+        self.leases_dir = self.root / "leases"
+        self.bwrap = find_bwrap()
+        self.as_root = os.geteuid() == 0
+        self.hidden = sorted({*default_hidden(), *(Path(p) for p in hidden)})
+        self._lock = threading.Lock()
+        self._running: dict[str, set[subprocess.Popen[bytes]]] = {}
+        self._etc = self.root / "etc"
+        self._write_etc()
+        _become_subreaper()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _write_etc(self) -> None:
+        self._etc.mkdir(parents=True, exist_ok=True)
+        for p in (self.root, *self.root.parents):
+            if p == Path("/var/tmp"):
+                break
+            if p.parent == Path("/var/tmp") and p.stat().st_uid == os.geteuid():
+                p.chmod(0o711)
+        files = {
+            "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/workspace:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            "group": f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+            "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+            "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+        }
+        for name, text in files.items():
+            path = self._etc / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+                path.chmod(0o644)
+        self._etc.chmod(0o755)
+        self.root.chmod(0o711)
+
+    def lease_dir(self, lease_id: str) -> Path:
+        return self.leases_dir / lease_id
+
+    def _allocate_uid(self) -> int:
+        if not self.as_root:
+            return os.getuid()
+        used = set()
+        for d in self.leases_dir.iterdir() if self.leases_dir.exists() else ():
+            with contextlib.suppress(OSError):
+                used.add((d / "work").stat().st_uid)
+        for uid in range(UID_BASE, UID_BASE + UID_SPAN):
+            if uid not in used:
+                return uid
+        raise SandboxError("no free sandbox uid left")
+
+    def create(self, lease_id: str, profile: SandboxProfile) -> dict[str, Any]:
+        with self._lock:
+            self.leases_dir.mkdir(parents=True, exist_ok=True)
+            self.leases_dir.chmod(0o711)
+            uid = self._allocate_uid()
+            base = self.lease_dir(lease_id)
+            base.mkdir(mode=0o700)
+            for sub in ("work", "tmp"):
+                (base / sub).mkdir(mode=0o700)
+                if self.as_root:
+                    os.chown(base / sub, uid, uid)
+            if self.as_root:
+                os.chown(base, uid, uid)  # the sandbox user must traverse it; nobody else can
+        return {"uid": uid}
+
+    def destroy(self, lease_id: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            procs = list(self._running.pop(lease_id, ()))
+        for proc in procs:
+            _kill_tree(proc)
+        base = self.lease_dir(lease_id)
+        if base.exists():
+            _make_removable(base)
+            shutil.rmtree(base, ignore_errors=True)
+        if base.exists():
+            raise SandboxError(f"could not remove sandbox directory {base}")
+
+    def reap_orphans(self) -> int:
+        """Reap bwrap's namespace init processes, which bwrap leaves behind as zombies.
+
+        bwrap's outer process exits as soon as it learns the exit status,
+        without waiting for its child, the sandbox's init. That child is
+        re-parented to the nearest subreaper; flared makes itself one so the
+        zombies do not pile up (they would count against the lease uid's
+        process limit) on systems whose PID 1 does not reap. Only bwrap
+        zombies that are not our own running commands are reaped, by pid, so
+        other modules' subprocess exit codes are never stolen.
+        """
+        reaped = 0
+        with self._lock:
+            mine = {p.pid for procs in self._running.values() for p in procs}
+            for pid in _children() - mine:
+                try:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                    state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+                except (OSError, IndexError):
+                    continue
+                if comm == "bwrap" and state == "Z":
+                    with contextlib.suppress(ChildProcessError):
+                        if os.waitpid(pid, os.WNOHANG)[0]:
+                            reaped += 1
+        return reaped
+
+    def existing(self, prefix: str) -> set[str]:
+        if not self.leases_dir.exists():
+            return set()
+        return {d.name for d in self.leases_dir.iterdir() if d.name.startswith(prefix)}
+
+    # ------------------------------------------------------------------ exec
+
+    def argv(self, lease_id: str, profile: SandboxProfile, req: ExecRequest) -> list[str]:
+        """The bwrap command line of one command (public for tests and the benchmark)."""
+        base = self.lease_dir(lease_id)
+        args = [self.bwrap, "--unshare-all"]
+        if profile.network:
+            args.append("--share-net")
+        args += [
+            "--die-with-parent",
+            "--new-session",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_UID),
+            "--hostname",
+            "sandbox",
+        ]
+        args += system_binds()
+        for path in self.hidden:
+            if any(_within(path, Path(r)) for r in SYSTEM_ROOTS) and path.is_dir():
+                args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--bind", str(base / "tmp"), "/tmp", "--bind", str(base / "work"), profile.workdir]
+        for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+            args += ["--ro-bind", str(self._etc / name), f"/etc/{name}"]
+        for etc_path in ETC_FILES + (NETWORK_ETC if profile.network else ()):
+            args += ["--ro-bind-try", etc_path, etc_path]
+        args += ["--chdir", profile.workdir, "--clearenv"]
+        for key, value in sandbox_env(profile, req).items():
+            args += ["--setenv", key, value]
+        args += ["--", "/bin/bash", "-c", WRAPPER, req.cwd or profile.workdir, req.command]
+        return args
+
+    def exec(
+        self, lease_id: str, data: dict[str, Any], profile: SandboxProfile, req: ExecRequest
+    ) -> ExecResult:
+        if not self.lease_dir(lease_id).is_dir():
+            raise SandboxError(f"sandbox {lease_id} does not exist (destroyed or expired)")
+        uid = int(data.get("uid", os.getuid()))
+        argv = self.argv(lease_id, profile, req)
+        split = argv.index("--")
+        args_fd = _args_memfd(argv[1:split])
+        self.reap_orphans()
+        started = time.monotonic()
+        with self._lock:  # so reap_orphans never sees this child before it is registered
+            try:
+                proc = subprocess.Popen(
+                    [self.bwrap, "--args", str(args_fd), *argv[split:]],
+                    stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    pass_fds=(args_fd,),
+                    preexec_fn=_limits(profile, uid if self.as_root else None),
+                )
+            except OSError as exc:
+                raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
+            finally:
+                os.close(args_fd)
+            self._running.setdefault(lease_id, set()).add(proc)
+        try:
+            out, err, timed_out = _collect(proc, req.stdin, req.timeout, req.output_limit)
+        finally:
+            with self._lock:
+                self._running.get(lease_id, set()).discard(proc)
+        code = proc.returncode
+        if timed_out:
+            code = TIMEOUT_EXIT
+        elif code < 0:
+            code = 128 - code
+        stdout, t1 = cap_output(*out)
+        stderr, t2 = cap_output(*err)
+        if timed_out:
+            stderr += f"\n[flare: command timed out after {req.timeout:g}s and was killed]\n"
+        return ExecResult(
+            exit_code=code,
+            stdout=stdout,
+            stderr=stderr,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            truncated=t1 or t2,
+            timed_out=timed_out,
+        )
+
+
+def system_binds() -> list[str]:
+    """Read-only /usr and the merged-usr links (or real dirs on older systems)."""
+    args: list[str] = []
+    for root in SYSTEM_ROOTS:
+        args += ["--ro-bind", root, root]
+    for path in LINKS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def sandbox_env(profile: SandboxProfile, req: ExecRequest) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": profile.workdir,
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": "/tmp",
+    }
+    env.update(profile.env)
+    env.update(req.env)
+    return env
+
+
+def _become_subreaper() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> set[int]:
+    """Pids of this process's children (all threads)."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids.update(int(x) for x in (task / "children").read_text().split())
+    return pids
+
+
+def _args_memfd(args: list[str]) -> int:
+    """bwrap's arguments in an anonymous file, so they (host paths) are not in /proc/1/cmdline."""
+    fd = os.memfd_create("bwrap-args", 0)  # not CLOEXEC: it is passed to bwrap
+    data = b"".join(a.encode() + b"\0" for a in args)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _limits(profile: SandboxProfile, uid: int | None) -> Callable[[], None]:
+    """Runs in the child before exec: rlimits, then drop to the lease's uid (as root)."""
+    memory = int(profile.memory)
+    cpu = max(1, int(profile.cpu_time))
+    pids = int(profile.pids)
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if uid is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+
+    return apply
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL bwrap's process group; the PID namespace dies with its init."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], stdin: str | None, timeout: float, limit: int
+) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int], bool]:
+    """Read both pipes until EOF or the deadline; keep ``limit`` bytes of each.
+
+    Returns ((kept, limit, dropped), (kept, limit, dropped), timed_out). Output
+    past the limit is read and dropped, up to DRAIN_FACTOR times the limit;
+    then the pipe is closed, so a flooding command gets SIGPIPE instead of
+    burning CPU until its timeout.
+    """
+    if stdin and proc.stdin is not None:
+        threading.Thread(target=_feed, args=(proc.stdin, stdin.encode()), daemon=True).start()
+    assert proc.stdout is not None and proc.stderr is not None
+    bufs: dict[int, bytearray] = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    dropped = dict.fromkeys(bufs, 0)
+    files: dict[int, IO[bytes]] = {proc.stdout.fileno(): proc.stdout, proc.stderr.fileno(): proc.stderr}
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    open_fds = set(bufs)
+    try:
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                _kill_tree(proc)
+                break
+            for key, _ in sel.select(min(left, 1.0)):
+                fd = int(key.fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
+                    continue
+                room = limit - len(bufs[fd])
+                if room > 0:
+                    bufs[fd] += chunk[:room]
+                dropped[fd] += max(0, len(chunk) - max(room, 0))
+                if dropped[fd] > DRAIN_FACTOR * limit:
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
+                    files[fd].close()
+        if not timed_out:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_tree(proc)
+    finally:
+        sel.close()
+        for f in files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        proc.wait()
+    out, err = list(bufs)  # stdout's fd first: dicts keep insertion order
+    return (bytes(bufs[out]), limit, dropped[out]), (bytes(bufs[err]), limit, dropped[err]), timed_out
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        pipe.close()
+
+
+def _make_removable(path: Path) -> None:
+    """A sandbox may chmod its own dirs to 000; undo that so rmtree can work (we are root or owner)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, d), 0o700)
