@@ -13,7 +13,7 @@ import yaml
 from flared.loader import LoadedConfig, load_config
 from flared.snapshots import engine
 from flared.snapshots.service import SnapshotService
-from tests.fixtures.flare import bot, config, free_port
+from tests.fixtures.flare import bot, config
 from tests.fixtures.homes import make_home
 from tests.fixtures.s3server import MotoServer, store_config
 
