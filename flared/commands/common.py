@@ -60,7 +60,10 @@ def client_for(loaded: LoadedConfig) -> ControlClient:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Piped output is for grep and scripts: never cut ids to 80 columns.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def emit(args: argparse.Namespace, data: Any, render: Callable[[Console, Any], None] | None = None) -> None:

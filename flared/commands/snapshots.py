@@ -227,15 +227,17 @@ def _render_list(con: Console, data: dict[str, Any]) -> None:
         con.print("no snapshots yet")
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("bot", "id", "created", "packed", "raw", "files", "digest", ""):
-        table.add_column(col)
+    table.add_column("bot", no_wrap=True)
+    table.add_column("id", no_wrap=True, min_width=24)  # copied into `flared restore --id`: never cut
+    table.add_column("created (UTC)", no_wrap=True, min_width=16)
+    for col in ("packed", "files", "digest", ""):
+        table.add_column(col, no_wrap=True)
     for s in snaps:
         table.add_row(
             s["bot"],
             s["id"],
-            str(s.get("created_at", ""))[:19].replace("T", " "),
+            str(s.get("created_at", ""))[:16].replace("T", " "),
             human_bytes(s.get("packed_size")),
-            human_bytes(s.get("raw_size")),
             str(s.get("file_count", "")),
             str(s.get("digest", ""))[:12],
             "[green]latest[/green]" if s.get("latest") else "",
