@@ -64,6 +64,7 @@ class Provider(Protocol):
     """Where leases live. ``data`` is what :meth:`create` returned, kept in the lease table."""
 
     name: str
+    lazy: bool  # a sandbox exists only once a command ran in it (so absence proves nothing)
 
     def create(self, lease_id: str, profile: SandboxProfile) -> dict[str, Any]: ...
 

@@ -123,6 +123,7 @@ class LocalProvider:
     """bubblewrap sandboxes under ``root`` (``<state>/sandboxes/local``)."""
 
     name = "local"
+    lazy = False
 
     def __init__(self, root: Path, *, hidden: Iterable[Path] = ()) -> None:
         self.root = Path(root)

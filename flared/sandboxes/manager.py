@@ -1,0 +1,511 @@
+"""Leases: who may run commands where, for how long, and how many at once.
+
+A lease is one sandbox held for a bot: per profile (``shared``), per Hermes
+session (``per-session``) or per command (``per-command``, destroyed right
+after its command). Leases expire after ``idle_ttl`` without a command or
+``max_lifetime`` in all; a reaper thread destroys them. ``max_leases`` caps
+the live leases of a profile: an acquire waits up to ``acquire_timeout`` for
+one to go, then fails with a message the agent can read.
+
+The table lives in ``<state>/sandboxes/leases.db`` (SQLite), so a restarted
+flared finds the leases it handed out and destroys sandboxes that no row
+claims (orphans of a crash). Each lease keeps the profile it was made with;
+a config change applies to new leases.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flared.config import HermesFlareConfig, SandboxProfile
+from flared.loader import LoadedConfig
+from flared.sandboxes.providers import make_provider, provider_key
+from flared.sandboxes.types import ExecRequest, ExecResult, Provider, SandboxError, lease_prefix, new_lease_id
+
+log = logging.getLogger("flared.sandboxes")
+
+SHARED_SESSION = "*"
+REAP_EVERY = 0.5
+MAX_SESSION_KEY = 256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    bot TEXT NOT NULL,
+    session TEXT NOT NULL,
+    profile_name TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    provider_key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_session ON leases (bot, profile_name, session);
+"""
+
+
+class LeaseNotFound(SandboxError):
+    """No such lease (or not this bot's)."""
+
+
+class CapacityReached(SandboxError):
+    """Every lease of the profile is in use and none freed up in time."""
+
+
+class BadLeaseRequest(SandboxError):
+    """The request itself is wrong (unknown bot, bad session key...)."""
+
+
+@dataclass
+class Lease:
+    id: str
+    bot: str
+    session: str
+    profile_name: str
+    profile: SandboxProfile
+    provider_key: str
+    data: dict[str, Any]
+    created_at: float
+    last_used: float
+    busy: int = 0
+    dirty: bool = False  # last_used not yet written to the table
+    gone: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def mode(self) -> str:
+        return self.profile.mode
+
+    def expired(self, now: float) -> str | None:
+        if now - self.created_at >= self.profile.max_lifetime:
+            return "max_lifetime"
+        if not self.busy and now - self.last_used >= self.profile.idle_ttl:
+            return "idle_ttl"
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "bot": self.bot,
+            "session": None if self.session == SHARED_SESSION else self.session,
+            "profile": self.profile_name,
+            "mode": self.mode,
+            "provider": self.profile.provider,
+            "workdir": self.profile.workdir,
+            "created_at": round(self.created_at, 3),
+            "last_used": round(self.last_used, 3),
+            "idle_expires_in_s": round(max(0.0, self.last_used + self.profile.idle_ttl - time.time()), 1),
+            "expires_in_s": round(max(0.0, self.created_at + self.profile.max_lifetime - time.time()), 1),
+            "busy": self.busy,
+        }
+
+
+class LeaseManager:
+    """Hands out leases for bots' commands; ``daemon.leases`` in ``flared run``."""
+
+    def __init__(self, loaded: LoadedConfig, *, reap_every: float = REAP_EVERY) -> None:
+        self.loaded = loaded
+        self.state_dir = Path(loaded.state_dir)
+        self.db_path = self.state_dir / "sandboxes" / "leases.db"
+        self.reap_every = reap_every
+        self._cond = threading.Condition(threading.RLock())
+        self._leases: dict[str, Lease] = {}
+        self._providers: dict[str, Provider] = {}
+        self._db: sqlite3.Connection | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending_reconcile: set[str] = set()
+
+    @property
+    def cfg(self) -> HermesFlareConfig:
+        return self.loaded.config
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Load the table, reconcile it with the providers, start the reaper."""
+        self._open()
+        self._load()
+        self._pending_reconcile = self._reconcile_targets()
+        self._reconcile_pending()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._reaper, name="lease-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the reaper; leases stay in the table for the next start (per-command ones go)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._cond:
+            doomed = [lease for lease in self._leases.values() if lease.mode == "per-command"]
+        for lease in doomed:
+            self._destroy(lease, "shutdown")
+        with self._cond:
+            self._flush()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def update(self, loaded: LoadedConfig) -> None:
+        """A new config: new profiles apply to new leases; live leases keep theirs until they expire."""
+        with self._cond:
+            self.loaded = loaded
+            self._pending_reconcile |= self._reconcile_targets()
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ public API
+
+    def list(self, bot: str | None = None) -> list[dict[str, Any]]:
+        with self._cond:
+            leases = [x for x in self._leases.values() if not x.gone and (bot is None or x.bot == bot)]
+            return [lease.as_dict() for lease in sorted(leases, key=lambda x: x.created_at)]
+
+    def get(self, lease_id: str, bot: str | None = None) -> Lease:
+        with self._cond:
+            lease = self._leases.get(lease_id)
+        if lease is None or lease.gone or (bot is not None and lease.bot != bot):
+            raise LeaseNotFound(f"no lease {lease_id} (it expired, was released, or is not this bot's)")
+        return lease
+
+    def acquire(self, bot: str, session_key: str | None = None) -> dict[str, Any]:
+        """The lease this bot's session should use, made if needed (waiting for capacity)."""
+        lease, created = self._acquire(bot, session_key)
+        out = lease.as_dict()
+        out["created"] = created
+        return out
+
+    def exec(
+        self,
+        lease_id: str,
+        command: str,
+        *,
+        cwd: str | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        bot: str | None = None,
+    ) -> ExecResult:
+        """Run one command in a lease; a per-command lease is destroyed after it."""
+        if not isinstance(command, str) or not command.strip():
+            raise BadLeaseRequest("command must be a non-empty string")
+        with self._cond:
+            lease = self.get(lease_id, bot)
+            if lease.mode == "per-command" and lease.done.is_set():
+                raise LeaseNotFound(f"lease {lease_id} was for one command and has been used")
+            lease.busy += 1
+            lease.last_used = time.time()
+            lease.dirty = True
+            provider = self._lease_provider(lease)
+        profile = lease.profile
+        wanted = profile.command_timeout if timeout is None else float(timeout)
+        req = ExecRequest(
+            command=command,
+            cwd=cwd or profile.workdir,
+            env=dict(env or {}),
+            stdin=stdin,
+            timeout=min(max(0.1, wanted), profile.max_lifetime),
+            output_limit=int(profile.output_limit),
+        )
+        try:
+            return provider.exec(lease.id, lease.data, profile, req)
+        finally:
+            with self._cond:
+                lease.busy -= 1
+                lease.last_used = time.time()
+                lease.dirty = True
+                if lease.mode == "per-command":
+                    lease.done.set()
+            if lease.mode == "per-command":
+                self._destroy(lease, "per-command")
+
+    def run(
+        self, bot: str, session_key: str | None, command: str, **kw: Any
+    ) -> tuple[dict[str, Any], ExecResult]:
+        """acquire + exec, the way the terminal backend uses it."""
+        lease = self.acquire(bot, session_key)
+        return lease, self.exec(lease["id"], command, bot=bot, **kw)
+
+    def release(self, lease_id: str, bot: str | None = None) -> dict[str, Any]:
+        lease = self.get(lease_id, bot)
+        self._destroy(lease, "released")
+        return {"id": lease_id, "released": True}
+
+    # ------------------------------------------------------------------ acquire
+
+    def _profile_of(self, bot: str) -> tuple[str, SandboxProfile]:
+        try:
+            bot_cfg = self.cfg.bot(bot)
+        except KeyError:
+            raise BadLeaseRequest(f"no bot named {bot!r}") from None
+        name = bot_cfg.sandbox
+        profile = self.cfg.sandboxes.get(name)
+        if profile is None:
+            raise BadLeaseRequest(f"bot {bot!r} names sandbox profile {name!r}, which does not exist")
+        return name, profile
+
+    def _session(self, profile: SandboxProfile, session_key: str | None) -> str:
+        if profile.mode == "shared":
+            return SHARED_SESSION
+        key = (session_key or "").strip() or "default"
+        if len(key) > MAX_SESSION_KEY or any(ord(c) < 32 for c in key):
+            raise BadLeaseRequest("session key must be printable and at most 256 characters")
+        return key
+
+    def _acquire(self, bot: str, session_key: str | None) -> tuple[Lease, bool]:
+        name, profile = self._profile_of(bot)
+        session = self._session(profile, session_key)
+        deadline = time.monotonic() + profile.acquire_timeout
+        with self._cond:
+            while True:
+                if profile.mode != "per-command":
+                    for lease in self._leases.values():
+                        if (lease.bot, lease.profile_name, lease.session) == (bot, name, session) and not (
+                            lease.gone or lease.expired(time.time())
+                        ):
+                            lease.last_used = time.time()
+                            lease.dirty = True
+                            return lease, False
+                in_use = sum(1 for x in self._leases.values() if x.profile_name == name and not x.gone)
+                if in_use < profile.max_leases:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CapacityReached(
+                        f"sandbox capacity reached: {in_use} leases in use "
+                        f"(profile {name!r} allows {profile.max_leases}); try again later"
+                    )
+                self._cond.wait(min(left, self.reap_every))
+            lease_id = new_lease_id(self.cfg.bot(bot).group)
+            now = time.time()
+            lease = Lease(
+                id=lease_id,
+                bot=bot,
+                session=session,
+                profile_name=name,
+                profile=profile,
+                provider_key=provider_key(profile),
+                data={},
+                created_at=now,
+                last_used=now,
+                busy=0,
+            )
+            self._leases[lease_id] = lease  # holds the slot while the sandbox is made
+            provider = self._provider(profile)
+        try:
+            lease.data = provider.create(lease_id, profile)
+        except Exception:
+            with self._cond:
+                self._leases.pop(lease_id, None)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._insert(lease)
+        log.info("lease %s: %s for bot %s session %s (%s)", lease_id, profile.mode, bot, session, name)
+        return lease, True
+
+    # ------------------------------------------------------------------ destroy and reap
+
+    def _destroy(self, lease: Lease, reason: str) -> None:
+        with self._cond:
+            if lease.gone:
+                return
+            lease.gone = True
+            provider = self._lease_provider(lease)
+        try:
+            provider.destroy(lease.id, lease.data)
+        except Exception as exc:  # keep the row: the next start's reconcile tries again
+            log.warning("lease %s: destroy failed (%s); will retry on the next start", lease.id, exc)
+            with self._cond:
+                self._leases.pop(lease.id, None)
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._leases.pop(lease.id, None)
+            if self._db is not None:
+                with self._db:
+                    self._db.execute("DELETE FROM leases WHERE id = ?", (lease.id,))
+            self._cond.notify_all()
+        if reason != "per-command":
+            log.info("lease %s: destroyed (%s)", lease.id, reason)
+
+    def reap(self) -> builtins.list[str]:
+        """Destroy expired leases now; returns their ids."""
+        now = time.time()
+        with self._cond:
+            doomed = [(x, why) for x in self._leases.values() if not x.gone and (why := x.expired(now))]
+        for lease, why in doomed:
+            self._destroy(lease, str(why))
+        with self._cond:
+            self._flush()
+        for provider in list(self._providers.values()):
+            reap = getattr(provider, "reap_orphans", None)
+            if reap is not None:
+                with contextlib.suppress(Exception):
+                    reap()
+        return [lease.id for lease, _ in doomed]
+
+    def _reaper(self) -> None:
+        while not self._stop.wait(self.reap_every):
+            try:
+                self.reap()
+                if self._pending_reconcile:
+                    self._reconcile_pending()
+            except Exception:
+                log.exception("lease reaper failed; will retry")
+
+    # ------------------------------------------------------------------ providers and reconcile
+
+    def _provider(self, profile: SandboxProfile) -> Provider:
+        key = provider_key(profile)
+        with self._cond:
+            provider = self._providers.get(key)
+            if provider is None:
+                provider = make_provider(profile, self.state_dir)
+                self._providers[key] = provider
+            return provider
+
+    def _lease_provider(self, lease: Lease) -> Provider:
+        """A lease's provider; rows loaded from the table have no token, so prefer the config's profile."""
+        with self._cond:
+            provider = self._providers.get(lease.provider_key)
+            if provider is not None:
+                return provider
+            profile = self._profiles_by_key().get(lease.provider_key, lease.profile)
+            provider = make_provider(profile, self.state_dir)
+            self._providers[lease.provider_key] = provider
+            return provider
+
+    def _reconcile_targets(self) -> set[str]:
+        keys = {provider_key(p) for name, p in self.cfg.sandboxes.items() if self._profile_used(name)}
+        return keys | {lease.provider_key for lease in self._leases.values()}
+
+    def _profile_used(self, name: str) -> bool:
+        return any(b.sandbox == name and b.enabled for b in self.cfg.bots)
+
+    def _profiles_by_key(self) -> dict[str, SandboxProfile]:
+        out = {provider_key(p): p for p in self.cfg.sandboxes.values()}
+        for lease in self._leases.values():
+            out.setdefault(lease.provider_key, lease.profile)
+        return out
+
+    def _reconcile_pending(self) -> None:
+        profiles = self._profiles_by_key()
+        for key in sorted(self._pending_reconcile):
+            profile = profiles.get(key)
+            if profile is None:
+                self._pending_reconcile.discard(key)
+                continue
+            try:
+                self.reconcile(key, profile)
+            except Exception as exc:
+                log.warning("sandbox reconcile (%s) failed, will retry: %s", profile.provider, exc)
+                continue
+            self._pending_reconcile.discard(key)
+
+    def reconcile(self, key: str, profile: SandboxProfile) -> dict[str, builtins.list[str]]:
+        """Make the table and one provider agree: destroy orphans, forget vanished sandboxes."""
+        with self._cond:
+            provider = self._providers.get(key) or self._provider(profile)
+        groups = sorted({b.group for b in self.cfg.bots} | {"default"})
+        existing: set[str] = set()
+        for group in groups:
+            existing |= provider.existing(lease_prefix(group))
+        with self._cond:
+            known = {x.id for x in self._leases.values() if x.provider_key == key}
+            vanished = [] if provider.lazy else sorted(known - existing)
+            for lease_id in vanished:
+                self._leases.pop(lease_id, None)
+                if self._db is not None:
+                    with self._db:
+                        self._db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+        orphans = sorted(existing - known)
+        for lease_id in orphans:
+            try:
+                provider.destroy(lease_id, {})
+                log.info("sandbox %s: destroyed orphan (no lease claims it)", lease_id)
+            except Exception as exc:
+                log.warning("sandbox %s: could not destroy orphan: %s", lease_id, exc)
+        return {"orphans": orphans, "vanished": vanished}
+
+    # ------------------------------------------------------------------ table
+
+    def _open(self) -> None:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self.db_path.chmod(0o600)
+
+    def _load(self) -> None:
+        assert self._db is not None
+        rows = self._db.execute(
+            "SELECT id, bot, session, profile_name, profile, provider_key, data, created_at, last_used FROM leases"
+        ).fetchall()
+        with self._cond:
+            for row in rows:
+                try:
+                    profile = SandboxProfile.model_validate(json.loads(row[4]))
+                except (ValueError, TypeError) as exc:
+                    log.warning("lease %s: unreadable row dropped: %s", row[0], exc)
+                    continue
+                self._leases[row[0]] = Lease(
+                    id=row[0],
+                    bot=row[1],
+                    session=row[2],
+                    profile_name=row[3],
+                    profile=profile,
+                    provider_key=row[5],
+                    data=json.loads(row[6]),
+                    created_at=row[7],
+                    last_used=row[8],
+                )
+
+    def _insert(self, lease: Lease) -> None:
+        if self._db is None:
+            return
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    lease.id,
+                    lease.bot,
+                    lease.session,
+                    lease.profile_name,
+                    _profile_json(lease.profile),
+                    lease.provider_key,
+                    json.dumps(lease.data),
+                    lease.created_at,
+                    lease.last_used,
+                ),
+            )
+
+    def _flush(self) -> None:
+        """Write last_used times (kept in memory between reaper ticks so a command costs no write)."""
+        if self._db is None:
+            return
+        dirty = [x for x in self._leases.values() if x.dirty and not x.gone]
+        if not dirty:
+            return
+        with self._db:
+            self._db.executemany(
+                "UPDATE leases SET last_used = ? WHERE id = ?", [(x.last_used, x.id) for x in dirty]
+            )
+        for x in dirty:
+            x.dirty = False
+
+
+def _profile_json(profile: SandboxProfile) -> str:
+    """The profile as the lease keeps it; the bearer token is not stored (it comes from the config)."""
+    data = profile.model_dump(mode="json", exclude={"token"})
+    return json.dumps(data, sort_keys=True)
