@@ -4,19 +4,24 @@
  * set with `wrangler secret put` and are optional here so that a missing one
  * is reported clearly instead of failing at import time.
  */
-type Agent = Rpc.DurableObjectBranded;
-type SandboxRegistry = Rpc.DurableObjectBranded;
+import type { Agent } from "./agent";
+import type { SandboxRegistry } from "./registry";
+import type { Exec } from "./sandboxes";
 
 export interface Env {
   /** Agent containers: one Durable Object (and container) per bot group, named by group. */
   Agent: DurableObjectNamespace<Agent>;
   /** Exec sandboxes (Sandbox SDK containers), one per flared lease id. */
-  Exec: DurableObjectNamespace;
+  Exec: DurableObjectNamespace<Exec>;
   /** Every Exec sandbox this Worker created, so none leaks. */
   Registry: DurableObjectNamespace<SandboxRegistry>;
 
   /** JSON object bot name -> group, rendered from the YAML. */
   BOT_GROUPS: string;
+  /** Comma-separated sandbox profile names (all run on Exec containers here). */
+  SANDBOX_PROFILES?: string;
+  /** Sandboxes idle longer than this (ms) are destroyed by the cron sweep. */
+  SANDBOX_MAX_IDLE_MS?: string;
   /** R2 bucket name and optional account id (for the S3 endpoint flared uses). */
   R2_BUCKET_NAME: string;
   CF_ACCOUNT_ID?: string;

@@ -2,6 +2,11 @@
 import type { Env } from "./env";
 import { buildApp } from "./routes";
 
+export { ContainerProxy } from "@cloudflare/containers";
+export { Agent } from "./agent";
+export { Exec } from "./sandboxes";
+export { SandboxRegistry } from "./registry";
+
 const app = buildApp();
 
 export default {

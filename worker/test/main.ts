@@ -4,3 +4,5 @@
  * Object boundary (workerd cannot run containers without Docker).
  */
 export { default } from "../src/index";
+export { SandboxRegistry } from "../src/registry";
+export { FakeAgent as Agent, FakeExec as Exec } from "./doubles";
