@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -381,18 +381,22 @@ def restore(
     fence = Fence(etag, latest.generation if latest else 0, latest.id if latest else None)
     if latest is None and snapshot_id is None:
         return RestoreResult("empty", bot, fence=fence, seconds=round(time.monotonic() - started, 3))
-    if snapshot_id is not None:
-        candidates = [snapshot_id]
-    else:
+
+    def candidates() -> Iterator[str]:
+        if snapshot_id is not None:
+            yield snapshot_id
+            return
         assert latest is not None
-        older = sorted(
+        yield latest.id
+        # Only when the newest failed: list the store for older ones (no LIST on the happy path).
+        yield from sorted(
             (i.id for i in list_ids(store, bot) if i.has_blob and i.has_manifest and i.id < latest.id),
             reverse=True,
         )
-        candidates = [latest.id, *older]
+
     failures: list[dict[str, str]] = []
     downloaded = 0
-    for sid in candidates:
+    for sid in candidates():
         on_reading(sid)
         try:
             downloaded += _restore_one(store, bot, sid, home, work, key, progress)
@@ -447,11 +451,11 @@ def _restore_one(
             )
     blob = work / f"{sid}.sqsh"
     try:
-        store.get_file(blob_key(bot, sid), blob, progress=progress)
+        got = store.get_file(blob_key(bot, sid), blob, size=manifest.packed_size, progress=progress)
     except NotFound:
         raise RestoreError("its blob is missing") from None
     size = blob.stat().st_size
-    if size != manifest.packed_size or file_sha256(blob) != manifest.blob_sha256:
+    if size != manifest.packed_size or (got.sha256 or file_sha256(blob)) != manifest.blob_sha256:
         raise RestoreError("its blob is damaged: size or sha256 differs from the manifest")
     if manifest.encrypted:
         assert key is not None

@@ -60,7 +60,12 @@ class Store(Protocol):
         """Upload a file; return what the store reports about it afterwards (size, checksum)."""
         ...
 
-    def get_file(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo: ...
+    def get_file(
+        self, key: str, dest: Path, *, size: int | None = None, progress: Progress | None = None
+    ) -> ObjectInfo:
+        """Download to `dest`. With the `size` known (from a manifest) a small object takes one
+        request; the result carries the sha256 of what was written when it was computed on the way."""
+        ...
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         """A small object and its ETag."""

@@ -10,6 +10,7 @@ every writer on this machine (and on any filesystem honouring flock).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -105,16 +106,20 @@ class LocalStore:
         # Report what is stored, re-read from disk: the caller compares it with what it sent.
         return self._info(key, target, sha256=file_sha256(target))
 
-    def get_file(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
+    def get_file(
+        self, key: str, dest: Path, *, size: int | None = None, progress: Progress | None = None
+    ) -> ObjectInfo:
         src = self._path(key)
         info = self._info(key, src)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
         with src.open("rb") as s, dest.open("wb") as d:
             while chunk := s.read(CHUNK):
                 d.write(chunk)
+                h.update(chunk)
                 if progress:
                     progress(len(chunk))
-        return info
+        return dataclasses.replace(info, sha256=h.hexdigest())
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         try:

@@ -162,16 +162,39 @@ class S3Store:
             raise StoreError(f"{key}: the checksum the store reports differs from the file uploaded")
         return dataclasses.replace(info, sha256=sha256)
 
-    def get_file(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
+    def get_file(
+        self, key: str, dest: Path, *, size: int | None = None, progress: Progress | None = None
+    ) -> ObjectInfo:
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            if size is not None and size < self.transfer.multipart_threshold:
+                return self._get_single(key, dest, progress)
+            # Large: parallel ranged GETs through the transfer manager.
             self.client.download_file(
                 self.bucket, self._key(key), str(dest), Config=self.transfer, Callback=progress
             )
         except Exception as exc:
             raise _classify(exc, key) from None
-        return self._info(key, head)
+        st = dest.stat()
+        return ObjectInfo(key=key, size=st.st_size, etag="", modified=st.st_mtime)
+
+    def _get_single(self, key: str, dest: Path, progress: Progress | None) -> ObjectInfo:
+        """One GET, hashed while it streams to disk: no HEAD, no second read."""
+        resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        h = hashlib.sha256()
+        with dest.open("wb") as f:
+            for chunk in resp["Body"].iter_chunks(1024 * 1024):
+                f.write(chunk)
+                h.update(chunk)
+                if progress:
+                    progress(len(chunk))
+        return ObjectInfo(
+            key=key,
+            size=dest.stat().st_size,
+            etag=str(resp.get("ETag", "")),
+            modified=resp["LastModified"].timestamp(),
+            sha256=h.hexdigest(),
+        )
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         try:
