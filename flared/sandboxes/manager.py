@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -124,6 +126,7 @@ class LeaseManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending_reconcile: set[str] = set()
+        self._lock_fd: int | None = None
 
     @property
     def cfg(self) -> HermesFlareConfig:
@@ -131,8 +134,13 @@ class LeaseManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Load the table, reconcile it with the providers, start the reaper."""
+    def start(self, *, lock_wait: float = 30.0) -> None:
+        """Load the table, reconcile it with the providers, start the reaper.
+
+        One manager per state dir: ``flared exec`` without a daemon runs one
+        in-process, so both take ``sandboxes/manager.lock`` first.
+        """
+        self._lock_fd = _take_lock(self.db_path.parent / "manager.lock", lock_wait)
         self._open()
         self._load()
         self._pending_reconcile = self._reconcile_targets()
@@ -155,6 +163,23 @@ class LeaseManager:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    @classmethod
+    def offline_list(cls, loaded: LoadedConfig, bot: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The lease table as ``list`` shows it, read without starting anything."""
+        m = cls(loaded)
+        if not m.db_path.exists():
+            return []
+        m._open()
+        try:
+            m._load()
+            return m.list(bot=bot)
+        finally:
+            assert m._db is not None
+            m._db.close()
 
     def update(self, loaded: LoadedConfig) -> None:
         """A new config: new profiles apply to new leases; live leases keep theirs until they expire."""
@@ -503,6 +528,23 @@ class LeaseManager:
             )
         for x in dirty:
             x.dirty = False
+
+
+def _take_lock(path: Path, wait: float) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SandboxError(
+                    "another flared process is managing these sandboxes (the daemon, or a `flared exec`)"
+                ) from None
+            time.sleep(0.05)
 
 
 def _profile_json(profile: SandboxProfile) -> str:
