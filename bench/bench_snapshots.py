@@ -43,16 +43,27 @@ from tests.fixtures.s3server import MotoServer
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SNAPSHOT_SIZES", "50,500").split(",")]
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
-WORDS = (
-    "the agent remembers what the user said about their dog garden project deadline meeting "
-    "python script error log file server deploy cloudflare worker container memory skill tool "
-    "call result message session thread channel slack reply summary note todo bug fix test "
-    "release config yaml snapshot restore sandbox command output weather recipe travel plan"
-).split()
+
+
+def _corpus() -> list[str]:
+    """Real text with real entropy: lines of the standard library's own sources and docs."""
+    import sysconfig
+
+    lines: list[str] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:120]:
+        lines += [ln.strip() for ln in path.read_text(errors="replace").splitlines() if len(ln.strip()) > 20]
+    return lines
+
+
+CORPUS = _corpus()
 
 
 def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+    """About n words of realistic text."""
+    out: list[str] = []
+    while len(out) < n:
+        out += rng.choice(CORPUS).split()
+    return " ".join(out[:n])
 
 
 def generate_home(home: Path, mb: int) -> None:
