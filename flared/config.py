@@ -222,7 +222,12 @@ class CompressionConfig(Model):
     algorithm: Literal["zstd", "gzip", "xz", "lz4", "lzo"] = Field(
         default="zstd", description="mksquashfs compressor."
     )
-    level: int | None = Field(default=None, ge=1, le=22, description="Compression level; null = default.")
+    level: int | None = Field(
+        default=None,
+        ge=1,
+        le=22,
+        description="Compression level; null = flared's choice (zstd: 3, fast with a ratio near gzip -9; others: mksquashfs' default).",
+    )
 
 
 class EncryptionConfig(Model):
