@@ -1,6 +1,157 @@
-/** The Worker's HTTP surface: /health, and /api/* proxied to flared. */
-import { Hono } from "hono";
+/**
+ * The Worker's HTTP surface: /health (no auth, never wakes a container) and
+ * /api/*, authenticated, proxied to flared's control API in the Agent
+ * container of the right bot group.
+ *
+ * Routes about one bot go to that bot's group. Routes about the deployment
+ * (status, config, a snapshot of every bot) go to one group with `?group=G`,
+ * otherwise to every group, answered as `{"groups": {G: answer}}`.
+ */
+import { Hono, type Context } from "hono";
+import { GROUP_HEADER } from "./agent";
+import { requireAuth } from "./auth";
 import type { Env } from "./env";
+
+type C = Context<{ Bindings: Env }>;
+
+/** How long one group's flared may take to answer a proxied request. */
+export const PROXY_TIMEOUT_MS = 30_000;
+
+export class RouteError extends Error {
+  constructor(
+    readonly status: 400 | 404 | 502 | 503 | 504,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** bot -> group, from the BOT_GROUPS var rendered from the YAML. */
+export function botGroups(env: Env): Record<string, string> {
+  try {
+    const parsed: unknown = JSON.parse(env.BOT_GROUPS || "{}");
+    if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) {
+      return Object.fromEntries(Object.entries(parsed).filter(([, g]) => typeof g === "string")) as Record<string, string>;
+    }
+  } catch {
+    // fall through
+  }
+  throw new RouteError(503, "BOT_GROUPS is not valid JSON: re-render wrangler.toml with `flared render wrangler`");
+}
+
+/** Every group, sorted; `default` when the YAML has no bots yet. */
+export function allGroups(env: Env): string[] {
+  const groups = [...new Set(Object.values(botGroups(env)))].sort();
+  return groups.length ? groups : ["default"];
+}
+
+export function groupOfBot(env: Env, bot: string): string {
+  const g = botGroups(env)[bot];
+  if (!g) throw new RouteError(404, `no bot named ${JSON.stringify(bot)} in this deployment`);
+  return g;
+}
+
+function checkGroup(env: Env, group: string): string {
+  if (!allGroups(env).includes(group)) throw new RouteError(404, `no bot group named ${JSON.stringify(group)}`);
+  return group;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new RouteError(504, `${what} did not answer within ${ms / 1000}s`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => {
+    if (timer !== undefined) clearTimeout(timer);
+  });
+}
+
+/** One request to flared in `group`'s Agent container (started if needed). */
+export async function callAgent(
+  env: Env,
+  group: string,
+  method: string,
+  pathAndQuery: string,
+  body?: string,
+  timeoutMs = PROXY_TIMEOUT_MS,
+): Promise<Response> {
+  const headers: Record<string, string> = { [GROUP_HEADER]: group, Accept: "application/json" };
+  const init: RequestInit = { method, headers };
+  if (body !== undefined) {
+    init.body = body;
+    headers["Content-Type"] = "application/json";
+  }
+  const stub = env.Agent.getByName(group);
+  try {
+    return await withTimeout(stub.fetch(`http://agent${pathAndQuery}`, init), timeoutMs, `flared in group ${group}`);
+  } catch (err) {
+    if (err instanceof RouteError) throw err;
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new RouteError(503, `the Agent container of group ${group} is not reachable: ${msg.slice(0, 200)}`);
+  }
+}
+
+/** flared's answer as the client's, keeping its status and JSON body. */
+async function relay(res: Response): Promise<Response> {
+  const text = await res.text();
+  return new Response(text, {
+    status: res.status,
+    headers: { "Content-Type": res.headers.get("Content-Type") ?? "application/json" },
+  });
+}
+
+async function proxyToGroup(c: C, group: string, path: string, body?: string): Promise<Response> {
+  const url = new URL(c.req.url);
+  return relay(await callAgent(c.env, group, c.req.method, `${path}${url.search}`, body));
+}
+
+/** Fan a request out to every group (or the one named by `?group=`). */
+async function fanOut(c: C, path: string, body?: string): Promise<Response> {
+  const url = new URL(c.req.url);
+  const only = url.searchParams.get("group");
+  if (only) return proxyToGroup(c, checkGroup(c.env, only), path, body);
+  const groups = allGroups(c.env);
+  const answers = await Promise.all(
+    groups.map(async (g) => {
+      try {
+        const res = await callAgent(c.env, g, c.req.method, `${path}${url.search}`, body);
+        const text = await res.text();
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = { error: `flared answered ${res.status} with a non-JSON body` };
+        }
+        return [g, res.ok, parsed] as const;
+      } catch (err) {
+        return [g, false, { error: err instanceof Error ? err.message : String(err) }] as const;
+      }
+    }),
+  );
+  const ok = answers.every(([, good]) => good);
+  return c.json({ groups: Object.fromEntries(answers.map(([g, , body]) => [g, body])) }, ok ? 200 : 502);
+}
+
+async function jsonBody(c: C): Promise<Record<string, unknown>> {
+  const text = await c.req.text();
+  if (!text.trim()) return {};
+  try {
+    const v: unknown = JSON.parse(text);
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new RouteError(400, "request body must be a JSON object");
+}
+
+function botParam(v: unknown, required: boolean): string | null {
+  if (v === undefined || v === null || v === "") {
+    if (required) throw new RouteError(400, "bot is required");
+    return null;
+  }
+  if (typeof v !== "string") throw new RouteError(400, "bot must be a string");
+  return v;
+}
 
 export function buildApp(): Hono<{ Bindings: Env }> {
   const app = new Hono<{ Bindings: Env }>();
@@ -8,5 +159,40 @@ export function buildApp(): Hono<{ Bindings: Env }> {
   // Never touches a container: a load balancer or uptime check must not wake one.
   app.get("/health", (c) => c.json({ ok: true }));
 
+  app.use("/api/*", requireAuth());
+
+  app.get("/api/status", (c) => fanOut(c, "/status"));
+  app.get("/api/config", (c) => fanOut(c, "/config"));
+
+  app.get("/api/snapshots", (c) => {
+    const bot = botParam(c.req.query("bot"), false);
+    return bot ? proxyToGroup(c, groupOfBot(c.env, bot), "/snapshots") : fanOut(c, "/snapshots");
+  });
+  app.post("/api/snapshots", async (c) => {
+    const body = await jsonBody(c);
+    const bot = botParam(body.bot, false);
+    const text = JSON.stringify({ ...body, bot });
+    return bot ? proxyToGroup(c, groupOfBot(c.env, bot), "/snapshots", text) : fanOut(c, "/snapshots", text);
+  });
+  app.post("/api/restore", async (c) => {
+    const body = await jsonBody(c);
+    const bot = botParam(body.bot, true) as string;
+    return proxyToGroup(c, groupOfBot(c.env, bot), "/restore", JSON.stringify(body));
+  });
+  app.get("/api/logs", (c) => {
+    const bot = botParam(c.req.query("bot"), true) as string;
+    return proxyToGroup(c, groupOfBot(c.env, bot), "/logs");
+  });
+  app.post("/api/bots/:name/restart", (c) => {
+    const bot = c.req.param("name");
+    return proxyToGroup(c, groupOfBot(c.env, bot), `/bots/${encodeURIComponent(bot)}/restart`, "");
+  });
+
+  app.notFound((c) => c.json({ error: `no route ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
+  app.onError((err, c) => {
+    if (err instanceof RouteError) return c.json({ error: err.message }, err.status);
+    console.error("unhandled error", err instanceof Error ? err.message : String(err));
+    return c.json({ error: "internal error" }, 500);
+  });
   return app;
 }
