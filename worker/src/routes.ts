@@ -74,12 +74,13 @@ export async function callAgent(
   pathAndQuery: string,
   body?: string,
   timeoutMs = PROXY_TIMEOUT_MS,
+  contentType = "application/json",
 ): Promise<Response> {
   const headers: Record<string, string> = { [GROUP_HEADER]: group, Accept: "application/json" };
   const init: RequestInit = { method, headers };
   if (body !== undefined) {
     init.body = body;
-    headers["Content-Type"] = "application/json";
+    headers["Content-Type"] = contentType;
   }
   const stub = env.Agent.getByName(group);
   try {
