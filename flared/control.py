@@ -37,6 +37,7 @@ ROUTE_MODULES: list[str] = [
     "flared.routes",
     "flared.snapshots.api",
     "flared.sandboxes.api",
+    "flared.reload_api",
 ]
 
 MAX_BODY = 8 * 1024 * 1024

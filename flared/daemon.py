@@ -55,6 +55,8 @@ class Daemon:
         self.snapshots: Any = None
         self.leases: Any = None
         self.control: ControlServer | None = None
+        self.cron: Any = None  # flared.cron's scheduler, when that module is present
+        self.last_reload: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ config
 
@@ -330,6 +332,11 @@ class Daemon:
         }
         if self.leases is not None:
             out["leases"] = _safe(self.leases.list, [])
+        if self.last_reload is not None:
+            out["config"]["last_reload"] = self.last_reload
+        cron = optional_import("flared.cron")
+        if cron is not None:
+            out["cron"] = _safe(lambda: cron.status(self), None)
         return out
 
 

@@ -8,13 +8,31 @@ that cannot apply live, swaps the config, then touches only what changed.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import hashlib
 import logging
+import os
+import re
+import stat
+import threading
+import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
 
 from flared import yamlpos
 from flared.config import HermesFlareConfig
+from flared.hermes import GATEWAY_PREFIX
 from flared.loader import Issue, LoadedConfig
+from flared.optional import optional_import
+from flared.reconcile import RemoveGroup, WriteProgram
+
+if TYPE_CHECKING:
+    from flared.daemon import Daemon
 
 log = logging.getLogger("flared.reload")
 
@@ -234,3 +252,272 @@ def refusal_issues(new: LoadedConfig, changes: list[Change]) -> list[Issue]:
                 )
             )
     return issues
+
+
+# --------------------------------------------------------------------------- apply
+
+SNAPSHOT_BEFORE_RESTART_BUDGET = 60.0
+_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def reload_lock(daemon: Daemon) -> threading.RLock:
+    """One reload at a time per daemon (watcher, SIGHUP, PUT /config, `flared reload`)."""
+    with _locks_guard:
+        lock = _locks.get(daemon)
+        if lock is None:
+            lock = _locks[daemon] = threading.RLock()
+        return lock
+
+
+def apply(daemon: Daemon, new: LoadedConfig) -> dict[str, Any]:
+    """Switch the daemon to ``new`` (already validated), touching only what changed.
+
+    Refused changes (state_dir, control) leave everything as it was and are
+    reported like validation errors. Otherwise the config is swapped, the
+    snapshot and lease services take the new policy, gateways whose rendered
+    Hermes config changed get a snapshot and a restart, new bots boot
+    (restore, then start), removed bots stop and get a final snapshot, and
+    cron is reconciled. A failure for one bot is reported and the rest applies.
+    """
+    with reload_lock(daemon):
+        result = _apply_locked(daemon, new)
+    daemon.last_reload = {**result, "at": time.time()}
+    return result
+
+
+def _apply_locked(daemon: Daemon, new: LoadedConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    old = daemon.loaded
+    if new.digest == old.digest:
+        daemon.config_error = None
+        return {"applied": False, "unchanged": True, "config_digest": new.digest}
+    changes = diff(old.config, new.config)
+    issues = refusal_issues(new, changes)
+    if issues:
+        daemon.config_error = issues
+        for issue in issues:
+            log.error("config not applied: %s", issue)
+        return {
+            "applied": False,
+            "errors": [i.as_dict() for i in issues],
+            "config_digest": old.digest,
+            "changes": [str(c) for c in changes],
+        }
+    p = plan(changes)
+    failures: dict[str, str] = {}
+    with daemon.lock:
+        daemon.loaded = new
+        daemon.config_error = None
+        _update_logging(new, level_changed=p.log_level)
+        for name, service in (("snapshots", daemon.snapshots), ("leases", daemon.leases)):
+            update = getattr(service, "update", None)
+            if update is not None:
+                try:
+                    update(new)
+                except Exception as exc:
+                    log.exception("%s: cannot apply the new config", name)
+                    failures[name] = f"cannot apply the new policy: {exc}"
+        for name in p.stop:
+            daemon.ready.discard(name)
+            daemon.held.discard(name)
+            daemon.boot_errors.pop(name, None)
+        restarting: list[str] = []
+        try:
+            restarting = restarting_bots(daemon.plan())
+            for bot, error in _snapshot_first(daemon, restarting).items():
+                failures[bot] = error
+            daemon.reconcile()
+        except Exception as exc:  # supervisord trouble: the main loop retries
+            log.warning("reconcile after reload failed, will retry: %s", exc)
+            failures["reconcile"] = str(exc)
+        for name in p.start:
+            try:
+                daemon._boot_bot(name)
+            except Exception as exc:
+                log.exception("bot %s: cannot start", name)
+                failures[name] = f"cannot start: {exc}"
+    retired, retire_failures = _retire(daemon, p.stop)
+    failures.update(retire_failures)
+    cron = optional_import("flared.cron")
+    if cron is not None:
+        try:
+            cron.update(daemon, new)
+        except Exception as exc:
+            log.exception("cron: cannot apply the new jobs")
+            failures["cron"] = str(exc)
+    for c in changes:
+        log.info("config: %s", c)
+    for where, error in failures.items():
+        log.error("config applied, but %s: %s", where, error)
+    log.info("config %s applied in %.2f s", new.digest[:12], time.monotonic() - started)
+    return {
+        "applied": True,
+        "config_digest": new.digest,
+        "previous_digest": old.digest,
+        "changes": [str(c) for c in changes],
+        "details": [c.as_dict() for c in changes],
+        "restarted": restarting,
+        "started": p.start,
+        "stopped": p.stop,
+        "retired": retired,
+        "failures": failures,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def restarting_bots(actions: list[Any]) -> list[str]:
+    """Bots whose loaded gateway program gets a new conf: the plan restarts them."""
+    written = {a.name for a in actions if isinstance(a, WriteProgram)}
+    removed = {a.name for a in actions if isinstance(a, RemoveGroup)}
+    return sorted(n.removeprefix(GATEWAY_PREFIX) for n in written & removed if n.startswith(GATEWAY_PREFIX))
+
+
+def _snapshot_first(daemon: Daemon, bots: list[str]) -> dict[str, str]:
+    """Snapshot bots about to restart, in parallel; a failure is reported, the restart goes on."""
+    snap = getattr(daemon.snapshots, "snapshot", None)
+    if snap is None or not bots:
+        return {}
+    failures: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="reload-snap") as pool:
+        futures = {bot: pool.submit(snap, bot, "reload") for bot in bots}
+        done, _ = concurrent.futures.wait(futures.values(), timeout=SNAPSHOT_BEFORE_RESTART_BUDGET)
+        for bot, fut in futures.items():
+            if fut not in done:
+                failures[bot] = "snapshot before restart did not finish in time; restarted anyway"
+            elif fut.exception() is not None:
+                failures[bot] = f"snapshot before restart failed: {fut.exception()}"
+            else:
+                r = fut.result()
+                if isinstance(r, dict) and r.get("result") in {"failed", "fenced"}:
+                    failures[bot] = (
+                        f"snapshot before restart {r['result']}: {r.get('error') or r.get('reason')}"
+                    )
+    return failures
+
+
+def _retire(daemon: Daemon, bots: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Final snapshot of bots that left (their gateways are already stopped)."""
+    retire = getattr(daemon.snapshots, "retire", None)
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    for bot in bots:
+        if retire is None:
+            continue
+        try:
+            r = retire(bot)
+        except Exception as exc:
+            failures[bot] = f"final snapshot failed: {exc}"
+            continue
+        if isinstance(r, dict):
+            results[bot] = {k: r.get(k) for k in ("result", "id", "reason", "error") if r.get(k) is not None}
+            if r.get("result") in {"failed", "fenced"}:
+                failures[bot] = f"final snapshot {r['result']}: {r.get('error') or r.get('reason')}"
+    return results, failures
+
+
+def _update_logging(new: LoadedConfig, *, level_changed: bool) -> None:
+    """New log level, and new secrets for the redacting log formatter."""
+    root = logging.getLogger()
+    if level_changed:
+        root.setLevel(new.config.log_level.upper())
+    for handler in root.handlers:
+        fmt = handler.formatter
+        if fmt is not None and hasattr(fmt, "config"):
+            fmt.config = new.config
+
+
+def reload_from_disk(daemon: Daemon) -> dict[str, Any]:
+    """Load the file and apply it, holding the reload lock across both.
+
+    Reading inside the lock means a reload that started earlier can never
+    apply an older file after a later one.
+    """
+    with reload_lock(daemon):
+        return daemon.reload_from_disk()
+
+
+# --------------------------------------------------------------------------- `flared status` with a broken file
+
+_TOP_STATE_DIR = re.compile(r"^state_dir\s*:\s*['\"]?([^'\"#\n]+?)['\"]?\s*(?:#.*)?$", re.MULTILINE)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def pointer_dir() -> Path | None:
+    """A directory only this user can write: ``$XDG_RUNTIME_DIR/hermes-flare`` or ``/tmp/hermes-flare-UID``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    d = Path(runtime) / "hermes-flare" if runtime else Path(f"/tmp/hermes-flare-{os.getuid()}")
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = d.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None  # someone else's directory: do not trust or write it
+    return d
+
+
+def pointer_path(config_path: Path) -> Path | None:
+    d = pointer_dir()
+    if d is None:
+        return None
+    key = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:24]
+    return d / f"{key}.sock"
+
+
+def publish_socket(config_path: Path, socket: Path) -> None:
+    """Symlink ``socket`` under a name derived from the config path.
+
+    Lets `flared status` and `flared reload` find the daemon that runs a
+    config file even when an edit broke the file (and with it `state_dir`).
+    """
+    link = pointer_path(config_path)
+    if link is None:
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(socket.resolve())
+        os.replace(tmp, link)
+
+
+def guess_socket(path: Path) -> Path:
+    """The running daemon's socket when the config file no longer validates.
+
+    `flared status` must still reach the daemon (which keeps the last good
+    config) after a bad edit, so read only ``state_dir`` and
+    ``control.socket`` as leniently as possible: parsed YAML if it parses,
+    else the top-level ``state_dir:`` line, else the default.
+    """
+    link = pointer_path(path)
+    if link is not None and link.is_symlink() and link.exists():
+        return link.resolve()
+    text = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = path.read_text(encoding="utf-8")
+    state_dir: str | None = None
+    socket: str | None = None
+    data: Any = None
+    with contextlib.suppress(yaml.YAMLError):
+        data = yaml.safe_load(text)
+    if isinstance(data, dict):
+        if isinstance(data.get("state_dir"), str):
+            state_dir = data["state_dir"]
+        control = data.get("control")
+        if isinstance(control, dict) and isinstance(control.get("socket"), str):
+            socket = control["socket"]
+    else:
+        m = _TOP_STATE_DIR.search(text)
+        state_dir = m.group(1) if m else None
+    state_dir = (
+        os.environ.get("FLARE_STATE_DIR") or state_dir or HermesFlareConfig.model_fields["state_dir"].default
+    )
+    socket = os.environ.get("FLARE_CONTROL__SOCKET") or socket
+    base = path.resolve().parent
+    if socket:
+        return base / os.path.expanduser(_expand(socket))
+    return base / os.path.expanduser(_expand(str(state_dir))) / "flared.sock"
+
+
+def _expand(value: str) -> str:
+    return _VAR.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)

@@ -208,7 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args, check_state_dir=False)
+    from flared.loader import ConfigError, find_config, load_config
+
+    try:
+        loaded = load_config(getattr(args, "config", None), check_state_dir=False)
+    except ConfigError as exc:
+        return status_with_invalid_file(args, exc, find_config(getattr(args, "config", None)))
     try:
         data = client_for(loaded).request("GET", "/status", timeout=10)
         data["daemon"] = "running"
@@ -217,6 +222,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ControlError as exc:
         raise CommandError(f"the daemon answered {exc.status}: {exc}") from None
     emit(args, data, render_status)
+    return EXIT_OK
+
+
+def status_with_invalid_file(args: argparse.Namespace, exc: Any, path: Path) -> int:
+    """The file does not validate: the daemon still runs its last good config, so ask it."""
+    from flared.client import ControlClient
+    from flared.commands.common import print_config_errors
+    from flared.reload import guess_socket
+
+    try:
+        data = ControlClient(guess_socket(path)).request("GET", "/status", timeout=10)
+    except (DaemonNotRunning, ControlError, OSError):
+        print_config_errors(exc, getattr(args, "json", False))
+        return EXIT_INVALID
+    data["daemon"] = "running"
+    data.setdefault("config", {})["file_errors"] = [str(i) for i in exc.issues]
+    emit(args, data, render_status)
+    if not getattr(args, "json", False):
+        print_config_errors(exc)
     return EXIT_OK
 
 
@@ -285,9 +309,16 @@ def render_status(con: Console, d: dict[str, Any]) -> None:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args, check_state_dir=False)
+    from flared.client import ControlClient
+    from flared.loader import ConfigError, find_config, load_config
+    from flared.reload import guess_socket
+
     try:
-        data = client_for(loaded).request("POST", "/reload", timeout=60)
+        client = client_for(load_config(getattr(args, "config", None), check_state_dir=False))
+    except ConfigError:  # the daemon still reloads, so it logs and reports the error in its status
+        client = ControlClient(guess_socket(find_config(getattr(args, "config", None))))
+    try:
+        data = client.request("POST", "/reload", timeout=60)
     except DaemonNotRunning:
         raise CommandError("the daemon is not running (start it with `flared up`)") from None
     except ControlError as exc:
