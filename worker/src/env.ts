@@ -33,6 +33,9 @@ export interface Env {
   /** Comma-separated secret names injected at egress instead of entering the container. */
   EGRESS_SECRETS?: string;
 
+  /** R2 bucket of the snapshot store (flared uses its S3 API; the binding lets wrangler check it). */
+  SNAPSHOTS?: R2Bucket;
+
   /** Secret: bearer token for /api/*. */
   API_TOKEN?: string;
   /** Secrets: R2 API token pair flared uses for the snapshot store. */

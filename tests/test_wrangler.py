@@ -1,0 +1,176 @@
+"""`flared render wrangler`: wrangler.toml from the YAML, and the committed one is current."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flared.commands.common import CommandError
+from flared.loader import load_config
+from flared.wrangler import DO_CLASSES, INSTANCE_TYPES, render
+from tests.fixtures.flare import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "{provider: anthropic, model: claude-sonnet-4-5}"
+
+
+def render_yaml(tmp_path: Path, text: str) -> dict[str, Any]:
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text(textwrap.dedent(text))
+    return tomllib.loads(render(load_config(path, environ={}, check_state_dir=False)))
+
+
+def test_committed_wrangler_toml_is_what_the_committed_yaml_renders() -> None:
+    loaded = load_config(ROOT / "hermes-flare.yaml", environ={}, check_state_dir=False)
+    committed = (ROOT / "wrangler.toml").read_text()
+    assert committed == render(loaded), (
+        "wrangler.toml is stale: run `flared render wrangler > wrangler.toml` and commit it"
+    )
+
+
+def test_committed_wrangler_toml_points_at_real_files_and_exports() -> None:
+    cfg = tomllib.loads((ROOT / "wrangler.toml").read_text())
+    assert (ROOT / cfg["main"]).is_file()
+    assert "nodejs_compat" in cfg["compatibility_flags"]
+    index = (ROOT / cfg["main"]).read_text()
+    for container in cfg["containers"]:
+        assert (ROOT / container["image"]).is_file()
+        assert re.search(rf"export \{{ {container['class_name']} \}}", index), container["class_name"]
+    bindings = {b["name"]: b["class_name"] for b in cfg["durable_objects"]["bindings"]}
+    assert bindings == dict(DO_CLASSES)
+    for cls in bindings.values():
+        assert re.search(rf"export \{{ {cls} \}}", index), f"worker does not export {cls}"
+    # Every Durable Object class is created by a migration, SQLite-backed.
+    assert sorted(cfg["migrations"][0]["new_sqlite_classes"]) == sorted(bindings.values())
+    # The container classes' outbound proxy must be exported too.
+    assert "ContainerProxy" in index
+    # The YAML is bundled as a text module.
+    assert cfg["rules"] == [{"type": "Text", "globs": ["**/*.yaml"], "fallthrough": True}]
+
+
+def test_defaults_without_a_cloudflare_section(tmp_path: Path) -> None:
+    cfg = render_yaml(
+        tmp_path,
+        """
+        version: 1
+        bots:
+          - {name: hermes, model: MODEL}
+        """.replace("MODEL", MODEL),
+    )
+    assert cfg["name"] == "hermes-flare"
+    assert "account_id" not in cfg
+    assert cfg["triggers"]["crons"] == ["*/5 * * * *"]
+    assert cfg["r2_buckets"] == [{"binding": "SNAPSHOTS", "bucket_name": "hermes-flare-data"}]
+    agent, exe = cfg["containers"]
+    assert (agent["class_name"], agent["instance_type"], agent["max_instances"]) == ("Agent", "standard-1", 4)
+    assert agent["image_build_context"] == "."
+    assert (exe["class_name"], exe["instance_type"], exe["max_instances"]) == ("Exec", "basic", 20)
+    v = cfg["vars"]
+    assert json.loads(v["BOT_GROUPS"]) == {"hermes": "default"}
+    assert v["SANDBOX_PROFILES"] == "default"
+    # Longest lease lifetime (default 2h) plus a 10 minute margin.
+    assert v["SANDBOX_MAX_IDLE_MS"] == str((7200 + 600) * 1000)
+    assert v["ACCESS_TEAM_DOMAIN"] == v["ACCESS_AUD"] == v["ACCESS_ALLOWED_EMAILS"] == ""
+
+
+def test_cloudflare_section_groups_and_access(tmp_path: Path) -> None:
+    cfg = render_yaml(
+        tmp_path,
+        """
+        version: 1
+        sandboxes:
+          default: {max_lifetime: 1h}
+          heavy: {max_lifetime: 4h, idle_ttl: 30m}
+        bots:
+          - {name: hermes, model: MODEL}
+          - {name: scout, group: research, sandbox: heavy, model: MODEL}
+          - {name: scribe, group: research, model: MODEL}
+        cloudflare:
+          worker: my-agents
+          account_id: 0123456789abcdef0123456789abcdef
+          bucket: my-bucket
+          keepalive: "*/2 * * * *"
+          compatibility_date: "2026-01-15"
+          agent: {instance_type: standard-2, max_instances: 3}
+          exec: {instance_type: lite, max_instances: 50}
+          access:
+            team_domain: example.cloudflareaccess.com
+            aud: abc123
+            allowed_emails: [ops@example.com, boss@example.com]
+        """.replace("MODEL", MODEL),
+    )
+    assert cfg["name"] == "my-agents"
+    assert cfg["account_id"] == "0123456789abcdef0123456789abcdef"
+    assert cfg["compatibility_date"] == "2026-01-15"
+    assert cfg["triggers"]["crons"] == ["*/2 * * * *"]
+    assert cfg["r2_buckets"][0]["bucket_name"] == "my-bucket"
+    assert [(c["instance_type"], c["max_instances"]) for c in cfg["containers"]] == [
+        ("standard-2", 3),
+        ("lite", 50),
+    ]
+    v = cfg["vars"]
+    assert json.loads(v["BOT_GROUPS"]) == {"hermes": "default", "scout": "research", "scribe": "research"}
+    assert v["SANDBOX_PROFILES"] == "default,heavy"
+    assert v["SANDBOX_MAX_IDLE_MS"] == str((4 * 3600 + 600) * 1000)
+    assert v["R2_BUCKET_NAME"] == "my-bucket"
+    assert v["CF_ACCOUNT_ID"] == "0123456789abcdef0123456789abcdef"
+    assert v["ACCESS_TEAM_DOMAIN"] == "example.cloudflareaccess.com"
+    assert v["ACCESS_AUD"] == "abc123"
+    assert v["ACCESS_ALLOWED_EMAILS"] == "ops@example.com,boss@example.com"
+
+
+def test_more_groups_than_agent_instances_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text(
+        f"version: 1\nbots:\n  - {{name: a, group: g1, model: {MODEL}}}\n  - {{name: b, group: g2, model: {MODEL}}}\n"
+        "cloudflare:\n  agent: {instance_type: basic, max_instances: 1}\n"
+    )
+    with pytest.raises(
+        CommandError, match=r"2 bot groups \(g1, g2\) need cloudflare.agent.max_instances >= 2"
+    ):
+        render(load_config(path, environ={}, check_state_dir=False))
+
+
+def test_unknown_instance_type_is_a_clear_cli_error(tmp_path: Path) -> None:
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text("version: 1\ncloudflare:\n  exec: {instance_type: huge, max_instances: 1}\n")
+    res = run_cli("render", "wrangler", "-c", str(path))
+    assert res.returncode == 2
+    assert "cloudflare.exec.instance_type 'huge'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_prints_the_render(tmp_path: Path) -> None:
+    res = run_cli("render", "wrangler", "-c", str(ROOT / "hermes-flare.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (ROOT / "wrangler.toml").read_text()
+
+
+def test_strings_are_escaped(tmp_path: Path) -> None:
+    cfg = render_yaml(
+        tmp_path,
+        """
+        version: 1
+        cloudflare:
+          access: {team_domain: 'a"b.cloudflareaccess.com', aud: "x\\\\y"}
+        """,
+    )
+    assert cfg["vars"]["ACCESS_TEAM_DOMAIN"] == 'a"b.cloudflareaccess.com'
+    assert cfg["vars"]["ACCESS_AUD"] == "x\\y"
+
+
+def test_instance_types_agree_with_wranglers_schema() -> None:
+    schema_path = ROOT / "worker/node_modules/wrangler/config-schema.json"
+    if not schema_path.is_file():
+        pytest.skip("worker/node_modules not installed (./scripts/setup --worker)")
+    schema = json.loads(schema_path.read_text())
+    spec = schema["definitions"]["ContainerApp"]["properties"]["instance_type"]
+    named = {a["const"] for a in spec["anyOf"] if "const" in a}
+    deprecated = {"dev", "standard"}
+    assert set(INSTANCE_TYPES) == named - deprecated
