@@ -65,7 +65,9 @@ class Daemon:
         return self.loaded.config
 
     def enabled_bots(self) -> list[BotConfig]:
-        return [b for b in self.cfg.bots if b.enabled]
+        # On Cloudflare each Agent container runs one bot group ($FLARE_GROUP).
+        group = os.environ.get("FLARE_GROUP")
+        return [b for b in self.cfg.bots if b.enabled and (not group or b.group == group)]
 
     # ------------------------------------------------------------------ gateways (GatewayControl)
 

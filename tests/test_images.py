@@ -1,0 +1,276 @@
+"""The Agent and Exec images, tested without a Docker engine.
+
+What can be checked here: every file a Dockerfile copies exists in its build
+context, versions agree with the lock files, the Dockerfiles pass hadolint,
+the entrypoint and supervisord config parse, and the Agent's start command
+(entrypoint -> supervisord -> flared) runs on this machine with the image's
+paths redirected to a temp dir, answering /healthz with the digest of the YAML
+the Worker passed, as the Worker's cron compares it.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flared.supervisor import SupervisorClient
+from tests.fixtures.flare import bot, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = ROOT / "images/agent/Dockerfile"
+EXEC = ROOT / "images/exec/Dockerfile"
+ENTRYPOINT = ROOT / "images/agent/entrypoint.sh"
+IMAGE_CONF = ROOT / "supervisord/supervisord.conf"
+VENV_BIN = Path(sys.executable).parent
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def build_contexts() -> dict[str, Path]:
+    """Build context of each image as wrangler.toml configures it."""
+    cfg = tomllib.loads((ROOT / "wrangler.toml").read_text())
+    contexts = {}
+    for c in cfg["containers"]:
+        dockerfile = (ROOT / c["image"]).resolve()
+        ctx = c.get("image_build_context")
+        contexts[str(dockerfile)] = (ROOT / ctx).resolve() if ctx else dockerfile.parent
+    return contexts
+
+
+@pytest.mark.parametrize("dockerfile", [AGENT, EXEC], ids=["agent", "exec"])
+def test_every_copied_file_exists_in_the_build_context(dockerfile: Path) -> None:
+    context = build_contexts()[str(dockerfile.resolve())]
+    copies = [args for ins, args in instructions(dockerfile) if ins in ("COPY", "ADD")]
+    for args in copies:
+        parts = [p for p in shlex.split(args) if not p.startswith("--")]
+        if any(a.startswith("--from") for a in shlex.split(args)):
+            continue
+        *sources, _dest = parts
+        for src in sources:
+            assert (context / src).exists(), f"{dockerfile.name}: COPY {src} is missing from {context}"
+
+
+def test_exec_image_tag_is_the_sandbox_sdk_version_in_the_lock_file() -> None:
+    lock = json.loads((ROOT / "worker/package-lock.json").read_text())
+    locked = lock["packages"]["node_modules/@cloudflare/sandbox"]["version"]
+    declared = json.loads((ROOT / "worker/package.json").read_text())["dependencies"]["@cloudflare/sandbox"]
+    assert declared == locked, "pin @cloudflare/sandbox exactly in worker/package.json"
+    base = next(args for ins, args in instructions(EXEC) if ins == "FROM")
+    m = re.fullmatch(r"docker\.io/cloudflare/sandbox:(\d+\.\d+\.\d+)(-[a-z]+)?", base)
+    assert m, f"unexpected base image {base}"
+    assert m.group(1) == locked, f"images/exec uses sandbox {m.group(1)}, the Worker locks {locked}"
+
+
+def test_agent_image_python_and_uv_agree_with_the_project() -> None:
+    ins = instructions(AGENT)
+    base = next(args for i, args in ins if i == "FROM")
+    m = re.fullmatch(r"docker\.io/library/python:(\d+)\.(\d+)\.(\d+)-slim-bookworm", base)
+    assert m, f"the Agent base image must be a pinned python slim tag, not {base}"
+    major, minor = int(m.group(1)), int(m.group(2))
+    # The image runs the Python the tests run on (uv.lock resolves for it).
+    assert (major, minor) == sys.version_info[:2]
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    lo = re.search(r">=\s*(\d+)\.(\d+)", requires)
+    hi = re.search(r"<\s*(\d+)\.(\d+)", requires)
+    assert lo and (major, minor) >= (int(lo.group(1)), int(lo.group(2)))
+    assert hi and (major, minor) < (int(hi.group(1)), int(hi.group(2)))
+    uv = next(args for i, args in ins if i == "ARG" and args.startswith("UV_VERSION="))
+    uv_major, uv_minor = (int(x) for x in uv.split("=", 1)[1].split(".")[:2])
+    assert uv_major == 0 and uv_minor >= 5, "scripts/setup accepts uv>=0.5,<1; the image must too"
+    runs = " ".join(args for i, args in ins if i == "RUN")
+    assert "uv sync --frozen --no-dev" in runs, "the image must install exactly what uv.lock pins"
+    assert "squashfs-tools" in runs and "tini" in runs
+
+
+def test_agent_image_runs_the_committed_supervisord_config_under_tini() -> None:
+    ins = instructions(AGENT)
+    copies = [args for i, args in ins if i == "COPY"]
+    assert "supervisord/supervisord.conf /etc/hermes-flare/supervisord.conf" in copies
+    entry = json.loads(next(args for i, args in ins if i == "ENTRYPOINT"))
+    cmd = json.loads(next(args for i, args in ins if i == "CMD"))
+    assert entry == ["/usr/bin/tini", "--", "/usr/local/bin/hermes-flare-entrypoint"]
+    assert cmd == ["supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
+    assert next(args for i, args in ins if i == "EXPOSE") == "7979"
+    # The port the Worker's Agent class talks to.
+    assert "CONTROL_PORT = 7979" in (ROOT / "worker/src/agent.ts").read_text()
+
+
+def test_config_files_parse() -> None:
+    conf = configparser.RawConfigParser()
+    conf.read_string(IMAGE_CONF.read_text())
+    assert conf.get("program:flared", "command").startswith("/opt/hermes-flare/.venv/bin/flared run")
+    assert conf.get("supervisord", "nodaemon") == "true"
+    subprocess.run(["sh", "-n", str(ENTRYPOINT)], check=True)
+    assert os.access(ENTRYPOINT, os.X_OK)
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    hadolint = VENV_BIN / "hadolint"
+    res = subprocess.run([str(hadolint), str(AGENT), str(EXEC)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- the start command
+
+
+def redirected_conf(tmp: Path, state: Path, config: Path) -> Path:
+    """The image's supervisord.conf with its paths moved under tmp."""
+    text = IMAGE_CONF.read_text()
+    text = text.replace("/opt/hermes-flare/.venv/bin/flared", str(VENV_BIN / "flared"))
+    text = text.replace("/etc/hermes-flare/hermes-flare.yaml", str(config))
+    text = text.replace("/var/lib/hermes-flare", str(state))
+    assert "/var/lib/hermes-flare" not in text and "/opt/hermes-flare" not in text
+    path = tmp / "supervisord.conf"
+    path.write_text(text)
+    return path
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 2) -> dict[str, object]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as res:
+        data: dict[str, object] = json.loads(res.read())
+        return data
+
+
+@contextlib.contextmanager
+def container_start(
+    tmp_path: Path, yaml_text: str, group: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    state, config = tmp_path / "state", tmp_path / "etc/hermes-flare.yaml"
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLARE_")},
+        # What the Worker's Agent class passes (agentEnvVars), with local paths.
+        "FLARE_CONFIG_B64": base64.b64encode(yaml_text.encode()).decode(),
+        "FLARE_GROUP": group,
+        "FLARE_CONTROL_TOKEN": "image-test-token",
+        "FLARE_CONTROL__HOST": "127.0.0.1",
+        "FLARE_CONTROL__PORT": str(port),
+        "FLARE_STATE_DIR": str(state),
+        "FLARE_STORE__URL": f"file://{tmp_path / 'store'}",
+        "HERMES_FLARE_CONFIG": str(config),
+        "FLARE_CONTAINER_CA": str(tmp_path / "no-ca.crt"),
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+    # The entrypoint makes the state dirs, but supervisord's own paths come from its conf.
+    conf = redirected_conf(tmp_path, state, config)
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "supervisord", "-n", "-c", str(conf)],
+        env=env,
+        start_new_session=True,
+        stdout=(tmp_path / "container.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, port, state
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.mark.integration
+def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> None:
+    data = {
+        "version": 1,
+        "state_dir": "./unused-overridden-by-FLARE_STATE_DIR",
+        "snapshots": {"every": "1h", "on_change": {"enabled": False}},
+        # Only group "research" runs here; this bot is another container's.
+        "bots": [bot("elsewhere", group="default")],
+    }
+    yaml_text = "# pushed by the Worker\n" + yaml.safe_dump(data)
+    with container_start(tmp_path, yaml_text, group="research") as (proc, port, state):
+        deadline = time.monotonic() + 60
+        health: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "container.log").read_text()
+            with contextlib.suppress(OSError):
+                health = get_json(f"http://127.0.0.1:{port}/healthz")
+                if health.get("last_tick"):
+                    break
+            time.sleep(0.2)
+        assert health.get("last_tick"), f"flared did not come up: {(tmp_path / 'container.log').read_text()}"
+        # The entrypoint wrote the YAML it was given, byte for byte ...
+        assert (tmp_path / "etc/hermes-flare.yaml").read_text() == yaml_text
+        # ... and flared reports the digest the Worker computes of the same text.
+        assert health["config_digest"] == hashlib.sha256(yaml_text.encode()).hexdigest()
+        # TCP control needs the internal token.
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            get_json(f"http://127.0.0.1:{port}/status")
+        assert denied.value.code == 401
+        status = get_json(f"http://127.0.0.1:{port}/status", token="image-test-token")
+        assert status
+        # A bot of another group gets no gateway in this container.
+        programs = {p["name"] for p in SupervisorClient(state / "supervisor/supervisor.sock").processes()}
+        assert programs == {"flared"}, programs
+    assert proc.returncode is not None
+
+
+def test_the_entrypoint_refuses_to_start_without_a_config(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "missing.yaml"),
+        "FLARE_STATE_DIR": str(tmp_path / "state"),
+    }
+    res = subprocess.run(["sh", str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "FLARE_CONFIG_B64" in res.stderr
+
+
+def test_the_entrypoint_trusts_the_container_ca_when_mounted(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n")
+    (tmp_path / "c.yaml").write_text("version: 1\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
+        "FLARE_STATE_DIR": str(tmp_path / "state"),
+        "FLARE_CONTAINER_CA": str(ca),
+        "FLARE_CONFIG_B64": base64.b64encode(b"version: 1\n# new\n").decode(),
+    }
+    script = 'printf "%s|%s|%s" "$SSL_CERT_FILE" "$REQUESTS_CA_BUNDLE" "${FLARE_CONFIG_B64:-unset}"'
+    res = subprocess.run(["sh", str(ENTRYPOINT), "sh", "-c", script], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    bundle = tmp_path / "state/ca-bundle.pem"
+    assert res.stdout == f"{bundle}|{bundle}|unset"
+    assert bundle.read_text().endswith(ca.read_text())
+    assert (tmp_path / "c.yaml").read_text() == "version: 1\n# new\n"
