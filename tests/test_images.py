@@ -26,6 +26,7 @@ import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -167,6 +168,18 @@ def get_json(url: str, token: str | None = None, timeout: float = 2) -> dict[str
         return data
 
 
+def put_config(port: int, text: str) -> tuple[int, bool]:
+    """PUT /config as the Worker sends it: raw YAML, internal token."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/config",
+        data=text.encode(),
+        method="PUT",
+        headers={"Authorization": "Bearer image-test-token", "Content-Type": "application/yaml"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as res:
+        return res.status, bool(json.loads(res.read()).get("applied"))
+
+
 @contextlib.contextmanager
 def container_start(
     tmp_path: Path, yaml_text: str, group: str
@@ -210,7 +223,7 @@ def container_start(
 
 @pytest.mark.integration
 def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> None:
-    data = {
+    data: dict[str, Any] = {
         "version": 1,
         "state_dir": "./unused-overridden-by-FLARE_STATE_DIR",
         "snapshots": {"every": "1h", "on_change": {"enabled": False}},
@@ -242,6 +255,16 @@ def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> Non
         # A bot of another group gets no gateway in this container.
         programs = {p["name"] for p in SupervisorClient(state / "supervisor/supervisor.sock").processes()}
         assert programs == {"flared"}, programs
+
+        # A redeploy: the Worker's cron PUTs the new YAML as it does (scheduled.ts) ...
+        data["snapshots"]["every"] = "2h"
+        new_text = "# pushed by the Worker after a redeploy\n" + yaml.safe_dump(data)
+        new_digest = hashlib.sha256(new_text.encode()).hexdigest()
+        assert put_config(port, new_text) == (200, True)
+        assert get_json(f"http://127.0.0.1:{port}/healthz")["config_digest"] == new_digest
+        # ... and pushing the same text again changes nothing.
+        assert put_config(port, new_text) == (200, False)
+        assert (tmp_path / "etc/hermes-flare.yaml").read_text() == new_text
     assert proc.returncode is not None
 
 
