@@ -181,6 +181,17 @@ export class Agent extends Container<Env> {
     return this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
   }
 
+  /**
+   * RPC: stop the container (SIGTERM: supervisord stops flared, which takes its
+   * shutdown snapshots). The next request or cron tick starts a new one with
+   * the current secrets and YAML: how changes flared refuses live get applied.
+   */
+  async restart(): Promise<{ restarting: boolean }> {
+    const running = this.ctx.container?.running ?? false;
+    if (running) await this.stop();
+    return { restarting: running };
+  }
+
   /** RPC for the sandbox outbound handler: the token this container was started with. */
   async controlToken(): Promise<string> {
     return (await this.ctx.storage.get<string>(TOKEN_KEY)) ?? "";

@@ -139,6 +139,17 @@ describe("proxied routes", () => {
     expect(await T.Agent.getByName("research").seen()).toEqual([]);
   });
 
+  it("POST /api/containers/:group/restart stops that group's container; the next request starts a new one", async () => {
+    await api("/api/status?group=research");
+    const res = await api("/api/containers/research/restart", { method: "POST" });
+    expect(await res.json()).toEqual({ group: "research", restarting: true });
+    expect((await T.Agent.getByName("research").state()).starts).toBe(1);
+    await api("/api/status?group=research");
+    expect((await T.Agent.getByName("research").state()).starts).toBe(2);
+    expect((await api("/api/containers/nope/restart", { method: "POST" })).status).toBe(404);
+    expect((await SELF.fetch("https://worker.test/api/containers/research/restart", { method: "POST" })).status).toBe(401);
+  });
+
   it("an Agent that cannot start is a 503 with a message, and other groups still answer", async () => {
     await T.Agent.getByName("research").setDown(true);
     const res = await api("/api/status");

@@ -189,6 +189,15 @@ export function buildApp(): Hono<{ Bindings: Env }> {
     return proxyToGroup(c, groupOfBot(c.env, bot), `/bots/${encodeURIComponent(bot)}/restart`, "");
   });
 
+  // Stop a group's Agent container; the next request or cron tick starts a
+  // new one. For changes flared refuses to apply live (409 from PUT /config)
+  // and for new secrets. flared takes its shutdown snapshots on the way down.
+  app.post("/api/containers/:group/restart", async (c) => {
+    const group = checkGroup(c.env, c.req.param("group"));
+    const result = await c.env.Agent.getByName(group).restart();
+    return c.json({ group, ...result });
+  });
+
   app.notFound((c) => c.json({ error: `no route ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
   app.onError((err, c) => {
     if (err instanceof RouteError) return c.json({ error: err.message }, err.status);

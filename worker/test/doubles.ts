@@ -89,6 +89,11 @@ export class FakeAgent extends DurableObject<Env> {
     return Response.json({ flared: seen });
   }
 
+  async restart(): Promise<{ restarting: boolean }> {
+    const running = (await this.ctx.storage.get<boolean>("running")) === true;
+    await this.ctx.storage.put("running", false);
+    return { restarting: running };
+  }
   async controlToken(): Promise<string> {
     return (await this.ctx.storage.get<string>(TOKEN_KEY)) ?? "";
   }
