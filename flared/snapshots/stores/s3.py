@@ -10,6 +10,7 @@ writes (`If-Match` / `If-None-Match`), which R2 and S3 both enforce.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import hashlib
 import time
@@ -169,10 +170,14 @@ class S3Store:
         try:
             if size is not None and size < self.transfer.multipart_threshold:
                 return self._get_single(key, dest, progress)
-            # Large: parallel ranged GETs through the transfer manager.
-            self.client.download_file(
-                self.bucket, self._key(key), str(dest), Config=self.transfer, Callback=progress
-            )
+            # Large: parallel ranged GETs through the transfer manager, one range per worker
+            # (at least `multipart_chunksize`): few large ranges beat many small ones.
+            config = self.transfer
+            if size is not None:
+                per_worker = -(-size // self.transfer.max_request_concurrency)
+                config = copy.copy(self.transfer)
+                config.multipart_chunksize = max(self.transfer.multipart_chunksize, per_worker)
+            self.client.download_file(self.bucket, self._key(key), str(dest), Config=config, Callback=progress)
         except Exception as exc:
             raise _classify(exc, key) from None
         st = dest.stat()
