@@ -278,7 +278,9 @@ def render_status(con: Console, d: dict[str, Any]) -> None:
         if last:
             snap_text = str(last.get("result", "?"))
             if last_ok.get("age_s") is not None:
-                snap_text += f", {last_ok.get('id', '')[:16]} {human_age(last_ok.get('age_s'))} ago"
+                snap_text += f", {last_ok.get('id', '')} {human_age(last_ok.get('age_s'))} ago"
+        if snap.get("next_due_in_s") is not None:
+            snap_text += f", next in {human_age(snap['next_due_in_s'])}"
         note = (
             b.get("error")
             or snap.get("fenced")
