@@ -32,7 +32,11 @@ def pids(flare: FlareUp) -> dict[str, int | None]:
 
 
 def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Path) -> None:
-    with FlareUp(tmp_path, [bot("alpha"), bot("beta")]) as flare:
+    cron = [
+        {"name": "snap-alpha", "schedule": "every 2s", "action": "snapshot", "bot": "alpha"},
+        {"name": "brief", "bot": "beta", "prompt": "Brief me.", "schedule": "0 9 * * 1-5"},
+    ]
+    with FlareUp(tmp_path, [bot("alpha"), bot("beta")], cron=cron) as flare:
         a0 = flare.wait_running("alpha")["pid"]
         b0 = flare.wait_running("beta")["pid"]
         client = ControlClient(flare.state_dir / "flared.sock")
@@ -74,6 +78,21 @@ def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Pa
         if snap.get("next_due_in_s") is not None:  # the snapshot service runs the new interval
             assert snap["next_due_in_s"] <= 7 * 60
         applied = cfg["digest"]
+
+        # cron runs: flared's own job, and the agent job in beta's Hermes store
+        jobs = wait_for(
+            lambda: (
+                (j := {x["name"]: x for x in flare.status()["cron"]["jobs"]})["snap-alpha"]["runs"]
+                and j["brief"]["synced"]
+                and j
+            ),
+            20,
+            "cron jobs running and synced",
+        )
+        assert jobs["snap-alpha"]["last_result"]["result"] == "ok", jobs
+        assert jobs["snap-alpha"]["next_run"] is not None
+        hermes_jobs = json.loads((flare.state_dir / "bots/beta/home/cron/jobs.json").read_text())["jobs"]
+        assert [(j["name"], j["flared"]) for j in hermes_jobs] == [("brief", {"name": "brief"})]
         out = flare.cli("reload", "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["unchanged"] is True
 
@@ -114,6 +133,7 @@ def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Pa
         # 4. PUT /config: add gamma, remove alpha; beta untouched; the file is replaced
         pushed = copy.deepcopy(data)
         pushed["bots"] = [data["bots"][1], bot("gamma", free_port())]
+        pushed["cron"] = [{**cron[1], "prompt": "Brief me, briefly."}]
         text = yaml_text(pushed)
         result = client.request("PUT", "/config", raw=text, timeout=120)
         assert result["applied"] is True and result["stopped"] == ["alpha"] and result["started"] == ["gamma"]
@@ -130,6 +150,13 @@ def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Pa
         # alpha got a final snapshot; its state stays in the store
         assert result["retired"]["alpha"]["result"] in {"ok", "unchanged"}, result["retired"]
         assert (tmp_path / "store" / "alpha" / "latest.json").exists()
+        # the agent job followed the push; the removed system job is gone from status
+        wait_for(
+            lambda: "briefly" in (flare.state_dir / "bots/beta/home/cron/jobs.json").read_text(),
+            15,
+            "job updated",
+        )
+        assert [j["name"] for j in flare.status()["cron"]["jobs"]] == ["brief"]
 
 
 def yaml_text(data: dict[str, Any]) -> bytes:
