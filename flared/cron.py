@@ -612,3 +612,34 @@ def update(daemon: Daemon, loaded: LoadedConfig) -> None:
 def status(daemon: Daemon) -> dict[str, Any] | None:
     service = getattr(daemon, "cron", None)
     return service.status() if service is not None else None
+
+
+def render_status(con: Any, cron: dict[str, Any]) -> None:
+    """The cron part of `flared status` (human form)."""
+    from rich.table import Table
+
+    jobs = cron.get("jobs") or []
+    if not jobs:
+        return
+    table = Table(box=None, pad_edge=False, title=None)
+    for col in ("cron job", "kind", "schedule", "next run", "last run", "result", "note"):
+        table.add_column(col)
+    for j in jobs:
+        last = j.get("last_result")
+        result = last.get("result") if isinstance(last, dict) else last
+        note = j.get("error") or j.get("warning") or j.get("note") or ""
+        if isinstance(last, dict) and last.get("result") != "ok":
+            note = note or last.get("error") or last.get("reason") or ""
+        if not j.get("enabled", True):
+            note = "disabled"
+        kind = j["kind"] if j["kind"] == "agent" else str(j.get("action"))
+        table.add_row(
+            j["name"],
+            f"{kind} ({j['bot']})" if j.get("bot") else kind,
+            j["schedule"],
+            str(j.get("next_run") or "-")[:19],
+            str(j.get("last_run") or "-")[:19],
+            str(result or "-"),
+            str(note),
+        )
+    con.print(table)

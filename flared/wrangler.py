@@ -12,11 +12,15 @@ when those change; a test checks it is current.
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flared.commands.common import EXIT_INVALID, CommandError
 from flared.config import CloudflareConfig, HermesFlareConfig
-from flared.loader import LoadedConfig
+from flared.loader import LoadedConfig, find_config, load_config, read_config_text
 
 WORKER_MAIN = "worker/src/index.ts"
 AGENT_DOCKERFILE = "./images/agent/Dockerfile"
@@ -31,6 +35,45 @@ DO_CLASSES = (("Agent", "Agent"), ("Exec", "Exec"), ("Registry", "SandboxRegistr
 # Margin past the longest lease lifetime before the cron sweep destroys a
 # sandbox nobody used: flared destroys its own leases well before this.
 SWEEP_MARGIN_S = 600
+
+
+# `${NAME}` with no default: a secret the Worker supplies at run time.
+_REQUIRED_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*:\s*[\[{]?[^:]*$")
+
+
+def _placeholder(key: str) -> str:
+    """A value of the right shape for the field a variable fills (it is never used)."""
+    if key == "bot_token":
+        return "xoxb-render-placeholder"
+    if key == "app_token":
+        return "xapp-render-placeholder"
+    if "user" in key or "member" in key:
+        return "U0RENDER0"
+    return "render-placeholder"
+
+
+def load_for_render(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Load the YAML for rendering wrangler.toml without its secrets.
+
+    Secrets live in Cloudflare (`wrangler secret put`), not on the machine that
+    deploys, and rendering needs none of them: each `${VAR}` that is unset gets
+    a placeholder shaped for its field, so validation still checks everything
+    else.
+    """
+    env = dict(os.environ if environ is None else environ)
+    cfg_path = find_config(path)
+    text = read_config_text(cfg_path, str(path) if path else str(cfg_path))
+    for m in _REQUIRED_VAR.finditer(text):
+        name = m.group(1)
+        if name in env:
+            continue
+        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        key = _KEY_BEFORE.search(line)
+        env[name] = _placeholder(key.group(1) if key else "")
+    return load_config(Path(cfg_path), text=text, environ=env, check_state_dir=False)
 
 
 def _s(value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 import tomllib
@@ -174,3 +175,33 @@ def test_instance_types_agree_with_wranglers_schema() -> None:
     named = {a["const"] for a in spec["anyOf"] if "const" in a}
     deprecated = {"dev", "standard"}
     assert set(INSTANCE_TYPES) == named - deprecated
+
+
+def test_render_needs_no_secrets(tmp_path: Path) -> None:
+    """Secrets live in Cloudflare; the deploying machine need not have them."""
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            version: 1
+            bots:
+              - name: hermes
+                group: team
+                model: {provider: anthropic, model: claude-sonnet-4-5, api_key: "${HFT_KEY}"}
+                slack:
+                  bot_token: ${HFT_BOT}
+                  app_token: ${HFT_APP}
+                  allowed_users: ["${HFT_USER}"]
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFT_")}
+    res = run_cli("render", "wrangler", "-c", str(path), env=env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(tomllib.loads(res.stdout)["vars"]["BOT_GROUPS"]) == {"hermes": "team"}
+    assert "placeholder" not in res.stdout
+    # Everything else is still validated.
+    path.write_text(path.read_text().replace("group: team", "group: Team_Bad"))
+    res = run_cli("render", "wrangler", "-c", str(path), env=env)
+    assert res.returncode == 2
+    assert "bots[0].group" in res.stderr

@@ -308,6 +308,10 @@ def render_status(con: Console, d: dict[str, Any]) -> None:
     con.print(table)
     if "leases" in d:
         con.print(f"leases in use: {len(d['leases'])}")
+    if d.get("cron"):
+        from flared.cron import render_status as render_cron
+
+        render_cron(con, d["cron"])
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -365,7 +369,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     wrangler = optional_import("flared.wrangler")
     if wrangler is None:
         raise CommandError("rendering wrangler.toml is not available in this build", EXIT_FAILED)
-    loaded = load_or_exit(args, check_state_dir=False)
+    from flared.commands.common import print_config_errors
+    from flared.loader import ConfigError
+
+    try:  # secrets live in Cloudflare: rendering needs none of them
+        loaded = wrangler.load_for_render(getattr(args, "config", None))
+    except ConfigError as exc:
+        print_config_errors(exc, False)
+        raise SystemExit(EXIT_INVALID) from None
     print(wrangler.render(loaded), end="")
     return EXIT_OK
 
