@@ -66,8 +66,8 @@ ETC_FILES = (
     "/etc/os-release",
 )
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/gai.conf")
-# cd into the requested directory (creating it), then run the command as `bash -c` would.
-WRAPPER = 'mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; exec /bin/bash -c "$1"'
+# For a cwd other than the workdir: cd into it (creating it), then run the command as `bash -c` would.
+WRAPPER = '[ -d "$0" ] || mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; exec /bin/bash -c "$1"'
 
 
 def sandbox_root(state_dir: Path) -> Path:
@@ -266,7 +266,11 @@ class LocalProvider:
         args += ["--chdir", profile.workdir, "--clearenv"]
         for key, value in sandbox_env(profile, req).items():
             args += ["--setenv", key, value]
-        args += ["--", "/bin/bash", "-c", WRAPPER, req.cwd or profile.workdir, req.command]
+        cwd = req.cwd or profile.workdir
+        if cwd.rstrip("/") == profile.workdir.rstrip("/"):
+            args += ["--", "/bin/bash", "-c", req.command]  # bwrap's --chdir already put us there
+        else:
+            args += ["--", "/bin/bash", "-c", WRAPPER, cwd, req.command]
         return args
 
     def exec(
