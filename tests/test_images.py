@@ -86,6 +86,20 @@ def test_every_copied_file_exists_in_the_build_context(dockerfile: Path) -> None
             assert (context / src).exists(), f"{dockerfile.name}: COPY {src} is missing from {context}"
 
 
+def test_dockerignore_admits_exactly_what_the_agent_image_copies() -> None:
+    """The context is the repo root: .venv, node_modules and .flare must stay out, COPY sources in."""
+    rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
+    assert rules[0] == "*"
+    admitted = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copies = [args for ins, args in instructions(AGENT) if ins == "COPY"]
+    for args in copies:
+        *sources, _dest = shlex.split(args)
+        for src in sources:
+            assert any(src == a or src.startswith(a + "/") for a in admitted), (
+                f"{src} is excluded by .dockerignore"
+            )
+
+
 def test_exec_image_tag_is_the_sandbox_sdk_version_in_the_lock_file() -> None:
     lock = json.loads((ROOT / "worker/package-lock.json").read_text())
     locked = lock["packages"]["node_modules/@cloudflare/sandbox"]["version"]
