@@ -37,6 +37,7 @@ log = logging.getLogger("flared.sandboxes")
 
 SHARED_SESSION = "*"
 REAP_EVERY = 0.5
+RECONCILE_RETRY = 30.0
 MAX_SESSION_KEY = 256
 
 SCHEMA = """
@@ -126,6 +127,7 @@ class LeaseManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending_reconcile: set[str] = set()
+        self._next_reconcile = 0.0  # a failed reconcile (provider down) is retried after RECONCILE_RETRY
         self._lock_fd: int | None = None
 
     @property
@@ -383,7 +385,7 @@ class LeaseManager:
         while not self._stop.wait(self.reap_every):
             try:
                 self.reap()
-                if self._pending_reconcile:
+                if self._pending_reconcile and time.monotonic() >= self._next_reconcile:
                     self._reconcile_pending()
             except Exception:
                 log.exception("lease reaper failed; will retry")
@@ -433,7 +435,13 @@ class LeaseManager:
             try:
                 self.reconcile(key, profile)
             except Exception as exc:
-                log.warning("sandbox reconcile (%s) failed, will retry: %s", profile.provider, exc)
+                log.warning(
+                    "sandbox reconcile (%s) failed, retrying in %gs: %s",
+                    profile.provider,
+                    RECONCILE_RETRY,
+                    exc,
+                )
+                self._next_reconcile = time.monotonic() + RECONCILE_RETRY
                 continue
             self._pending_reconcile.discard(key)
 
