@@ -328,10 +328,24 @@ class CronService:
             svc = getattr(d, "snapshots", None)
             if svc is None:
                 return {"result": "skipped", "reason": "the snapshot service is not running"}
-            results = {}
+            results: dict[str, dict[str, Any]] = {}
             for bot in bots:
-                r = svc.snapshot(bot, "cron") if job.action == "snapshot" else svc.prune(bot)
-                results[bot] = {k: r.get(k) for k in ("result", "id", "reason", "error", "deleted") if k in r}
+                if job.action == "snapshot":
+                    r = svc.snapshot(bot, "cron")
+                    results[bot] = {
+                        k: r[k] for k in ("result", "id", "reason", "error") if r.get(k) is not None
+                    }
+                else:
+                    r = svc.prune(bot)
+                    results[bot] = (
+                        {"result": "failed", "error": r["error"]}
+                        if r.get("error")
+                        else {
+                            "result": "ok",
+                            "deleted": len(r.get("expired") or []),
+                            "leftovers": len(r.get("orphans") or []),
+                        }
+                    )
             bad = [b for b, r in results.items() if r.get("result") in {"failed", "fenced"}]
             return {"result": "failed" if bad else "ok", "bots": results}
         if job.action == "restart":

@@ -227,7 +227,7 @@ class Daemonish:
 
     def prune(self, bot: str) -> dict[str, Any]:
         self.calls.append(("prune", bot))
-        return {"result": "ok", "deleted": 0}
+        return {"bot": bot, "expired": ["s1", "s2"], "orphans": []}
 
     def restart_gateway(self, bot: str) -> None:
         self.calls.append(("restart", bot))
@@ -251,6 +251,7 @@ def test_system_actions_reach_the_services(tmp_path: Path) -> None:
     res = {j["name"]: j["last_result"] for j in svc.status()["jobs"]}
     assert res["snap-all"]["result"] == "failed"  # one bot's snapshot failed
     assert res["prune-one"]["result"] == "ok"
+    assert res["prune-one"]["bots"] == {"a": {"result": "ok", "deleted": 2, "leftovers": 0}}
     assert res["bounce"]["result"] == "ok"
 
 
