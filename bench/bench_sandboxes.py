@@ -33,7 +33,7 @@ from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root
 from flared.sandboxes.types import ExecRequest
 
-N = 40
+N = 60
 MODEL = {"provider": "custom", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
 
 
@@ -102,12 +102,23 @@ def main() -> None:
         lease = per_session.acquire("bench", "warm")
 
         def add(label: str, fn: Any, n: int = N) -> float:
-            """A row: its median, p90, and its ratio to raw bwrap timed alternately with it."""
+            """A row: median, p90 and min, and the median of its run/raw ratios (pairs run back to back)."""
             samples, raw = interleaved(fn, raw_run, n)
             raw_all.extend(raw)
             med, p90 = ms(samples)
-            rows.append([label, f"{med:.1f}", f"{p90:.1f}", f"{med / ms(raw)[0]:.2f}x"])
-            return med / ms(raw)[0]
+            ratio = statistics.median(a / b for a, b in zip(samples, raw, strict=True))
+            best = min(samples) / min(raw)
+            rows.append(
+                [
+                    label,
+                    f"{med:.1f}",
+                    f"{p90:.1f}",
+                    f"{min(samples) * 1000:.1f}",
+                    f"{ratio:.2f}x",
+                    f"{best:.2f}x",
+                ]
+            )
+            return ratio
 
         warm = add("warm command, per-session (manager.exec)", lambda: per_session.exec(lease["id"], "true"))
 
@@ -151,14 +162,24 @@ def main() -> None:
 
     raw_med, raw_p90 = ms(raw_all)
     rows.insert(
-        0, ["raw `bwrap ... /bin/true` (baseline, same sandbox)", f"{raw_med:.1f}", f"{raw_p90:.1f}", "1.00x"]
+        0,
+        [
+            "raw `bwrap ... /bin/true`",
+            f"{raw_med:.1f}",
+            f"{raw_p90:.1f}",
+            f"{min(raw_all) * 1000:.1f}",
+            "1.00x",
+            "1.00x",
+        ],
     )
     print(
-        f"Local provider (bubblewrap), command `true`; {N} runs per row after one warm-up, each row "
-        "timed alternately with the raw baseline (its ratio is to those interleaved raw runs); ms.\n"
+        f"Local provider (bubblewrap), command `true`; {N} runs per row after one warm-up, each run "
+        "followed by one raw `bwrap` run of the same sandbox (same binds, namespaces, uid; `/bin/true` with "
+        "no shell and no lease manager). Ratio: median of those run/raw pairs, so load from other "
+        "processes hits both alike; best: fastest run / fastest raw run. Times in ms.\n"
     )
-    print(table(["what", "median", "p90", "vs raw bwrap"], rows))
-    verdict = "meets" if warm <= 1.5 else "MISSES"
+    print(table(["what", "median", "p90", "min", "ratio to raw", "best vs best"], rows))
+    verdict = "meets" if warm <= 1.5 else "misses"
     print(
         f"\nWarm command: {warm:.2f}x raw bubblewrap ({verdict} the <= 1.5x target). "
         f"Per-command mode: {pc:.2f}x raw, i.e. {(pc - warm) * raw_med:.1f} ms more per command than a "
