@@ -198,3 +198,46 @@ def test_changed_paths_on_plain_values() -> None:
     assert changed_paths({"a": {"b": 1, "c": [1]}}, {"a": {"b": 2, "c": [1]}}) == ["a.b"]
     assert changed_paths({"a": 1}, {"b": 1}) == ["a", "b"]
     assert changed_paths(1, 1) == []
+
+
+def test_log_redaction_learns_the_new_secrets() -> None:
+    import logging
+
+    from flared.reload import _update_logging
+
+    class Fmt(logging.Formatter):
+        config: Any = None
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(Fmt())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    try:
+        new = type("L", (), {"config": cfg(edited(log_level="error"))})()
+        _update_logging(new, level_changed=True)  # type: ignore[arg-type]
+        assert handler.formatter.config is new.config  # type: ignore[union-attr]
+        assert root.level == logging.ERROR
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_guess_socket_prefers_the_published_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flared.reload import guess_socket, publish_socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("FLARE_STATE_DIR", raising=False)
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text("state_dir: ./st\nbots: [")  # broken YAML: the state_dir line still counts
+    assert guess_socket(path) == tmp_path / "st" / "flared.sock"
+    path.write_text("bots: [")  # state_dir lost: the default
+    assert guess_socket(path) == tmp_path / ".flare" / "flared.sock"
+    path.write_text("state_dir: ${NOPE:-./other}\ncontrol: {socket: /tmp/x.sock}\nbots: 3\n")
+    assert guess_socket(path) == Path("/tmp/x.sock")
+    real = tmp_path / "real" / "flared.sock"
+    real.parent.mkdir()
+    real.write_text("")
+    publish_socket(path, real)
+    assert guess_socket(path) == real
+    assert (tmp_path / "run" / "hermes-flare").stat().st_mode & 0o777 == 0o700

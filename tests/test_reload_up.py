@@ -129,6 +129,11 @@ def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Pa
         assert refused.value.status == 409
         assert "restart flared" in json.dumps(refused.value.body)
         assert flare.config_path.read_text() == on_disk
+        for body, status in ((b"bots: [", 400), (b"snapshots: {every: soon}\n", 400), (b"", 400)):
+            with pytest.raises(ControlError) as bad_put:
+                client.request("PUT", "/config", raw=body)
+            assert bad_put.value.status == status
+        assert flare.config_path.read_text() == on_disk
 
         # 4. PUT /config: add gamma, remove alpha; beta untouched; the file is replaced
         pushed = copy.deepcopy(data)
