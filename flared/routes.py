@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from flared.control import HTTPError, Request, Response, Router
@@ -20,7 +21,8 @@ def register(router: Router, daemon: Daemon) -> None:
             "ok": True,
             "config_digest": daemon.loaded.digest,
             "last_tick": daemon.last_tick.isoformat() if daemon.last_tick else None,
-            "group": daemon.loaded.config.bots[0].group if daemon.loaded.config.bots else "default",
+            "group": os.environ.get("FLARE_GROUP")
+            or (daemon.loaded.config.bots[0].group if daemon.loaded.config.bots else "default"),
         }
 
     def status(req: Request) -> dict[str, Any]:

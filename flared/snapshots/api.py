@@ -17,7 +17,7 @@ def register(router: Router, daemon: Daemon) -> None:
         return daemon.snapshots
 
     def bots(name: Any) -> list[str]:
-        known = [b.name for b in daemon.loaded.config.bots if b.enabled]
+        known = [b.name for b in daemon.enabled_bots()]  # this container's group only
         if name in (None, ""):
             return known
         if not isinstance(name, str) or name not in known:

@@ -177,7 +177,9 @@ class S3Store:
                 per_worker = -(-size // self.transfer.max_request_concurrency)
                 config = copy.copy(self.transfer)
                 config.multipart_chunksize = max(self.transfer.multipart_chunksize, per_worker)
-            self.client.download_file(self.bucket, self._key(key), str(dest), Config=config, Callback=progress)
+            self.client.download_file(
+                self.bucket, self._key(key), str(dest), Config=config, Callback=progress
+            )
         except Exception as exc:
             raise _classify(exc, key) from None
         st = dest.stat()
