@@ -210,7 +210,7 @@ def test_manager_with_the_cloudflare_provider(tmp_path: Path, worker: FakeWorker
     lease, r = m.run("alpha", "s1", "echo hi > f; cat f")
     assert r.stdout == "hi\n" and lease["provider"] == "cloudflare"
     m.stop()
-    orphan = lease_prefix("default") + "orphan000000"
+    orphan = new_lease_id("default")
     other_group = lease_prefix("other") + "notours00000"
     for sid in (orphan, other_group):
         run(provider(worker), sid, "true")

@@ -14,7 +14,7 @@ import yaml
 
 from flared.loader import LoadedConfig, load_config
 from flared.sandboxes.manager import BadLeaseRequest, CapacityReached, LeaseManager, LeaseNotFound
-from flared.sandboxes.types import lease_prefix
+from flared.sandboxes.types import lease_prefix, new_lease_id
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -181,7 +181,7 @@ def test_restart_keeps_leases_and_destroys_orphans(tmp_path: Path) -> None:
     m1.exec(kept["id"], "echo survives > f")
     m1.stop()  # flared stops (or crashes): the table and the sandbox remain
     provider = m1._providers["local"]
-    orphan_dir = provider.lease_dir(lease_prefix("default") + "orphan000000")  # type: ignore[attr-defined]
+    orphan_dir = provider.lease_dir(new_lease_id("default"))  # type: ignore[attr-defined]
     (orphan_dir / "work").mkdir(parents=True)  # a sandbox no row claims
 
     m2 = LeaseManager(loaded, reap_every=0.1)
@@ -239,3 +239,15 @@ def test_table_does_not_store_tokens(tmp_path: Path) -> None:
         for lease in m.list():
             m.release(lease["id"])
         m.stop()
+
+
+def test_orphan_reconcile_stays_inside_its_own_group() -> None:
+    """On Cloudflare each group's container must not destroy another group's live sandboxes."""
+    from flared.sandboxes.types import in_group, new_lease_id, reconcile_groups
+
+    assert reconcile_groups({"a", "a-b"}, "a") == ["a"]
+    assert reconcile_groups({"a", "a-b"}, None) == ["a", "a-b", "default"]
+    theirs = new_lease_id("a-b")
+    ours = new_lease_id("a")
+    assert theirs.startswith("fl-a-")  # why the prefix alone is not enough
+    assert in_group(ours, "a") and not in_group(theirs, "a") and in_group(theirs, "a-b")

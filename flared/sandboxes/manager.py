@@ -31,7 +31,16 @@ from typing import Any
 from flared.config import HermesFlareConfig, SandboxProfile
 from flared.loader import LoadedConfig
 from flared.sandboxes.providers import make_provider, provider_key
-from flared.sandboxes.types import ExecRequest, ExecResult, Provider, SandboxError, lease_prefix, new_lease_id
+from flared.sandboxes.types import (
+    ExecRequest,
+    ExecResult,
+    Provider,
+    SandboxError,
+    in_group,
+    lease_prefix,
+    new_lease_id,
+    reconcile_groups,
+)
 
 log = logging.getLogger("flared.sandboxes")
 
@@ -449,10 +458,9 @@ class LeaseManager:
         """Make the table and one provider agree: destroy orphans, forget vanished sandboxes."""
         with self._cond:
             provider = self._providers.get(key) or self._provider(profile)
-        groups = sorted({b.group for b in self.cfg.bots} | {"default"})
         existing: set[str] = set()
-        for group in groups:
-            existing |= provider.existing(lease_prefix(group))
+        for group in reconcile_groups({b.group for b in self.cfg.bots}, os.environ.get("FLARE_GROUP")):
+            existing |= {i for i in provider.existing(lease_prefix(group)) if in_group(i, group)}
         with self._cond:
             known = {x.id for x in self._leases.values() if x.provider_key == key}
             vanished = [] if provider.lazy else sorted(known - existing)

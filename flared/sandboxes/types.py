@@ -30,6 +30,22 @@ def lease_prefix(group: str) -> str:
     return f"fl-{group}-"
 
 
+def in_group(lease_id: str, group: str) -> bool:
+    """Whether a lease id was made by `new_lease_id(group)`: the prefix alone is not enough,
+    since group `a`'s prefix `fl-a-` also starts group `a-b`'s ids."""
+    prefix = lease_prefix(group)
+    tail = lease_id[len(prefix) :]
+    return lease_id.startswith(prefix) and len(tail) == 12 and all(c in _B32 for c in tail)
+
+
+def reconcile_groups(config_groups: set[str], running_group: str | None) -> list[str]:
+    """The groups whose sandboxes this flared may destroy as orphans: only its own when it runs
+    one group of a fleet (FLARE_GROUP on Cloudflare), else every group of the config."""
+    if running_group:
+        return [running_group]
+    return sorted(config_groups | {"default"})
+
+
 def new_lease_id(group: str) -> str:
     lease_id = lease_prefix(group) + "".join(secrets.choice(_B32) for _ in range(12))
     if not valid_lease_id(lease_id):  # group names are checked names, so this is a bug
