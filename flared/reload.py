@@ -256,7 +256,7 @@ def refusal_issues(new: LoadedConfig, changes: list[Change]) -> list[Issue]:
 
 # --------------------------------------------------------------------------- apply
 
-SNAPSHOT_BEFORE_RESTART_BUDGET = 60.0
+SNAPSHOT_BEFORE_RESTART_BUDGET = 30.0
 _locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
@@ -379,7 +379,10 @@ def _snapshot_first(daemon: Daemon, bots: list[str]) -> dict[str, str]:
     if snap is None or not bots:
         return {}
     failures: dict[str, str] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="reload-snap") as pool:
+    # No `with`: its exit would wait for a snapshot past the budget (say one queued behind a
+    # restore that needs the daemon lock held here) instead of letting it finish on its own.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="reload-snap")
+    try:
         futures = {bot: pool.submit(snap, bot, "reload") for bot in bots}
         done, _ = concurrent.futures.wait(futures.values(), timeout=SNAPSHOT_BEFORE_RESTART_BUDGET)
         for bot, fut in futures.items():
@@ -393,6 +396,8 @@ def _snapshot_first(daemon: Daemon, bots: list[str]) -> dict[str, str]:
                     failures[bot] = (
                         f"snapshot before restart {r['result']}: {r.get('error') or r.get('reason')}"
                     )
+    finally:
+        pool.shutdown(wait=False)
     return failures
 
 
