@@ -149,6 +149,14 @@ class Daemon:
         return {"applied": True, "config_digest": new.digest}
 
     def reload_from_disk(self) -> dict[str, Any]:
+        """Read the file and apply it; SIGHUP, `flared reload` and the watcher all come here,
+        one at a time, so an older read never lands after a newer one."""
+        hot = optional_import("flared.reload")
+        lock = hot.reload_lock(self) if hot is not None else contextlib.nullcontext()
+        with lock:
+            return self._reload_from_disk()
+
+    def _reload_from_disk(self) -> dict[str, Any]:
         from flared.loader import load_config
 
         try:

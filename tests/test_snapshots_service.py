@@ -197,3 +197,26 @@ def test_shutdown_takes_a_final_snapshot_within_its_budget(tmp_path: Path) -> No
     svc.shutdown(final_snapshots=True)
     assert [s["latest"] for s in svc.list("athena")] == [True]
     assert (svc.status("athena")["last"] or {})["trigger"] == "shutdown"
+
+
+def test_turning_on_change_on_by_reload_starts_watching(tmp_path: Path) -> None:
+    store = {"url": f"file://{tmp_path / 'store'}"}
+    off = load(tmp_path, store, snapshots={"every": "1h", "on_change": {"enabled": False}})
+    svc = SnapshotService(off)
+    ready = Ready()
+    svc.boot("athena", ready)
+    assert ready.event.wait(20)
+    svc.start()
+    try:
+        make_home(svc.home("athena"))
+        time.sleep(1.5)
+        assert svc.list("athena") == []  # off: nothing watches the home
+        on = load(
+            tmp_path, store, snapshots={"every": "1h", "on_change": {"enabled": True, "debounce": "0.3s"}}
+        )
+        svc.update(on)
+        time.sleep(1.0)  # the watcher starts
+        (svc.home("athena") / "memories" / "USER.md").write_text("changed after the reload\n")
+        wait_for(lambda: len(svc.list("athena")) == 1, 20)
+    finally:
+        svc.shutdown(final_snapshots=False)

@@ -89,6 +89,8 @@ class SnapshotService:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
         self._guard = threading.Lock()
+        self._started = False
+        self._watching = False
 
     # ------------------------------------------------------------------ state
 
@@ -439,8 +441,14 @@ class SnapshotService:
     # ------------------------------------------------------------------ loops
 
     def start(self) -> None:
+        self._started = True
         self._spawn("snapshot-scheduler", self._schedule_loop)
-        if self.policy.on_change.enabled:
+        self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        """Watch homes only while on-change snapshots are on; a reload may turn them on."""
+        if self._started and self.policy.on_change.enabled and not self._watching:
+            self._watching = True
             self._spawn("snapshot-watch", self._watch_loop)
 
     def _due(self, st: BotState, now: float) -> str | None:
@@ -521,6 +529,7 @@ class SnapshotService:
         """New policy applies at once; a new store at the next snapshot."""
         store_changed = loaded.config.store != self.loaded.config.store
         self.loaded = loaded
+        self._start_watcher()
         if store_changed:
             self.store = open_store(loaded.config.store)
             log.info("snapshot store is now %s", self.store.description)
