@@ -109,10 +109,19 @@ class Daemon:
                 log.error("bot %s: cannot render its Hermes home: %s", bot.name, exc)
         return desired
 
+    def operator_programs(self) -> dict[str, str]:
+        """The operator bot's program when `operator:` is configured (its failures never touch bots)."""
+        if self.cfg.operator is None:
+            return {}
+        from flared.operator.program import NAME, operator_program
+
+        return {NAME: operator_program(self.loaded).render()}
+
     def plan(self) -> list[Action]:
         """What a reconcile would do now (nothing, once in step)."""
         with self.lock:
-            return plan(self.desired_programs(), observe(self.supervisor, self.layout), restart_stopped=True)
+            desired = {**self.desired_programs(), **self.operator_programs()}
+            return plan(desired, observe(self.supervisor, self.layout), restart_stopped=True)
 
     def reconcile(self) -> list[Action]:
         with self.lock:
@@ -342,6 +351,14 @@ class Daemon:
         }
         if self.leases is not None:
             out["leases"] = _safe(self.leases.list, [])
+        if self.cfg.operator is not None:
+            from flared.operator.audit import audit_path, tail
+
+            op = procs.get("operator")
+            out["operator"] = {
+                "state": op["statename"] if op else "starting",
+                "last_actions": _safe(lambda: tail(audit_path(self.loaded.state_dir), 5), []),
+            }
         if self.last_reload is not None:
             out["config"]["last_reload"] = self.last_reload
         cron = optional_import("flared.cron")

@@ -5,4 +5,5 @@ COMMAND_MODULES: list[str] = [
     "snapshots",
     "sandboxes",
     "chat",
+    "operator",
 ]
