@@ -1,0 +1,123 @@
+"""Operator command parsing and rendering (pure) and the audit log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flared.operator import commands as cmds
+from flared.operator.audit import AuditLog, tail
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "args"),
+    [
+        ("status", "status", []),
+        ("  STATUS  ", "status", []),
+        ("<@U0001> snapshot athena", "snapshot", ["athena"]),
+        ("/flare restore athena 20261124T055012Z-3f9a1c", "restore", ["athena", "20261124T055012Z-3f9a1c"]),
+        ("logs athena 40", "logs", ["athena", "40"]),
+        ("", "help", []),
+        ("help", "help", []),
+    ],
+)
+def test_parse(text: str, name: str, args: list[str]) -> None:
+    assert cmds.parse(text) == cmds.Command(name, args)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("statsu", "Did you mean `status`?"),
+        ("rm -rf /", "I don't know `rm`"),
+        ("restore", "Usage: `restore <bot> [id]`"),
+        ("restart a b", "Usage: `restart <bot>`"),
+        ("logs athena lots", "must be a number"),
+        ("logs athena 999999", "must be a number"),
+    ],
+)
+def test_parse_errors_say_what_to_type(text: str, message: str) -> None:
+    with pytest.raises(cmds.ParseError) as err:
+        cmds.parse(text)
+    assert message in str(err.value)
+
+
+def test_help_lists_every_command() -> None:
+    text = cmds.help_text()
+    for name in cmds.SPEC:
+        assert f"`{name}" in text
+
+
+def test_render_status_shows_what_an_operator_needs() -> None:
+    status = {
+        "flared": {"uptime_s": 4000},
+        "config": {
+            "digest": "abcdef1234567890",
+            "loaded_at": "2026-11-24T05:00:00",
+            "error": ["f.yaml:3:1: x: bad"],
+        },
+        "bots": [
+            {
+                "name": "athena",
+                "state": "RUNNING",
+                "uptime_s": 120,
+                "restarts": 2,
+                "snapshots": {
+                    "phase": "ready",
+                    "last": {"result": "ok"},
+                    "last_ok": {"id": "20261124T0500Z-aaaaaa", "age_s": 300},
+                    "restore": {"result": "restored", "id": "20261124T0400Z-bbbbbb"},
+                },
+            },
+            {
+                "name": "hermes",
+                "state": "BACKOFF",
+                "restarts": 5,
+                "error": "exited too quickly",
+                "snapshots": {"phase": "waiting for store", "last": None, "fenced": "another writer"},
+            },
+        ],
+        "leases": [{"id": "fl-default-aaaaaaaaaaaa"}],
+    }
+    text = cmds.render_status(status)
+    for needle in (
+        "abcdef123456",
+        "NOT applied",
+        "athena* RUNNING",
+        "restarts 2",
+        "20261124T0500Z-aaaaaa",
+        "5m ago",
+        "restore restored 20261124T0400Z-bbbbbb",
+        "BACKOFF",
+        "waiting for store",
+        "fenced: another writer",
+        "exited too quickly",
+        "leases in use: 1",
+    ):
+        assert needle in text, needle
+
+
+def test_restore_preview_says_what_is_replaced() -> None:
+    text = cmds.restore_preview(
+        "athena",
+        {
+            "id": "20261124T0400Z-bbbbbb",
+            "created_at": "2026-11-24T04:00:00",
+            "packed_size": 4096,
+            "latest": False,
+        },
+        {"snapshots": {"last_ok": {"id": "20261124T0500Z-aaaaaa", "age_s": 60}}},
+    )
+    assert "older snapshot `20261124T0400Z-bbbbbb`" in text and "home.previous" in text and "1m ago" in text
+
+
+def test_audit_log_appends_json_lines_and_redacts(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "operator" / "audit.jsonl")
+    log.append("U1", "status", [], "ok", "fine")
+    log.append("U2", "refused", [], "refused", "token xoxb-1234567890-secretsecret leaked")
+    (tmp_path / "operator" / "audit.jsonl").open("a").write('{"torn": ')
+    entries = tail(tmp_path / "operator" / "audit.jsonl", 5)
+    assert [(e["user"], e["result"]) for e in entries] == [("U1", "ok"), ("U2", "refused")]
+    assert "secretsecret" not in entries[1]["detail"]
+    assert oct((tmp_path / "operator" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
