@@ -129,3 +129,23 @@ def test_orphans_ours_go_at_once_others_after_grace() -> None:
     assert sorted(plan.orphans) == [snaps[1], snaps[3]]
     plan = plan_deletions(listed, latest_id=snaps[2], keep_last=10, max_age=None, now=now + 7200)
     assert sorted(plan.orphans) == [snaps[1], snaps[3]]
+
+
+def test_an_idle_gateways_own_ticking_is_not_a_change(tmp_path: Path) -> None:
+    """Hermes rewrites its cron ticker files every minute and the channel directory every five;
+    an idle bot must still snapshot as unchanged (found running a real gateway idle)."""
+    home = make_home(tmp_path / "home")
+    pats = cap.exclusions([], encrypted=False)
+    first = cap.capture(home, tmp_path / "a", pats).digest
+    (home / "cron").mkdir()
+    (home / "cron" / "ticker_heartbeat").write_text("1795502559.71")
+    (home / "cron" / "ticker_last_success").write_text("1795502559.72")
+    (home / "cron" / ".tick.lock").write_text("")
+    (home / "channel_directory.json").write_text('{"updated_at": "2026-11-24T06:00:00"}')
+    (home / "kanban.db.init.lock").write_text("")
+    assert cap.capture(home, tmp_path / "b", pats).digest != first  # the new cron dir itself
+    second = cap.capture(home, tmp_path / "c", pats).digest
+    (home / "cron" / "ticker_heartbeat").write_text("1795502619.72")
+    (home / "cron" / "ticker_last_success").write_text("1795502619.73")
+    (home / "channel_directory.json").write_text('{"updated_at": "2026-11-24T06:05:00"}')
+    assert cap.capture(home, tmp_path / "d", pats).digest == second

@@ -40,6 +40,12 @@ RUNTIME_EXCLUDES = (
     "*.db-journal",
     "*-wal",
     "*-shm",
+    "*.lock",  # lock files: meaningful only to live processes
+    # Liveness signals Hermes rewrites every minute, and a cache it rebuilds at start:
+    # kept, they would make an idle bot look changed.
+    "cron/ticker_heartbeat",
+    "cron/ticker_last_success",
+    "channel_directory.json",
 )
 #: Rendered by flared at every start from the YAML; never stored.
 ALWAYS_EXCLUDED = (".env",)
