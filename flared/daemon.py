@@ -53,6 +53,7 @@ class Daemon:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.snapshots: Any = None
+        self._render_cache: dict[str, tuple[Any, str]] = {}
         self.leases: Any = None
         self.control: ControlServer | None = None
         self.cron: Any = None  # flared.cron's scheduler, when that module is present
@@ -102,12 +103,29 @@ class Daemon:
             if bot.name not in self.ready or bot.name in self.held:
                 continue
             try:
-                digest = render_home(self.cfg, bot)
-                desired[program_name(bot.name)] = gateway_program(self.cfg, bot, digest).render()
+                desired[program_name(bot.name)] = self._rendered_program(bot)
             except Exception as exc:  # one bot's render problem must not stop the others
                 self.boot_errors[bot.name] = f"cannot render Hermes home: {exc}"
                 log.error("bot %s: cannot render its Hermes home: %s", bot.name, exc)
         return desired
+
+    def _rendered_program(self, bot: BotConfig) -> str:
+        """Render the bot's Hermes home and program, unless nothing it depends on changed.
+
+        Reconcile runs every two seconds; re-parsing and re-writing every home that
+        often was most of an idle flared's CPU. The key is the config digest and the
+        identity of the two files flared writes, so an edit, a restore (new inode) or
+        a deleted file is still repaired at the next tick.
+        """
+        home = BotPaths.of(self.cfg.state_dir, bot.name).home
+        key = (self.loaded.digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        cached = self._render_cache.get(bot.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = gateway_program(self.cfg, bot, render_home(self.cfg, bot)).render()
+        after = (self.loaded.digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        self._render_cache[bot.name] = (after, text)
+        return text
 
     def operator_programs(self) -> dict[str, str]:
         """The operator bot's program when `operator:` is configured (its failures never touch bots)."""
@@ -365,6 +383,14 @@ class Daemon:
         if cron is not None:
             out["cron"] = _safe(lambda: cron.status(self), None)
         return out
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _safe(fn: Any, default: Any) -> Any:

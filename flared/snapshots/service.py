@@ -36,7 +36,7 @@ from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachabl
 
 log = logging.getLogger("flared.snapshots")
 
-TICK = 0.5
+TICK = 1.0
 #: Retention also runs this often when nothing changed (max_age expiry).
 PRUNE_EVERY = 3600.0
 
