@@ -54,6 +54,7 @@ class Daemon:
         self._wake = threading.Event()
         self.snapshots: Any = None
         self._render_cache: dict[str, tuple[Any, str]] = {}
+        self._observed_processes: list[dict[str, Any]] = []
         self.leases: Any = None
         self.control: ControlServer | None = None
         self.cron: Any = None  # flared.cron's scheduler, when that module is present
@@ -139,7 +140,9 @@ class Daemon:
         """What a reconcile would do now (nothing, once in step)."""
         with self.lock:
             desired = {**self.desired_programs(), **self.operator_programs()}
-            return plan(desired, observe(self.supervisor, self.layout), restart_stopped=True)
+            observed = observe(self.supervisor, self.layout)
+            self._observed_processes = list(observed.processes)
+            return plan(desired, observed, restart_stopped=True)
 
     def reconcile(self) -> list[Action]:
         with self.lock:
@@ -148,7 +151,8 @@ class Daemon:
             return actions
 
     def _track_restarts(self) -> None:
-        for p in self.supervisor.processes():
+        # The process list the reconcile just read: one XML-RPC call per tick, not two.
+        for p in self._observed_processes or self.supervisor.processes():
             name, pid = p["name"], int(p.get("pid") or 0)
             if not pid:
                 continue

@@ -7,6 +7,7 @@ the actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 MANAGED_PREFIXES = ("gateway-", "operator")
 
@@ -18,6 +19,7 @@ class Observed:
     files: dict[str, str]  # program name -> conf text on disk
     groups: frozenset[str]  # process groups loaded in supervisord
     stopped: frozenset[str] = frozenset()  # loaded groups in a terminal state (FATAL/EXITED/STOPPED)
+    processes: tuple[Any, ...] = ()  # supervisord's process infos, for callers that also track pids
 
 
 @dataclass(frozen=True)

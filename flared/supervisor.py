@@ -244,7 +244,7 @@ def observe(client: SupervisorClient, layout: Layout) -> Observed:
     infos = client.processes()
     groups = frozenset(p["group"] for p in infos)
     stopped = frozenset(p["group"] for p in infos if p["statename"] in {"FATAL"})
-    return Observed(files=files, groups=groups, stopped=stopped)
+    return Observed(files=files, groups=groups, stopped=stopped, processes=tuple(infos))
 
 
 def apply(client: SupervisorClient, layout: Layout, actions: list[Action]) -> None:
