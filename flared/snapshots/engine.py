@@ -81,6 +81,7 @@ class SnapshotResult:
     at: str = field(default_factory=now_iso)
     fence: Fence | None = None
     fingerprint: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step: where the time went
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -163,13 +164,26 @@ def _take(job: SnapshotJob) -> SnapshotResult:
 
     clean_work(job.work)
     sid = new_id()
+    steps: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        steps[name] = round(now - mark, 3)
+        mark = now
+
     try:
         captured = cap.capture(job.home, job.work / f"capture-{sid}", patterns)
+        step("capture")
         if latest is not None and latest.content_digest == captured.digest:
-            return SnapshotResult("unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp)
+            return SnapshotResult(
+                "unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp, steps=steps
+            )
         blob = job.work / f"{sid}.sqsh"
         pack.pack(captured.root, blob, job.policy.compression)
         shutil.rmtree(captured.root, ignore_errors=True)
+        step("pack")
         if key is not None:
             sealed = job.work / f"{sid}.sqsh.enc"
             crypto.encrypt_file(blob, sealed, key)
@@ -181,6 +195,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         info = store.put_file(
             blob_key(bot, sid), blob, sha256=sha, metadata={"bot": bot, "id": sid}, progress=job.progress
         )
+        step("upload")
         if info.size != size or (info.sha256 is not None and info.sha256 != sha):
             with contextlib.suppress(StoreError):
                 store.delete(blob_key(bot, sid))
@@ -221,9 +236,11 @@ def _take(job: SnapshotJob) -> SnapshotResult:
                 bot,
                 reason="another writer moved latest.json during this snapshot; nothing was overwritten",
             )
+        step("publish")
         return SnapshotResult(
             "ok",
             bot,
+            steps=steps,
             id=sid,
             bytes_uploaded=size + len(body) + len(pointer),
             packed_size=size,
