@@ -375,8 +375,8 @@ def main() -> None:
     print(
         "\nAbove `store.multipart_threshold` (16 MiB) flared downloads with parallel ranged GETs, "
         "one range per worker, which is what pays on R2 over a real network. moto serves each "
-        "ranged GET by reading the whole object, so on loopback the 500 MB restore is slower than "
-        "one plain GET; raise `store.multipart_threshold` to prefer single streams."
+        "ranged GET by reading the whole object, so on loopback the parallel path can cost more "
+        "than one plain GET; raise `store.multipart_threshold` to prefer single streams."
     )
 
 
