@@ -525,7 +525,9 @@ class OperatorConfig(Model):
     """A second Slack app that manages the agent from outside it."""
 
     slack: SlackAppConfig = Field(description="The operator's Slack app.")
-    allowed_users: list[str] = Field(description="Member ids allowed to operate.", min_length=1)
+    allowed_users: list[str] = Field(
+        description="Member ids allowed to operate.", json_schema_extra={"minItems": 1}
+    )
     confirm: list[Literal["restore", "restart"]] = Field(
         default_factory=lambda: ["restore", "restart"],  # type: ignore[arg-type]
         description="Commands that ask for a confirmation button first.",
@@ -534,6 +536,11 @@ class OperatorConfig(Model):
     @field_validator("allowed_users")
     @classmethod
     def _users(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(
+                "list at least one Slack member id who may operate (like U01ABC2DEF3; "
+                "find it in the profile menu): without one nobody could use the operator"
+            )
         return _check_members(v)
 
 
