@@ -69,7 +69,7 @@ def test_unchanged_snapshot_uploads_nothing(store: Store, tmp_path: Path) -> Non
 
 
 WRITER = """
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("PRAGMA journal_mode=WAL")
 db.execute("PRAGMA wal_autocheckpoint=50")
@@ -80,8 +80,9 @@ while True:
     db.execute("INSERT INTO messages(body) VALUES (?)", ("x" * 2000 + str(n),))
     db.execute("INSERT INTO messages(body) VALUES (?)", ("pair " + str(n),))
     db.execute("COMMIT")
-    with open(sys.argv[2], "w") as f:
+    with open(sys.argv[2] + ".tmp", "w") as f:
         f.write(str(n))
+    os.replace(sys.argv[2] + ".tmp", sys.argv[2])  # a reader never sees it half-written
 """
 
 
