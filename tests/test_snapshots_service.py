@@ -88,8 +88,11 @@ def test_start_fresh_never_overwrites_what_the_store_holds(tmp_path: Path) -> No
         writer._confirm(writer.state("athena"), fresh=False)
         good = writer.snapshot("athena")
         assert good["result"] == "ok"
-        wait_for(lambda: svc.status("athena")["fenced"] is not None)
+        # Whether flared saw the store empty first (then the other writer moved `latest` under
+        # it) or saw the other writer's snapshot straight away, it must not overwrite it.
+        wait_for(lambda: not svc.status("athena")["gated"])
         assert svc.snapshot("athena")["result"] == "fenced"
+        assert svc.status("athena")["fenced"]
         latest, _ = engine.read_latest(svc.store, "athena")
         assert latest is not None and latest.id == good["id"]
     finally:
