@@ -233,3 +233,35 @@ def test_cli_prints_tokens() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_block_action_carries_the_message_it_sits_on(
+    slack: FakeSlack, app: SlackApp, alice: SlackUser
+) -> None:
+    """Like real Slack, a button press sends the message (thread_ts, blocks) the button is on."""
+    client = web(slack, app.bot_token)
+    dm = slack.dm_channel(app, alice)
+    parent = client.chat_postMessage(channel=dm, text="parent")["ts"]
+    blocks = [{"type": "actions", "elements": [{"type": "button", "action_id": "go", "value": "v"}]}]
+    prompt = client.chat_postMessage(channel=dm, text="sure?", thread_ts=parent, blocks=blocks)["ts"]
+    bolt = App(client=client)
+    bodies: list[dict[str, Any]] = []
+
+    @bolt.action("go")
+    def on_action(ack: Any, body: dict[str, Any]) -> None:
+        ack()
+        bodies.append(body)
+
+    handler = SocketModeHandler(bolt, app.app_token)
+    handler.connect()
+    try:
+        slack.wait_connected(app, timeout=10)
+        slack.block_action(app, alice, "go", "v", message_ts=prompt)
+        deadline = time.monotonic() + 5
+        while not bodies and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        handler.close()
+    message = bodies[0]["message"]
+    assert (message["ts"], message["thread_ts"], message["text"]) == (prompt, parent, "sure?")
+    assert message["blocks"][0]["elements"][0]["action_id"] == "go"

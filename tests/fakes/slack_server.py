@@ -346,6 +346,14 @@ class FakeSlack:
         message_ts: str | None = None,
     ) -> Envelope:
         channel = channel or self.dm_channel(app, user)
+        # Real Slack sends the whole message the button sits on (thread_ts, blocks included).
+        message: dict[str, Any] | None = None
+        if message_ts:
+            message = {"ts": message_ts, "type": "message", "text": ""}
+            with self._lock:
+                stored = next((m for m in self.messages.get(channel, []) if m.get("ts") == message_ts), None)
+                if stored is not None:
+                    message = json.loads(json.dumps(stored))
         payload = {
             "type": "block_actions",
             "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM_ID},
@@ -355,7 +363,7 @@ class FakeSlack:
             "trigger_id": f"{next(_counter)}.{secrets.token_hex(6)}",
             "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
             "channel": {"id": channel, "name": "directmessage"},
-            "message": {"ts": message_ts, "type": "message", "text": ""} if message_ts else None,
+            "message": message,
             "response_url": f"{self.url}/api/response_url.{secrets.token_hex(4)}",
             "actions": [
                 {
