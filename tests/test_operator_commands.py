@@ -78,7 +78,11 @@ def test_render_status_shows_what_an_operator_needs() -> None:
                 "snapshots": {"phase": "waiting for store", "last": None, "fenced": "another writer"},
             },
         ],
-        "leases": [{"id": "fl-default-aaaaaaaaaaaa"}],
+        "leases": [
+            {"id": "fl-default-aaaaaaaaaaaa", "bot": "athena"},
+            {"id": "fl-default-bbbbbbbbbbbb", "bot": "athena"},
+            {"id": "fl-default-cccccccccccc", "bot": "hermes"},
+        ],
     }
     text = cmds.render_status(status)
     for needle in (
@@ -93,7 +97,7 @@ def test_render_status_shows_what_an_operator_needs() -> None:
         "waiting for store",
         "fenced: another writer",
         "exited too quickly",
-        "leases in use: 1",
+        "leases in use: 3 (athena 2, hermes 1)",
     ):
         assert needle in text, needle
 
@@ -121,3 +125,57 @@ def test_audit_log_appends_json_lines_and_redacts(tmp_path: Path) -> None:
     assert [(e["user"], e["result"]) for e in entries] == [("U1", "ok"), ("U2", "refused")]
     assert "secretsecret" not in entries[1]["detail"]
     assert oct((tmp_path / "operator" / "audit.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+def test_audit_log_redacts_secrets_in_args_too(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append("U9", "refused", ["restore", "xapp-1-A0-1-abcdefabcdef"], "refused")
+    assert "abcdefabcdef" not in (tmp_path / "audit.jsonl").read_text()
+    assert tail(tmp_path / "audit.jsonl")[0]["args"][0] == "restore"
+
+
+def test_render_reload_applied_unchanged_and_refused() -> None:
+    applied = cmds.render_reload(
+        {
+            "applied": True,
+            "config_digest": "0123456789abcdef",
+            "changes": ["bots.athena.model: changed"],
+            "restarted": ["athena"],
+            "started": [],
+            "stopped": ["old"],
+            "failures": {"athena": "snapshot before restart failed: store down"},
+        }
+    )
+    assert applied.startswith(":white_check_mark: config `0123456789ab` applied")
+    for needle in ("bots.athena.model: changed", "restarted: athena", "stopped: old", ":warning: athena"):
+        assert needle in applied, needle
+    assert "\nstarted:" not in applied
+    assert cmds.render_reload({"applied": False, "unchanged": True}) == "Config unchanged; nothing to do."
+    # A change that cannot apply live comes back 200 with applied false: it must not read as success.
+    refused = cmds.render_reload(
+        {
+            "applied": False,
+            "errors": [
+                {"file": "f.yaml", "line": 2, "col": 1, "path": "state_dir", "message": "cannot change"}
+            ],
+        }
+    )
+    assert refused.startswith(":x:") and "f.yaml:2:1: state_dir: cannot change" in refused
+
+
+def test_render_leases_lists_each_with_its_session() -> None:
+    assert cmds.render_leases([]) == "No sandbox leases in use."
+    text = cmds.render_leases(
+        [
+            {
+                "id": "fl-a-1",
+                "bot": "athena",
+                "mode": "session",
+                "provider": "local",
+                "session": "s1",
+                "busy": True,
+                "idle_expires_in_s": 125.0,
+            }
+        ]
+    )
+    assert "`fl-a-1` bot athena, session local, session s1, busy, idle expiry in 2m" in text

@@ -44,9 +44,23 @@ def confirm_blocks(text: str, token: str) -> list[dict[str, Any]]:
     ]
 
 
-def post_replies(client: WebClient, channel: str, thread_ts: str | None, replies: Iterator[Reply]) -> None:
-    """Post each reply in the same thread: progress first, then the result."""
+def post_replies(
+    client: WebClient,
+    channel: str,
+    thread_ts: str | None,
+    replies: Iterator[Reply],
+    prompt_ts: str | None = None,
+) -> None:
+    """Post each reply in the same thread: progress first, then the result.
+
+    A reply that settles a confirmation replaces the prompt (``prompt_ts``),
+    so its buttons are gone once pressed.
+    """
     for reply in replies:
+        if reply.replaces_prompt and prompt_ts:
+            section = {"type": "section", "text": {"type": "mrkdwn", "text": reply.text}}
+            client.chat_update(channel=channel, ts=prompt_ts, text=reply.text, blocks=[section])
+            continue
         if reply.file is not None:
             name, content = reply.file
             client.files_upload_v2(
@@ -108,12 +122,13 @@ def build(loaded: LoadedConfig) -> tuple[App, str]:
     def on_button(approve: bool) -> Any:
         def handler(ack: Any, body: dict[str, Any], client: WebClient) -> None:
             ack()
-            channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
-            thread = (body.get("message") or {}).get("thread_ts") or (body.get("container") or {}).get(
-                "message_ts"
-            )
+            container = body.get("container") or {}
+            message = body.get("message") or {}
+            channel = (body.get("channel") or {}).get("id") or container["channel_id"]
+            prompt = message.get("ts") or container.get("message_ts")
+            thread = message.get("thread_ts") or prompt
             token = body["actions"][0].get("value", "")
-            post_replies(client, channel, thread, op.decide(body["user"]["id"], token, approve))
+            post_replies(client, channel, thread, op.decide(body["user"]["id"], token, approve), prompt)
 
         return handler
 

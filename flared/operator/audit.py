@@ -30,7 +30,7 @@ class AuditLog:
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "user": user,
             "command": command,
-            "args": args,
+            "args": [redact_text(a, self.config)[:200] for a in args],
             "result": result,
             "detail": redact_text(detail, self.config)[:500],
         }

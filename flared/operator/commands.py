@@ -119,7 +119,11 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(", ".join(parts))
     leases = st.get("leases")
     if leases is not None:
-        lines.append(f"sandbox leases in use: {len(leases)}")
+        per_bot: dict[str, int] = {}
+        for x in leases:
+            per_bot[str(x.get("bot"))] = per_bot.get(str(x.get("bot")), 0) + 1
+        detail = ", ".join(f"{b} {n}" for b, n in sorted(per_bot.items()))
+        lines.append(f"sandbox leases in use: {len(leases)}" + (f" ({detail})" if detail else ""))
     return "\n".join(lines)
 
 
@@ -155,6 +159,12 @@ def render_leases(leases: list[dict[str, Any]]) -> str:
     rows = [
         f"`{x.get('id')}` bot {x.get('bot')}, {x.get('mode', '')} {x.get('provider', '')}, "
         f"session {x.get('session_key') or x.get('session') or '-'}"
+        + (", busy" if x.get("busy") else "")
+        + (
+            f", idle expiry in {_age(x['idle_expires_in_s'])}"
+            if x.get("idle_expires_in_s") is not None
+            else ""
+        )
         for x in leases
     ]
     return f"{len(leases)} lease(s):\n" + "\n".join(rows)
@@ -182,3 +192,27 @@ def restore_preview(bot: str, snapshot: dict[str, Any] | None, bot_status: dict[
         f"Restore *{bot}* from {which} `{snapshot['id']}` ({str(snapshot.get('created_at', ''))[:16].replace('T', ' ')}, "
         f"{_size(snapshot.get('packed_size'))})? This stops its gateway and replaces {current}."
     )
+
+
+def render_reload(res: dict[str, Any]) -> str:
+    """`POST /reload`'s answer: applied (what changed, restarted), unchanged, or refused with where."""
+    if res.get("unchanged"):
+        return "Config unchanged; nothing to do."
+    if not res.get("applied"):
+        errors = "\n".join(
+            f"{e.get('file')}:{e.get('line')}:{e.get('col')}: {e.get('path')}: {e.get('message')}"
+            for e in res.get("errors") or []
+        )
+        return f":x: the config was NOT applied (the running one stays):\n```{errors or res.get('error')}```"
+    lines = [f":white_check_mark: config `{str(res.get('config_digest', ''))[:12]}` applied."]
+    changes = res.get("changes") or []
+    if changes:
+        lines.append("Changes:\n" + "\n".join(f"• {c}" for c in changes[:20]))
+        if len(changes) > 20:
+            lines.append(f"…and {len(changes) - 20} more")
+    for key, label in (("restarted", "restarted"), ("started", "started"), ("stopped", "stopped")):
+        if res.get(key):
+            lines.append(f"{label}: {', '.join(res[key])}")
+    for where, error in (res.get("failures") or {}).items():
+        lines.append(f":warning: {where}: {error}")
+    return "\n".join(lines)

@@ -35,6 +35,7 @@ class Reply:
     confirm_token: str | None = None  # show Confirm / Cancel buttons carrying this token
     file: tuple[str, str] | None = None  # (filename, content) to upload
     final: bool = True
+    replaces_prompt: bool = False  # edit the confirmation prompt (its buttons go) instead of posting
 
 
 @dataclass
@@ -59,16 +60,23 @@ class Operator:
     def handle(self, user: str, text: str) -> Iterator[Reply]:
         if user not in self.allowed:
             log.warning("refused operator command from %s: %r", user, text[:80])
-            self.audit.append(user, "refused", [], "refused", "user not in operator.allowed_users")
+            self.audit.append(
+                user, "refused", text.split()[:8], "refused", "user not in operator.allowed_users"
+            )
             yield Reply("Sorry, you are not allowed to operate this agent.")
             return
         try:
             command = cmds.parse(text)
         except cmds.ParseError as exc:
+            self.audit.append(user, "invalid", text.split()[:8], "invalid", str(exc))
             yield Reply(str(exc))
             return
         if command.name in self.confirm:
-            yield self._ask(user, command)
+            reply = self._ask(user, command)
+            self.audit.append(
+                user, command.name, command.args, "asked" if reply.confirm_token else "failed", reply.text
+            )
+            yield reply
             return
         yield from self._run(user, command)
 
@@ -77,7 +85,10 @@ class Operator:
         self._expire()
         pending = self.pending.get(token)
         if pending is None:
-            yield Reply("That confirmation expired or was already used; send the command again.")
+            yield Reply(
+                "That confirmation expired or was already used; send the command again.",
+                replaces_prompt=True,
+            )
             return
         if user != pending.user or user not in self.allowed:
             self.audit.append(
@@ -86,10 +97,12 @@ class Operator:
             yield Reply("Only the person who asked can confirm this.")
             return
         del self.pending[token]
+        words = " ".join([pending.command.name, *pending.command.args])
         if not approve:
             self.audit.append(user, pending.command.name, pending.command.args, "cancelled")
-            yield Reply(f"Cancelled `{pending.command.name} {' '.join(pending.command.args)}`.")
+            yield Reply(f"Cancelled `{words}`.", replaces_prompt=True)
             return
+        yield Reply(f"Confirmed by <@{user}>: `{words}`.", replaces_prompt=True, final=False)
         yield from self._run(user, pending.command)
 
     # ------------------------------------------------------------------ confirmation
@@ -134,8 +147,10 @@ class Operator:
     def _run(self, user: str, command: cmds.Command) -> Iterator[Reply]:
         name, args = command.name, command.args
         try:
-            if name in {"snapshot", "restore"}:
-                what = f"{name} of {args[0]}" if args else "snapshot of every bot"
+            if name in {"snapshot", "restore", "reload"}:
+                what = f"{name} of {args[0]}" if args else f"{name} of every bot"
+                if name == "reload":
+                    what = "reload of hermes-flare.yaml"
                 yield Reply(f":hourglass_flowing_sand: {what} started…", final=False)
             reply = self._do(command)
         except (DaemonNotRunning, ControlError, OSError) as exc:
@@ -213,18 +228,12 @@ class Operator:
             return Reply(cmds.render_leases(list(leases)))
         if name == "reload":
             try:
-                res = c.request("POST", "/reload", {}, timeout=120)
+                res = c.request("POST", "/reload", {}, timeout=LONG)
             except ControlError as exc:
-                if exc.status != 400 or not isinstance(exc.body, dict):
+                if not isinstance(exc.body, dict) or "errors" not in exc.body:
                     raise
-                errors = "\n".join(
-                    f"{e['file']}:{e['line']}:{e['col']}: {e['path']}: {e['message']}"
-                    for e in exc.body.get("errors", [])
-                )
-                return Reply(f":x: the config was NOT applied (the running one stays):\n```{errors}```")
-            if res.get("unchanged"):
-                return Reply("Config unchanged; nothing to do.")
-            return Reply(f":white_check_mark: config `{str(res.get('config_digest', ''))[:12]}` applied.")
+                res = exc.body
+            return Reply(cmds.render_reload(res))
         if name == "config":
             return Reply(cmds.render_config(c.request("GET", "/config", timeout=10)))
         raise AssertionError(f"unhandled command {name}")
