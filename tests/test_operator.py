@@ -182,3 +182,69 @@ def test_operator_failure_never_touches_the_bots(tmp_path: Path) -> None:
         assert log.strip() and "xoxb-1-bad" not in log
         assert flare.bot_status("athena")["pid"] == first["pid"]
         assert flare.bot_status("athena")["state"] == "RUNNING"
+
+
+def buttons(post: Post) -> list[dict[str, Any]]:
+    return [e for b in post.blocks or [] if b.get("type") == "actions" for e in b["elements"]]
+
+
+def test_restart_asks_then_restarts_in_the_prompts_thread(world: World) -> None:
+    pid = world.flare.wait_running("athena")["pid"]
+    at = world.say("restart athena")
+    prompt = world.reply("Restart *athena*", at)
+    assert f"pid {pid}" in prompt.text and prompt.thread_ts
+    [confirm, _] = buttons(prompt)
+    at = time.time()
+    world.slack.block_action(
+        world.app, world.alice, confirm["action_id"], confirm["value"], message_ts=prompt.ts
+    )
+    done = world.reply("gateway restarted", at, timeout=120)
+    assert done.thread_ts == prompt.thread_ts
+    # The prompt now says who confirmed, and its buttons are gone.
+    settled = world.slack.latest_version(prompt)
+    assert settled.method == "chat.update" and f"Confirmed by <@{world.alice.id}>" in settled.text
+    assert not buttons(settled)
+    assert world.flare.wait_running("athena")["pid"] != pid
+    entry = world.audit()[-1]
+    assert (entry["command"], entry["args"], entry["result"]) == ("restart", ["athena"], "ok")
+
+
+def test_logs_redact_secrets_and_long_ones_come_as_a_file(world: World) -> None:
+    log = world.flare.state_dir / "bots" / "athena" / "logs" / "gateway.log"
+    assert log.exists(), sorted(p.name for p in log.parent.iterdir())
+    secret = "sk-live0123456789abcdefXYZ"
+    with log.open("a") as fh:
+        fh.write(f"connecting with {world.app.app_token} and key {secret}\n")
+        for i in range(80):
+            fh.write(f"filler line {i} " + "." * 60 + "\n")
+    world.say("logs athena 200")
+    deadline = time.monotonic() + 60
+    uploads: list[dict[str, Any]] = []
+    while not uploads and time.monotonic() < deadline:
+        time.sleep(0.2)
+        uploads = [
+            f for f in list(world.slack.files.values()) if "gateway log" in str(f.get("initial_comment"))
+        ]
+    assert uploads, "the long log should have been uploaded as a file"
+    assert uploads[-1]["channel"] == world.slack.dm_channel(world.app, world.alice)
+    assert "(secrets redacted)" in uploads[-1]["initial_comment"] and uploads[-1]["thread_ts"]
+    content = uploads[-1]["content"].decode()
+    assert "connecting with **********" in content and "filler line 79" in content
+    assert world.app.app_token not in content and secret not in content
+    assert world.app.app_token not in world.slack.all_text(world.app)
+
+
+def test_reload_reports_a_broken_file_and_changes_nothing(world: World) -> None:
+    digest = world.flare.status()["config"]["digest"]
+    good = world.flare.config_path.read_text()
+    world.flare.config_path.write_text(good + "bogus_section: {a: 1}\n")
+    try:
+        at = world.say("reload")
+        failed = world.reply("NOT applied", at)
+        assert f"{world.flare.config_path}:" in failed.text and "bogus_section" in failed.text
+        assert world.audit()[-1]["result"] == "failed"
+        assert world.flare.status()["config"]["digest"] == digest
+    finally:
+        world.flare.config_path.write_text(good)
+    at = world.say("reload")
+    world.reply("Config unchanged", at)
