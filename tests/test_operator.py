@@ -83,10 +83,13 @@ def test_snapshot_posts_progress_then_result_in_one_thread(world: World) -> None
     home = world.flare.state_dir / "bots" / "athena" / "home"
     (home / "memories").mkdir(exist_ok=True)
     (home / "memories" / "USER.md").write_text("operator test\n")
-    at = world.say("snapshot athena")
+    at = time.time()
+    env = world.slack.dm(world.app, world.alice, "snapshot athena")
     progress = world.reply("started", at)
     done = world.reply("athena: snapshot `", at)
     assert done.thread_ts == (progress.thread_ts or progress.ts)
+    # Acked before the work finished: Slack redelivers events not acked in 3 s.
+    assert env.acked_at is not None and env.acked_at < done.at
     entry = world.audit()[-1]
     assert (entry["command"], entry["args"], entry["result"]) == ("snapshot", ["athena"], "ok")
     at = world.say("snapshots athena")
@@ -158,9 +161,20 @@ def test_slash_command_and_audit_cli(world: World) -> None:
     at = time.time()
     world.slack.slash_command(world.app, world.alice, "/flare", "leases")
     world.reply("lease", at)
+    # From a channel: the answer comes in the caller's DM, not in the channel.
+    channel = world.slack.add_channel(f"ops-{time.monotonic_ns()}")
+    at = time.time()
+    env = world.slack.slash_command(world.app, world.alice, "/flare", "status", channel=channel)
+    assert env.ack_payload == {"text": "I answer in our DM."}
+    post = world.reply("athena", at)
+    assert post.channel == world.slack.dm_channel(world.app, world.alice)
+    assert not world.slack.posts_for(world.app, channel=channel)
     out = run_cli("operator", "audit", "--json", "-c", str(world.flare.config_path))
     entries = json.loads(out.stdout)
-    assert entries[-1]["command"] == "leases" and entries[-1]["user"] == world.alice.id
+    assert [(e["command"], e["user"]) for e in entries[-2:]] == [
+        ("leases", world.alice.id),
+        ("status", world.alice.id),
+    ]
 
 
 def test_operator_failure_never_touches_the_bots(tmp_path: Path) -> None:

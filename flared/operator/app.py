@@ -88,7 +88,9 @@ def build(loaded: LoadedConfig) -> tuple[App, str]:
     bot_token = cfg.slack.bot_token.get_secret_value()
     api_url = cfg.slack.api_url if cfg.slack.api_url.endswith("/") else cfg.slack.api_url + "/"
     web = WebClient(token=bot_token, base_url=api_url)
-    app = App(client=web, token=bot_token, process_before_response=True)
+    # Ack first, work after: Slack redelivers an event not acked within 3 s, and a
+    # snapshot or restore takes longer (a redelivered `snapshot` would run twice).
+    app = App(client=web, token=bot_token, process_before_response=False)
     op = Operator(
         ControlClient.for_config(loaded),
         AuditLog(audit_path(loaded.state_dir), loaded.config),
@@ -114,10 +116,15 @@ def build(loaded: LoadedConfig) -> tuple[App, str]:
 
     @app.command("/flare")
     def on_command(ack: Any, command: dict[str, Any], client: WebClient) -> None:
-        ack()
-        post_replies(
-            client, command["channel_id"], None, op.handle(command["user_id"], command.get("text", ""))
-        )
+        # Answers go to the caller's DM with the operator: it may not be a member
+        # of the channel the command came from, and logs and config stay private.
+        user = command["user_id"]
+        dm = client.conversations_open(users=user)["channel"]["id"]
+        if command.get("channel_id") == dm:
+            ack()
+        else:
+            ack(text="I answer in our DM.")
+        post_replies(client, dm, None, op.handle(user, command.get("text", "")))
 
     def on_button(approve: bool) -> Any:
         def handler(ack: Any, body: dict[str, Any], client: WebClient) -> None:

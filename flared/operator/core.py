@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ class Operator:
         self.allowed = set(allowed_users)
         self.confirm = set(confirm)
         self.pending: dict[str, Pending] = {}
+        # Bolt runs listeners in parallel: a double-clicked Confirm must run once.
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry points
 
@@ -82,21 +85,24 @@ class Operator:
 
     def decide(self, user: str, token: str, approve: bool) -> Iterator[Reply]:
         """A Confirm / Cancel button was pressed."""
-        self._expire()
-        pending = self.pending.get(token)
+        with self._lock:
+            self._expire()
+            pending = self.pending.get(token)
+            mine = pending is not None and user == pending.user and user in self.allowed
+            if mine:
+                del self.pending[token]
         if pending is None:
             yield Reply(
                 "That confirmation expired or was already used; send the command again.",
                 replaces_prompt=True,
             )
             return
-        if user != pending.user or user not in self.allowed:
+        if not mine:
             self.audit.append(
                 user, pending.command.name, pending.command.args, "refused", "not the requester"
             )
             yield Reply("Only the person who asked can confirm this.")
             return
-        del self.pending[token]
         words = " ".join([pending.command.name, *pending.command.args])
         if not approve:
             self.audit.append(user, pending.command.name, pending.command.args, "cancelled")
@@ -120,7 +126,8 @@ class Operator:
         if prompt.startswith("!"):
             return Reply(prompt[1:])
         token = secrets.token_urlsafe(12)
-        self.pending[token] = Pending(user, command)
+        with self._lock:
+            self.pending[token] = Pending(user, command)
         return Reply(prompt, confirm_token=token)
 
     def _prompt(self, command: cmds.Command) -> str:
