@@ -379,6 +379,7 @@ class Daemon:
             op = procs.get("operator")
             out["operator"] = {
                 "state": op["statename"] if op else "starting",
+                "pid": (op.get("pid") or None) if op else None,
                 "last_actions": _safe(lambda: tail(audit_path(self.loaded.state_dir), 5), []),
             }
         if self.last_reload is not None:

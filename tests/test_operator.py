@@ -262,3 +262,18 @@ def test_reload_reports_a_broken_file_and_changes_nothing(world: World) -> None:
         world.flare.config_path.write_text(good)
     at = world.say("reload")
     world.reply("Config unchanged", at)
+
+
+def test_killed_operator_comes_back_and_the_bot_never_notices(world: World) -> None:
+    gateway = world.flare.wait_running("athena")["pid"]
+    deadline = time.monotonic() + 30
+    while (op := world.flare.status()["operator"])["state"] != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)  # STARTING for startsecs after its launch
+    assert op["state"] == "RUNNING" and op["pid"]
+    connects = world.app.connect_count
+    os.kill(op["pid"], signal.SIGKILL)
+    world.slack.wait_connected(world.app, timeout=60, min_count=connects + 1)
+    at = world.say("status")
+    assert "athena" in world.reply("athena", at).text
+    assert world.flare.status()["operator"]["pid"] not in (None, op["pid"])
+    assert world.flare.bot_status("athena")["pid"] == gateway
