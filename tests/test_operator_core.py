@@ -260,3 +260,10 @@ def test_reload_refused_is_not_a_success(op: Operator, daemon: Daemon, tmp_path:
         and "h.yaml:3:5: bots.0.name: bad" in result.text
     )
     assert audit(tmp_path)[-1]["result"] == "failed"
+
+
+def test_an_unexpected_answer_is_reported_and_audited(op: Operator, daemon: Daemon, tmp_path: Path) -> None:
+    daemon.log_lines = None  # type: ignore[assignment]  # a shape the operator does not expect
+    [reply] = run(op.handle(ALICE, "logs athena"))
+    assert reply.text == ":x: `logs` failed inside the operator; see its log (operator.log)."
+    assert audit(tmp_path)[-1]["result"] == "error"

@@ -165,6 +165,12 @@ class Operator:
             self.audit.append(user, name, args, "error", reply.text)
             yield reply
             return
+        except Exception:  # a bug here must still answer, and be audited, not vanish
+            log.exception("operator: %s %s failed", name, args)
+            reply = Reply(f":x: `{name}` failed inside the operator; see its log (operator.log).")
+            self.audit.append(user, name, args, "error", "internal error")
+            yield reply
+            return
         failed = reply.text.startswith(":x:")
         self.audit.append(user, name, args, "failed" if failed else "ok", reply.text)
         yield reply
