@@ -179,3 +179,20 @@ def test_render_leases_lists_each_with_its_session() -> None:
         ]
     )
     assert "`fl-a-1` bot athena, session local, session s1, busy, idle expiry in 2m" in text
+
+
+def test_the_operator_manifest_grants_what_the_app_uses() -> None:
+    """docs/operator-app-manifest.yaml: the command, events and scopes flared/operator/app.py needs."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    manifest = yaml.safe_load((root / "docs" / "operator-app-manifest.yaml").read_text())
+    source = (root / "flared" / "operator" / "app.py").read_text()
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/flare"]
+    assert '@app.command("/flare")' in source
+    settings = manifest["settings"]
+    assert settings["socket_mode_enabled"] and settings["interactivity"]["is_enabled"]
+    assert set(settings["event_subscriptions"]["bot_events"]) == {"message.im", "app_mention"}
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    # chat.postMessage/update, files upload v2, conversations.open (DM for /flare), DM events.
+    assert {"chat:write", "files:write", "im:write", "im:history", "commands", "app_mentions:read"} <= scopes
