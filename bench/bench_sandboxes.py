@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import pct, table
 
-from flared.client import ControlClient, socket_path
-from flared.config import SandboxProfile
-from flared.control import ControlServer, Router
-from flared.loader import load_config
+from flared.config.loader import load_config
+from flared.config.models import SandboxProfile
+from flared.control.client import ControlClient
+from flared.control.locate import socket_path
+from flared.control.server import ControlServer, Router
 from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import table
 
-from flared.config import SnapshotsConfig, StoreConfig
+from flared.config.models import SnapshotsConfig, StoreConfig
 from flared.snapshots import engine
 from flared.snapshots.engine import Fence, SnapshotJob
 from flared.snapshots.stores import open_store

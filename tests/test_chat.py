@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.hermes import api_key
-from flared.loader import load_config
+from flared.config.loader import load_config
+from flared.hermes.home import api_key
 from tests.fakes import llm_server as llm
 from tests.fakes.llm_server import FakeLLM
 from tests.fixtures.flare import free_port, run_cli

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flared.client import ControlClient, ControlError, DaemonNotRunning
-from flared.control import ControlServer, HTTPError, Request, Router
-from flared.tokens import bot_token, verify_bot_token
+from flared.control.client import ControlClient, ControlError, DaemonNotRunning
+from flared.control.server import ControlServer, HTTPError, Request, Router
+from flared.control.tokens import bot_token, verify_bot_token
 from tests.fixtures.flare import free_port
 
 

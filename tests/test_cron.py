@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.config import CronJob
-from flared.cron import CronService, hermes_schedule, next_run, timezone_note
-from flared.loader import LoadedConfig, load_config
+from flared.config.loader import LoadedConfig, load_config
+from flared.config.models import CronJob
+from flared.policy.cron import CronService
+from flared.policy.schedules import hermes_schedule, next_run, timezone_note
 
 
 def ts(text: str) -> float:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from flared.hermes import BotPaths, gateway_program, render_home
-from flared.loader import load_config
+from flared.config.loader import load_config
+from flared.hermes.home import gateway_program, render_home
+from flared.hermes.paths import BotPaths
 
 
 def loaded(tmp_path: Path, extra: str = "") -> object:

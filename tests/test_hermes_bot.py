@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.config import BotConfig
-from flared.hermes import render_env
-from flared.hermes_bot import render_bot_settings
+from flared.config.models import BotConfig
+from flared.hermes.home import render_env
+from flared.hermes.settings import render_bot_settings
 
 PROBE = r"""
 import json, os, sys

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.client import socket_path
-from flared.control import ControlServer, Router
-from flared.loader import load_config
+from flared.config.loader import load_config
+from flared.control.locate import socket_path
+from flared.control.server import ControlServer, Router
 from flared.plugin import terminal
 from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager

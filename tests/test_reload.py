@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from flared.config import HermesFlareConfig
-from flared.loader import load_config
-from flared.reload import Change, changed_paths, diff, plan, refusal_issues, refused
+from flared.config.loader import load_config
+from flared.config.models import HermesFlareConfig
+from flared.policy.diff import Change, changed_paths, diff, plan, refusal_issues, refused
 
 
 def bot(name: str, **extra: Any) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def test_changed_paths_on_plain_values() -> None:
 def test_log_redaction_learns_the_new_secrets() -> None:
     import logging
 
-    from flared.reload import _update_logging
+    from flared.policy.reload import _update_logging
 
     class Fmt(logging.Formatter):
         config: Any = None
@@ -224,7 +224,7 @@ def test_log_redaction_learns_the_new_secrets() -> None:
 
 
 def test_guess_socket_prefers_the_published_pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flared.reload import guess_socket, publish_socket
+    from flared.control.locate import guess_socket, publish_socket
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("FLARE_STATE_DIR", raising=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flared.client import ControlClient, ControlError
+from flared.control.client import ControlClient, ControlError
 from tests.fixtures.flare import FlareUp, bot, free_port
 
 pytestmark = pytest.mark.integration

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.client import ControlClient, ControlError, socket_path
-from flared.control import ControlServer, Router
-from flared.loader import LoadedConfig, load_config
+from flared.config.loader import LoadedConfig, load_config
+from flared.control.client import ControlClient, ControlError
+from flared.control.locate import socket_path
+from flared.control.server import ControlServer, Router
+from flared.control.tokens import bot_token
 from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
-from flared.tokens import bot_token
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 

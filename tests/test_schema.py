@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flared.commands.core import schema_document
-from flared.docgen import render
+from flared.cli.validate import schema_document
+from flared.config.docgen import render
 
 ROOT = Path(__file__).parent.parent
 
@@ -23,7 +23,7 @@ def test_config_reference_is_current() -> None:
 def test_every_field_is_documented() -> None:
     from pydantic import BaseModel
 
-    from flared.docgen import _models
+    from flared.config.docgen import _models
 
     missing = [
         f"{m.__name__}.{name}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.loader import load_config
+from flared.config.loader import load_config
 from flared.snapshots import engine
 from flared.snapshots.service import SnapshotService
 from flared.snapshots.stores import Store
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 CHILD = r"""
 import os, signal, subprocess, sys, time
-from flared.loader import load_config
+from flared.config.loader import load_config
 from flared.snapshots import pack
 from flared.snapshots.service import SnapshotService
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.config import SnapshotsConfig
+from flared.config.models import SnapshotsConfig
 from flared.snapshots import engine
 from flared.snapshots.engine import Fence, SnapshotJob, restore, take_snapshot
 from flared.snapshots.manifest import Manifest, blob_key, latest_key, manifest_key

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.loader import LoadedConfig, load_config
+from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots import engine
 from flared.snapshots.service import SnapshotService
 from tests.fixtures.flare import bot, config

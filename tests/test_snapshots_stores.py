@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.config import StoreConfig
+from flared.config.models import StoreConfig
 from flared.snapshots.stores import NotFound, PreconditionFailed, Store, StoreUnreachable, open_store
 from tests.fixtures import homes
 from tests.fixtures.flare import free_port

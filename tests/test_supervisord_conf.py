@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.commands.core import image_supervisord_conf
+from flared.cli.validate import image_supervisord_conf
 from flared.supervisor import Layout, SupervisorClient, render_supervisord_conf
 
 ROOT = Path(__file__).parent.parent

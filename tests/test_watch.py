@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.watch import Watcher
+from flared.policy.watch import Watcher
 
 
 class Seen:

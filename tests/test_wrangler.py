@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from flared.commands.common import CommandError
-from flared.loader import load_config
-from flared.wrangler import DO_CLASSES, INSTANCE_TYPES, render
+from flared.config.loader import load_config
+from flared.config.wrangler import DO_CLASSES, INSTANCE_TYPES, RenderError, render
 from tests.fixtures.flare import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +132,7 @@ def test_more_groups_than_agent_instances_is_refused(tmp_path: Path) -> None:
         "cloudflare:\n  agent: {instance_type: basic, max_instances: 1}\n"
     )
     with pytest.raises(
-        CommandError, match=r"2 bot groups \(g1, g2\) need cloudflare.agent.max_instances >= 2"
+        RenderError, match=r"2 bot groups \(g1, g2\) need cloudflare.agent.max_instances >= 2"
     ):
         render(load_config(path, environ={}, check_state_dir=False))
 

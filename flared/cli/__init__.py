@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from flared import __version__
-from flared.commands import COMMAND_MODULES
-from flared.commands.common import EXIT_FAILED, EXIT_INVALID, CommandError
-from flared.optional import optional_import
+from flared.cli import chat, operator, sandboxes, snapshots, status, up, validate
+from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,10 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flared {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        module = optional_import(f"flared.commands.{name}")
-        if module is not None:
-            module.register(sub)
+    for module in (validate, up, status, snapshots, sandboxes, chat, operator):
+        module.register(sub)
     return parser
 
 

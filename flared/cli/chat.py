@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from flared.commands.common import (
+from flared.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
@@ -25,9 +25,9 @@ from flared.commands.common import (
     add_json_arg,
     load_or_exit,
 )
-from flared.config import BotConfig
-from flared.hermes import api_key
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.config.models import BotConfig
+from flared.hermes.home import api_key
 
 SESSION_HEADER = "X-Hermes-Session-Id"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from flared.client import ControlClient
-from flared.loader import ConfigError, LoadedConfig, load_config
+from flared.config.loader import ConfigError, LoadedConfig, load_config
+from flared.control.client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from flared.commands.common import (
+from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flared.commands.core import setup_logging
+    from flared.cli.up import setup_logging
     from flared.operator import app
 
     loaded = load_or_exit(args)

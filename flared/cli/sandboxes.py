@@ -15,8 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from flared.client import ControlError, DaemonNotRunning
-from flared.commands.common import (
+from flared.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
@@ -28,7 +27,8 @@ from flared.commands.common import (
     human_age,
     load_or_exit,
 )
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.control.client import ControlError, DaemonNotRunning
 
 CLI_SESSION = "cli"
 

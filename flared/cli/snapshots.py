@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flared.client import ControlError, DaemonNotRunning
-from flared.commands.common import (
+from flared.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
@@ -31,7 +30,8 @@ from flared.commands.common import (
     human_bytes,
     load_or_exit,
 )
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.control.client import ControlError, DaemonNotRunning
 from flared.snapshots.stores import StoreError
 
 #: Snapshots of large homes can take minutes; the CLI waits this long for the daemon.
@@ -133,7 +133,7 @@ def _offline_service(loaded: LoadedConfig) -> Any:
 
 
 def _gateway_running(loaded: LoadedConfig, bot: str) -> int | None:
-    from flared.hermes import BotPaths
+    from flared.hermes.paths import BotPaths
 
     try:
         pid = int((BotPaths.of(loaded.state_dir, bot).home / "gateway.pid").read_text().split()[0])

@@ -15,7 +15,8 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from flared import config as c
+from flared.config import models as c
+from flared.config import units
 
 HEADER = """# hermes-flare.yaml reference
 
@@ -35,9 +36,9 @@ Editors can validate with `schema/hermes-flare.schema.json`.
 def _type_name(annotation: Any, metadata: list[Any]) -> str:
     for m in metadata:
         fn = getattr(m, "func", None)
-        if fn is c.parse_duration:
+        if fn is units.parse_duration:
             return "duration"
-        if fn is c.parse_size:
+        if fn is units.parse_size:
             return "size"
     origin = get_origin(annotation)
     args = get_args(annotation)
@@ -72,10 +73,10 @@ def _default(f: FieldInfo) -> str:
     if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
         return "`{" + ", ".join(f"{k}: …" for k in value) + "}`"
     for m in f.metadata:
-        if getattr(m, "func", None) is c.parse_duration and isinstance(value, int | float):
-            return f"`{c.format_duration(float(value))}`"
-        if getattr(m, "func", None) is c.parse_size and isinstance(value, int):
-            return f"`{c.format_size(value)}`"
+        if getattr(m, "func", None) is units.parse_duration and isinstance(value, int | float):
+            return f"`{units.format_duration(float(value))}`"
+        if getattr(m, "func", None) is units.parse_size and isinstance(value, int):
+            return f"`{units.format_size(value)}`"
     return f"`{json.dumps(value)}`"
 
 

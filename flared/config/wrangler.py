@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flared.commands.common import EXIT_INVALID, CommandError
-from flared.config import CloudflareConfig, HermesFlareConfig
-from flared.loader import LoadedConfig, find_config, load_config, read_config_text
+from flared.config.loader import LoadedConfig, find_config, load_config, read_config_text
+from flared.config.models import CloudflareConfig, HermesFlareConfig
 
 WORKER_MAIN = "worker/src/index.ts"
 AGENT_DOCKERFILE = "./images/agent/Dockerfile"
@@ -118,20 +117,22 @@ def worker_vars(cfg: HermesFlareConfig, cf: CloudflareConfig) -> dict[str, str]:
     }
 
 
+class RenderError(ValueError):
+    """The YAML is valid but cannot become a working wrangler.toml; the message says what to set."""
+
+
 def _check(cfg: HermesFlareConfig, cf: CloudflareConfig) -> None:
     for what, spec in (("agent", cf.agent), ("exec", cf.exec)):
         if spec.instance_type not in INSTANCE_TYPES:
-            raise CommandError(
+            raise RenderError(
                 f"cloudflare.{what}.instance_type {spec.instance_type!r} is not a Cloudflare Containers "
-                f"instance type: use one of {', '.join(INSTANCE_TYPES)}",
-                EXIT_INVALID,
+                f"instance type: use one of {', '.join(INSTANCE_TYPES)}"
             )
     groups = sorted({b.group for b in cfg.bots}) or ["default"]
     if len(groups) > cf.agent.max_instances:
-        raise CommandError(
+        raise RenderError(
             f"{len(groups)} bot groups ({', '.join(groups)}) need cloudflare.agent.max_instances >= "
-            f"{len(groups)} (it is {cf.agent.max_instances}): each group runs in its own Agent container",
-            EXIT_INVALID,
+            f"{len(groups)} (it is {cf.agent.max_instances}): each group runs in its own Agent container"
         )
 
 

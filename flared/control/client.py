@@ -12,7 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.control.locate import socket_path
 
 
 class DaemonNotRunning(Exception):
@@ -37,11 +38,6 @@ class _UnixConnection(http.client.HTTPConnection):
         s.settimeout(self.timeout)
         s.connect(self._path)
         self.sock = s
-
-
-def socket_path(loaded: LoadedConfig) -> Path:
-    explicit = loaded.config.control.socket
-    return Path(explicit) if explicit else loaded.state_dir / "flared.sock"
 
 
 class ControlClient:

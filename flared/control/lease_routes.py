@@ -9,42 +9,33 @@ per-bot ``flb_`` token, which sees and uses only that bot's leases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from flared.control import HTTPError, Request, Response, Router
+from flared.control.server import HTTPError, Request, Response, Router
 from flared.sandboxes.manager import BadLeaseRequest, CapacityReached, LeaseManager, LeaseNotFound
 from flared.sandboxes.types import SandboxError
-
-if TYPE_CHECKING:
-    from flared.daemon import Daemon
 
 MAX_TIMEOUT = 24 * 3600.0
 T = TypeVar("T")
 
 
-def register(router: Router, daemon: Daemon) -> None:
-    def manager() -> LeaseManager:
-        if daemon.leases is None:
-            raise HTTPError(503, "sandboxes are not running in this flared")
-        leases: LeaseManager = daemon.leases
-        return leases
-
+def register(router: Router, leases: LeaseManager) -> None:
     def list_leases(req: Request) -> dict[str, Any]:
         bot = req.bot_token_bot or req.query.get("bot") or None
-        return {"leases": manager().list(bot=bot)}
+        return {"leases": leases.list(bot=bot)}
 
     def acquire(req: Request) -> Response:
         body = _object(req)
         bot = _bot(req, body)
         session = _opt_str(body, "session")
-        result = _guard(lambda: manager().acquire(bot, session))
+        result = _guard(lambda: leases.acquire(bot, session))
         return Response(201 if result.get("created") else 200, result)
 
     def exec_in(req: Request) -> dict[str, Any]:
         body = _object(req)
         lease_id = req.params["id"]
         kw = _exec_args(body)
-        result = _guard(lambda: manager().exec(lease_id, bot=req.bot_token_bot, **kw))
+        result = _guard(lambda: leases.exec(lease_id, bot=req.bot_token_bot, **kw))
         return {"lease": lease_id, **result.as_dict()}
 
     def exec_once(req: Request) -> dict[str, Any]:
@@ -52,12 +43,12 @@ def register(router: Router, daemon: Daemon) -> None:
         bot = _bot(req, body)
         session = _opt_str(body, "session")
         kw = _exec_args(body)
-        lease, result = _guard(lambda: manager().run(bot, session, **kw))
+        lease, result = _guard(lambda: leases.run(bot, session, **kw))
         return {"lease": lease["id"], "mode": lease["mode"], **result.as_dict()}
 
     def release(req: Request) -> dict[str, Any]:
         lease_id = req.params["id"]
-        return _guard(lambda: manager().release(lease_id, bot=req.bot_token_bot))
+        return _guard(lambda: leases.release(lease_id, bot=req.bot_token_bot))
 
     router.add("GET", "/leases", list_leases, bot_access=True)
     router.add("POST", "/leases", acquire, bot_access=True)

@@ -1,28 +1,63 @@
-"""Core control routes: health, status, config, reload, restart, logs."""
+"""Core control routes (health, status, config, reload, restart, logs) and the whole router.
+
+The daemon builds the router once, handing each capability's routes the
+service they drive; no route reaches the daemon itself beyond
+:class:`DaemonView`.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 
-from flared.control import HTTPError, Request, Response, Router
-from flared.hermes import BotPaths
-from flared.redact import redact_text, redacted_config
-
-if TYPE_CHECKING:
-    from flared.daemon import Daemon
+from flared.config.redact import redact_text, redacted_config
+from flared.control import config_routes, lease_routes, snapshot_routes
+from flared.control.server import HTTPError, Request, Response, Router
+from flared.gateways import Gateways
+from flared.hermes.paths import BotPaths
+from flared.policy.reload import Reloader
+from flared.sandboxes.manager import LeaseManager
+from flared.snapshots.service import SnapshotService
 
 MAX_LOG_LINES = 5000
 
 
-def register(router: Router, daemon: Daemon) -> None:
+class DaemonView(Protocol):
+    """What the core routes read from the running daemon as a whole."""
+
+    @property
+    def last_tick(self) -> datetime | None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def build_router(
+    *,
+    daemon: DaemonView,
+    gateways: Gateways,
+    reloader: Reloader,
+    snapshots: SnapshotService,
+    leases: LeaseManager,
+) -> Router:
+    router = Router()
+    register(router, daemon, gateways, reloader)
+    snapshot_routes.register(router, snapshots, gateways)
+    lease_routes.register(router, leases)
+    config_routes.register(router, reloader)
+    return router
+
+
+def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: Reloader) -> None:
+    live = reloader.live
+
     def healthz(req: Request) -> dict[str, Any]:
+        cfg = live.config
         return {
             "ok": True,
-            "config_digest": daemon.loaded.digest,
+            "config_digest": live.loaded.digest,
             "last_tick": daemon.last_tick.isoformat() if daemon.last_tick else None,
-            "group": os.environ.get("FLARE_GROUP")
-            or (daemon.loaded.config.bots[0].group if daemon.loaded.config.bots else "default"),
+            "group": os.environ.get("FLARE_GROUP") or (cfg.bots[0].group if cfg.bots else "default"),
         }
 
     def status(req: Request) -> dict[str, Any]:
@@ -30,38 +65,39 @@ def register(router: Router, daemon: Daemon) -> None:
 
     def get_config(req: Request) -> dict[str, Any]:
         return {
-            "path": str(daemon.loaded.path),
-            "digest": daemon.loaded.digest,
-            "loaded_at": daemon.loaded.loaded_at.isoformat(),
-            "error": [i.as_dict() for i in daemon.config_error] if daemon.config_error else None,
-            "config": redacted_config(daemon.loaded.config),
+            "path": str(live.loaded.path),
+            "digest": live.loaded.digest,
+            "loaded_at": live.loaded.loaded_at.isoformat(),
+            "error": [i.as_dict() for i in live.errors] if live.errors else None,
+            "config": redacted_config(live.config),
         }
 
     def reload(req: Request) -> Response:
-        result = daemon.reload_from_disk()
+        result = reloader.from_disk()
         return Response(200 if not result.get("errors") else 400, result)
 
     def restart(req: Request) -> dict[str, Any]:
         name = req.params["name"]
-        if name not in daemon.loaded.config.bot_names:
+        if name not in live.config.bot_names:
             raise HTTPError(404, f"no bot named {name!r}")
-        daemon.restart_gateway(name)
+        gateways.restart(name)
         return {"restarted": name}
 
     def logs(req: Request) -> Response:
-        bot = req.query.get("bot") or (daemon.loaded.config.bot_names or [""])[0]
-        if bot not in daemon.loaded.config.bot_names:
+        cfg = live.config
+        bot = req.query.get("bot") or (cfg.bot_names or [""])[0]
+        if bot not in cfg.bot_names:
             raise HTTPError(404, f"no bot named {bot!r}")
         try:
             lines = min(int(req.query.get("lines", "200")), MAX_LOG_LINES)
         except ValueError:
             raise HTTPError(400, "lines must be a number") from None
-        path = BotPaths.of(daemon.loaded.config.state_dir, bot).gateway_log
+        path = BotPaths.of(cfg.state_dir, bot).gateway_log
         text = tail(path, lines)
-        return Response(200, {"bot": bot, "lines": redact_text(text, daemon.loaded.config).splitlines()})
+        return Response(200, {"bot": bot, "lines": redact_text(text, cfg).splitlines()})
 
     def reconcile_plan(req: Request) -> dict[str, Any]:
-        return {"actions": [{"action": type(a).__name__, "program": a.name} for a in daemon.plan()]}
+        return {"actions": [{"action": type(a).__name__, "program": a.name} for a in gateways.plan()]}
 
     router.add("GET", "/healthz", healthz, public=True)
     router.add("GET", "/reconcile/plan", reconcile_plan)

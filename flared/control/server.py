@@ -3,8 +3,7 @@
 The unix socket lives in the state dir with mode 0600, so only the daemon's
 user reaches it; on TCP every request needs the control token. Gateways'
 `flare` plugins use per-bot tokens that only open their own bot's routes.
-Routes come from modules listed in :data:`ROUTE_MODULES`, each with
-``register(router, daemon)``.
+The routes themselves live in :mod:`flared.control.routes` and its siblings.
 """
 
 from __future__ import annotations
@@ -22,23 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from flared.optional import optional_import
-from flared.tokens import verify_bot_token
-
-if TYPE_CHECKING:
-    from flared.daemon import Daemon
+from flared.control.tokens import verify_bot_token
 
 log = logging.getLogger("flared.control")
-
-ROUTE_MODULES: list[str] = [
-    "flared.routes",
-    "flared.snapshots.api",
-    "flared.sandboxes.api",
-    "flared.reload_api",
-]
 
 MAX_BODY = 8 * 1024 * 1024
 
@@ -140,15 +128,6 @@ class Router:
         if allowed:
             return Response(405, {"error": f"method not allowed; use {', '.join(sorted(set(allowed)))}"})
         return Response(404, {"error": f"no such endpoint: {req.method} {req.path}"})
-
-
-def build_router(daemon: Daemon) -> Router:
-    router = Router()
-    for name in ROUTE_MODULES:
-        module = optional_import(name)
-        if module is not None:  # else: that capability is not part of this build
-            module.register(router, daemon)
-    return router
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flared.control import HTTPError, Request, Response, Router
+from flared.control.server import HTTPError, Request, Response, Router
+from flared.gateways import Gateways
+from flared.snapshots.service import SnapshotService
 
-if TYPE_CHECKING:
-    from flared.daemon import Daemon
 
-
-def register(router: Router, daemon: Daemon) -> None:
-    def service() -> Any:
-        if daemon.snapshots is None:
-            raise HTTPError(503, "the snapshot service is not running")
-        return daemon.snapshots
-
+def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> None:
     def bots(name: Any) -> list[str]:
-        known = [b.name for b in daemon.enabled_bots()]  # this container's group only
+        known = [b.name for b in gateways.enabled_bots()]  # this container's group only
         if name in (None, ""):
             return known
         if not isinstance(name, str) or name not in known:
@@ -25,7 +19,7 @@ def register(router: Router, daemon: Daemon) -> None:
         return [name]
 
     def list_snapshots(req: Request) -> dict[str, Any]:
-        svc = service()
+        svc = snapshots
         out: list[dict[str, Any]] = []
         for bot in bots(req.query.get("bot")):
             out.extend(svc.list(bot))
@@ -33,7 +27,7 @@ def register(router: Router, daemon: Daemon) -> None:
 
     def take(req: Request) -> Response:
         body = req.json()
-        svc = service()
+        svc = snapshots
         results = [
             svc.snapshot(b, "manual", takeover=bool(body.get("takeover"))) for b in bots(body.get("bot"))
         ]
@@ -48,12 +42,12 @@ def register(router: Router, daemon: Daemon) -> None:
         snapshot_id = body.get("id")
         if snapshot_id is not None and not isinstance(snapshot_id, str):
             raise HTTPError(400, "id must be a snapshot id string")
-        result = service().restore(targets[0], snapshot_id)
+        result = snapshots.restore(targets[0], snapshot_id)
         return Response(200 if result.get("result") == "restored" else 500, result)
 
     def prune(req: Request) -> dict[str, Any]:
         body = req.json()
-        svc = service()
+        svc = snapshots
         return {"results": [svc.prune(b) for b in bots(body.get("bot"))]}
 
     router.add("GET", "/snapshots", list_snapshots)

@@ -12,47 +12,17 @@ import hashlib
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flared.config import BotConfig, HermesFlareConfig
-from flared.optional import optional_import
+from flared.config.models import BotConfig, HermesFlareConfig
+from flared.control.tokens import bot_token, derived_secret
+from flared.hermes.paths import BotPaths, program_name
+from flared.hermes.settings import render_bot_settings
+from flared.plugin import terminal
 from flared.supervisor import ProgramSpec
-from flared.tokens import bot_token, derived_secret
-
-GATEWAY_PREFIX = "gateway-"
-
-
-@dataclass(frozen=True)
-class BotPaths:
-    root: Path
-
-    @classmethod
-    def of(cls, state_dir: Path | str, bot: str) -> BotPaths:
-        return cls(Path(state_dir) / "bots" / bot)
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def lock_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def gateway_log(self) -> Path:
-        return self.logs / "gateway.log"
-
-
-def program_name(bot: str) -> str:
-    return GATEWAY_PREFIX + bot
 
 
 def api_key(state_dir: Path, bot: BotConfig) -> str | None:
@@ -86,21 +56,11 @@ def flared_settings(cfg: HermesFlareConfig, bot: BotConfig) -> tuple[dict[str, A
         "FLARE_BOT_TOKEN": bot_token(state_dir, bot.name),
         "FLARE_CONTROL_SOCKET": str(cfg.control.socket or state_dir / "flared.sock"),
     }
-    bot_settings = optional_import("flared.hermes_bot")
-    if bot_settings is not None:
-        frag, more = bot_settings.render_bot_settings(bot, state_dir)
-        settings = deep_merge(settings, frag)
-        env.update(more)
-    else:  # minimal model wiring until the full renderer is present
-        settings["model"] = {"provider": bot.model.provider, "default": bot.model.model}
-        if bot.model.base_url:
-            settings["model"]["base_url"] = bot.model.base_url
-        if bot.model.api_key is not None:
-            env["OPENAI_API_KEY"] = bot.model.api_key.get_secret_value()
-    terminal = optional_import("flared.plugin.terminal")
-    if terminal is not None:
-        settings = deep_merge(settings, terminal.hermes_config())
-        env.update(terminal.gateway_env(state_dir, bot.name))
+    frag, more = render_bot_settings(bot, state_dir)
+    settings = deep_merge(settings, frag)
+    env.update(more)
+    settings = deep_merge(settings, terminal.hermes_config())
+    env.update(terminal.gateway_env(state_dir, bot.name))
     if bot.api is not None:
         env.update(
             {

@@ -1,7 +1,7 @@
 """What a bot's Slack, model and toolsets become in Hermes' own settings.
 
 :func:`render_bot_settings` returns a ``config.yaml`` fragment and ``.env``
-variables; :mod:`flared.hermes` merges them into the bot's Hermes home.
+variables; :mod:`flared.hermes.home` merges them into the bot's Hermes home.
 
 Two rules shape it:
 
@@ -37,7 +37,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flared.config import BotConfig, ModelConfig
+from flared.config.models import BotConfig, ModelConfig
 
 SLACK_DEFAULT_API_URL = "https://slack.com/api/"
 AI_GATEWAY_ROOT = "https://gateway.ai.cloudflare.com/v1"

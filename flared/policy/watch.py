@@ -11,20 +11,13 @@ refuses it and the next write applies.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from flared import reload
-from flared.client import socket_path
-
-if TYPE_CHECKING:
-    from flared.daemon import Daemon
+from typing import Any
 
 log = logging.getLogger("flared.watch")
 
@@ -128,15 +121,12 @@ class Watcher:
         return fp
 
 
-def start(daemon: Daemon) -> Watcher:
-    """Reload the daemon's config whenever its file changes."""
-    path = daemon.loaded.path
-    with contextlib.suppress(OSError):
-        reload.publish_socket(path, socket_path(daemon.loaded))
+def watch_config(path: Path, reload: Callable[[], dict[str, Any]], stop: threading.Event) -> Watcher:
+    """Call ``reload`` whenever the config file changes; log when the change is refused."""
 
     def on_change() -> None:
-        result = reload.reload_from_disk(daemon)
+        result = reload()
         if result.get("errors"):
             log.error("%s changed but was not applied (see `flared status`)", path)
 
-    return Watcher(path, on_change, stop=getattr(daemon, "_stop", None)).start()
+    return Watcher(path, on_change, stop=stop).start()

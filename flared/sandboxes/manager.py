@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flared.config import HermesFlareConfig, SandboxProfile
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.config.models import HermesFlareConfig, SandboxProfile
 from flared.sandboxes.providers import make_provider, provider_key
 from flared.sandboxes.types import (
     ExecRequest,

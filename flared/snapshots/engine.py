@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flared import __version__
-from flared.config import SnapshotsConfig
+from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
 from flared.snapshots import crypto, pack
 from flared.snapshots.manifest import (

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
 from flared.snapshots import engine, pack
 from flared.snapshots.engine import Fence, SnapshotJob
 from flared.snapshots.stores import NotFound, Store, open_store

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from flared.hermes import BotPaths
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.hermes.paths import BotPaths
 from flared.snapshots import capture as cap
 from flared.snapshots import engine
 from flared.snapshots.engine import Fence, SnapshotJob, SnapshotResult

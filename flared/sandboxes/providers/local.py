@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 from flared.sandboxes.types import (
     TIMEOUT_EXIT,
     ExecRequest,

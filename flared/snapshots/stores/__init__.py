@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from flared.config import StoreConfig
+from flared.config.models import StoreConfig
 
 #: Called with the number of bytes moved since the last call.
 Progress = Callable[[int], None]
