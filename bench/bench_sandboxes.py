@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -26,10 +25,10 @@ from common import pct, table
 
 from flared.config.loader import load_config
 from flared.config.models import SandboxProfile
+from flared.control import lease_routes
 from flared.control.client import ControlClient
 from flared.control.locate import socket_path
 from flared.control.server import ControlServer, Router
-from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root
 from flared.sandboxes.types import ExecRequest
@@ -125,7 +124,7 @@ def main() -> None:
 
         # the plugin's path: POST /exec over the control socket
         router = Router()
-        api.register(router, SimpleNamespace(leases=per_session))  # type: ignore[arg-type]
+        lease_routes.register(router, per_session)
         sock = socket_path(per_session.loaded)
         server = ControlServer(router, state_dir=per_session.loaded.state_dir, socket_path=sock)
         server.start()

@@ -230,7 +230,7 @@ class Daemonish:
         self.calls.append(("prune", bot))
         return {"bot": bot, "expired": ["s1", "s2"], "orphans": []}
 
-    def restart_gateway(self, bot: str) -> None:
+    def restart(self, bot: str) -> None:
         self.calls.append(("restart", bot))
 
 
@@ -245,7 +245,9 @@ def test_system_actions_reach_the_services(tmp_path: Path) -> None:
         {"name": "prune-one", "schedule": "every 1m", "action": "prune", "bot": "a"},
         {"name": "bounce", "schedule": "every 1m", "action": "restart", "bot": "bad"},
     ]
-    svc = CronService(loaded_with(tmp_path, cron, bots("a", "bad")), d, clock=Clock(0), threaded=False)
+    svc = CronService(
+        loaded_with(tmp_path, cron, bots("a", "bad")), snapshots=d, gateways=d, clock=Clock(0), threaded=False
+    )
     svc.begin(0)
     assert sorted(svc.tick(60)) == ["bounce", "prune-one", "snap-all"]
     assert sorted(d.calls) == [("prune", "a"), ("restart", "bad"), ("snapshot", "a"), ("snapshot", "bad")]
@@ -277,7 +279,7 @@ def test_exec_runs_in_the_bots_sandbox(tmp_path: Path) -> None:
     d.leases = manager.LeaseManager(loaded)
     d.leases.start()
     try:
-        svc = CronService(loaded, d, clock=Clock(0), threaded=False)
+        svc = CronService(loaded, leases=d.leases, clock=Clock(0), threaded=False)
         svc.begin(0)
         svc.tick(60)
     finally:
@@ -322,7 +324,7 @@ def test_agent_jobs_are_reconciled_and_chat_jobs_left_alone(tmp_path: Path) -> N
     home = loaded.state_dir / "bots" / "a" / "home"
     home.mkdir(parents=True)
     hermes(home, "print(json.dumps(jobs.create_job(prompt='user made', schedule='every 3h', name='mine')))")
-    svc = CronService(loaded, None, clock=Clock(0), threaded=False)
+    svc = CronService(loaded, clock=Clock(0), threaded=False)
 
     svc.check_agent_jobs()
     jobs = hermes_jobs(home)

@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from flared.config.loader import load_config
+from flared.control import lease_routes
 from flared.control.locate import socket_path
 from flared.control.server import ControlServer, Router
 from flared.plugin import terminal
-from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -70,7 +70,7 @@ def flared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNa
     manager = LeaseManager(loaded)
     manager.start()
     router = Router()
-    api.register(router, SimpleNamespace(leases=manager))  # type: ignore[arg-type]
+    lease_routes.register(router, manager)
     server = ControlServer(router, state_dir=loaded.state_dir, socket_path=socket_path(loaded))
     server.start()
     home = tmp_path / "home"

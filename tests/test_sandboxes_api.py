@@ -8,18 +8,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
 from flared.config.loader import LoadedConfig, load_config
+from flared.control import lease_routes
 from flared.control.client import ControlClient, ControlError
 from flared.control.locate import socket_path
 from flared.control.server import ControlServer, Router
 from flared.control.tokens import bot_token
-from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -47,7 +46,7 @@ class Served:
         self.manager = LeaseManager(loaded)
         self.manager.start()
         router = Router()
-        api.register(router, SimpleNamespace(leases=self.manager))  # type: ignore[arg-type]
+        lease_routes.register(router, self.manager)
         self.path = socket_path(loaded)
         self.server = ControlServer(router, state_dir=loaded.state_dir, socket_path=self.path)
         self.server.start()

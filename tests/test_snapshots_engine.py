@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from flared.config.models import SnapshotsConfig
-from flared.snapshots import engine
-from flared.snapshots.engine import Fence, SnapshotJob, restore, take_snapshot
+from flared.snapshots import catalog
+from flared.snapshots import restore as restoring
+from flared.snapshots.catalog import Fence
 from flared.snapshots.manifest import Manifest, blob_key, latest_key, manifest_key
+from flared.snapshots.pipeline import SnapshotJob, take_snapshot
+from flared.snapshots.restore import restore
 from flared.snapshots.stores import PreconditionFailed, Store
 from tests.fixtures import homes
 from tests.fixtures.homes import NEVER, make_home, tree
@@ -175,7 +178,7 @@ def test_restore_keeps_one_rollback_copy(store: Store, tmp_path: Path) -> None:
     (home / "local-only.txt").write_text("would be replaced")
     assert restore(store, "athena", home, tmp_path / "rw", key=None).result == "restored"
     assert not (home / "local-only.txt").exists()
-    assert (engine.rollback_path(home) / "local-only.txt").read_text() == "would be replaced"
+    assert (restoring.rollback_path(home) / "local-only.txt").read_text() == "would be replaced"
 
 
 def test_two_writers_race_one_is_fenced(store: Store, tmp_path: Path) -> None:
@@ -243,9 +246,9 @@ def test_retention_keeps_what_the_policy_says(store: Store, tmp_path: Path) -> N
         ids.append(res.id)
         time.sleep(1.05)
     policy = SnapshotsConfig(keep={"last": 2, "max_age": "1s"})  # type: ignore[arg-type]
-    done = engine.prune(store, "athena", policy)
+    done = catalog.prune(store, "athena", policy)
     assert sorted(done["expired"]) == sorted(ids[:3])
-    remaining = [s["id"] for s in engine.list_snapshots(store, "athena")]
+    remaining = [s["id"] for s in catalog.list_snapshots(store, "athena")]
     assert remaining == [ids[4], ids[3]]
     # max_age null keeps everything beyond `last`.
-    assert engine.prune(store, "athena", SnapshotsConfig(keep={"last": 1, "max_age": None}))["expired"] == []  # type: ignore[arg-type]
+    assert catalog.prune(store, "athena", SnapshotsConfig(keep={"last": 1, "max_age": None}))["expired"] == []  # type: ignore[arg-type]

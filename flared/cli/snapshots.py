@@ -207,7 +207,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     try:
         data = client_for(loaded).request("GET", "/snapshots" + (f"?bot={args.bot}" if args.bot else ""))
     except DaemonNotRunning:
-        from flared.snapshots.engine import list_snapshots
+        from flared.snapshots.catalog import list_snapshots
         from flared.snapshots.stores import open_store
 
         store = open_store(loaded.config.store)
