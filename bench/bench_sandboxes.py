@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import pct, table
 
+from flared.api import leases as lease_routes
 from flared.config.loader import load_config
 from flared.config.models import SandboxProfile
-from flared.control import lease_routes
 from flared.control.client import ControlClient
 from flared.control.locate import socket_path
 from flared.control.server import ControlServer, Router

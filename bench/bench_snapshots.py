@@ -40,7 +40,7 @@ from flared.snapshots import pipeline
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import Fence
 from flared.snapshots.pipeline import SnapshotJob
-from flared.snapshots.stores import open_store
+from flared.snapshots.stores.factory import open_store
 from tests.fixtures.s3server import MotoServer
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SNAPSHOT_SIZES", "50,500").split(",")]

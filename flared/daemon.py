@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from flared import __version__
+from flared.api import build_router
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
 from flared.control.locate import publish_socket, socket_path
-from flared.control.routes import build_router
 from flared.control.server import ControlServer
 from flared.gateways import Gateways
 from flared.hermes.liveness import gateway_liveness

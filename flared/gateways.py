@@ -95,6 +95,10 @@ class Gateways:
             self.held.discard(bot)
             self.boot_errors.pop(bot, None)
 
+    def log_file(self, bot: str) -> Path:
+        """Where the bot's gateway writes its log."""
+        return BotPaths.of(self.live.config.state_dir, bot).gateway_log
+
     def editable_homes(self) -> list[str]:
         """Bots whose Hermes home may be edited now: enabled, restored, not held by a restore."""
         names = [b.name for b in self.live.config.bots if b.enabled]

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from flared.api import leases as lease_routes
 from flared.config.loader import load_config
-from flared.control import lease_routes
 from flared.control.locate import socket_path
 from flared.control.server import ControlServer, Router
 from flared.plugin import terminal

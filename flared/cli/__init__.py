@@ -1,4 +1,11 @@
-"""`flared`: the command line. Exit codes: 0 ok, 1 failed, 2 invalid input."""
+"""`flared`: the command line. Exit codes: 0 ok, 1 failed, 2 invalid input.
+
+One module per group of commands, each with ``register(subparsers)``.
+Commands that report talk to the running daemon through
+:mod:`flared.control.client` and, where the contract says so, work offline
+on the state dir and the store under the same locks. Must not hold state of
+its own between runs.
+"""
 
 from __future__ import annotations
 

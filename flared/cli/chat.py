@@ -21,6 +21,7 @@ from flared.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     load_or_exit,
@@ -38,7 +39,7 @@ class ChatError(Exception):
         self.code = code
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("chat", help="send a message to a bot through its local API and print the answer")
     add_config_arg(p)
     add_json_arg(p)

@@ -15,6 +15,9 @@ from flared.control.client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
+#: What each command module's ``register`` adds its parsers to.
+Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
 
 class CommandError(Exception):
     """A failure to report in one line, with an exit code."""

@@ -12,6 +12,7 @@ from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     emit,
@@ -19,7 +20,7 @@ from flared.cli.common import (
 )
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "operator",
         help="the operator bot: a second Slack app that manages the agent (see docs/operator.md)",

@@ -20,6 +20,7 @@ from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     client_for,
@@ -33,7 +34,7 @@ from flared.control.client import ControlError, DaemonNotRunning
 CLI_SESSION = "cli"
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "exec",
         help="run a command in a bot's sandbox through a lease",

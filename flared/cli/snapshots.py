@@ -23,6 +23,7 @@ from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     client_for,
@@ -38,7 +39,7 @@ from flared.snapshots.stores import StoreError
 LONG = 3600.0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "snapshot",
         help="snapshot now; reports the id and bytes uploaded, or `unchanged`",
@@ -208,7 +209,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         data = client_for(loaded).request("GET", "/snapshots" + (f"?bot={args.bot}" if args.bot else ""))
     except DaemonNotRunning:
         from flared.snapshots.catalog import list_snapshots
-        from flared.snapshots.stores import open_store
+        from flared.snapshots.stores.factory import open_store
 
         store = open_store(loaded.config.store)
         try:

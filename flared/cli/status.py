@@ -14,6 +14,7 @@ from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     client_for,
@@ -25,7 +26,7 @@ from flared.config.loader import LoadedConfig
 from flared.control.client import ControlError, DaemonNotRunning
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("status", help="bots, gateway states, snapshots, leases, config digest")
     add_config_arg(p)
     add_json_arg(p)

@@ -12,11 +12,11 @@ from typing import Any
 
 from rich.console import Console
 
-from flared.cli.common import EXIT_FAILED, CommandError, add_config_arg, load_or_exit
+from flared.cli.common import EXIT_FAILED, CommandError, Subparsers, add_config_arg, load_or_exit
 from flared.config.loader import LoadedConfig
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "up",
         help="run everything in the foreground: supervisord, flared, the gateways",

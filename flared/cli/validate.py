@@ -13,6 +13,7 @@ from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     CommandError,
+    Subparsers,
     add_config_arg,
     add_json_arg,
     emit,
@@ -21,7 +22,7 @@ from flared.cli.common import (
 )
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("validate", help="check hermes-flare.yaml and report every problem")
     add_config_arg(p)
     add_json_arg(p)

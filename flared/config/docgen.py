@@ -1,4 +1,4 @@
-"""Generate docs/config.md from the config models (`python -m flared.docgen`).
+"""Generate docs/config.md from the config models (`python -m flared.config.docgen`).
 
 A test checks the committed file equals this output, so the reference never
 drifts from the code.
@@ -20,7 +20,7 @@ from flared.config import units
 
 HEADER = """# hermes-flare.yaml reference
 
-Generated from `flared/config.py` by `python -m flared.docgen`; do not edit by hand.
+Generated from `flared/config/models.py` by `python -m flared.config.docgen`; do not edit by hand.
 Editors can validate with `schema/hermes-flare.schema.json`.
 
 - Durations: a number with a unit: `500ms`, `30s`, `15m`, `1h`, `7d`, `2w` (or `1h30m`).

@@ -3,7 +3,7 @@
 The unix socket lives in the state dir with mode 0600, so only the daemon's
 user reaches it; on TCP every request needs the control token. Gateways'
 `flare` plugins use per-bot tokens that only open their own bot's routes.
-The routes themselves live in :mod:`flared.control.routes` and its siblings.
+The routes themselves live in :mod:`flared.api`, one module per capability.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reconcile one bot's Hermes cron jobs with the jobs its YAML declares.
 
-Runs as ``python -m flared.hermes_cron`` with ``HERMES_HOME`` set to the
+Runs as ``python -m flared.hermes.cron_store`` with ``HERMES_HOME`` set to the
 bot's home: Hermes resolves its cron store, its timezone and the bot's
 default model from that home at import time and caches them, so one process
 per bot is the only way to use Hermes' own job store API faithfully. It

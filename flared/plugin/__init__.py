@@ -6,7 +6,12 @@ in its own module with an ``install(ctx)`` function:
 
 - :mod:`flared.plugin.terminal`: the fail-closed terminal backend that sends
   every command to a flared sandbox lease;
-- :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK.
+- :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK;
+- :mod:`flared.plugin.model`: model-provider headers the YAML asks for.
+
+Everything here runs inside a gateway process, with that bot's rights only:
+it may import nothing of flared's but :mod:`flared.control.tokens`, and
+reaches flared only through the control socket with the bot's token.
 """
 
 from __future__ import annotations

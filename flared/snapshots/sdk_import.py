@@ -22,7 +22,8 @@ from flared.config.loader import LoadedConfig
 from flared.snapshots import catalog, pack, pipeline
 from flared.snapshots.catalog import Fence
 from flared.snapshots.pipeline import SnapshotJob
-from flared.snapshots.stores import NotFound, Store, open_store
+from flared.snapshots.stores import NotFound, Store
+from flared.snapshots.stores.factory import open_store
 from flared.snapshots.stores.s3 import S3Store
 
 

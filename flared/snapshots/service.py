@@ -41,7 +41,8 @@ from flared.snapshots.manifest import now_iso
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
-from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable, open_store
+from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
+from flared.snapshots.stores.factory import open_store
 
 log = logging.getLogger("flared.snapshots")
 

@@ -1,9 +1,4 @@
-"""Core control routes (health, status, config, reload, restart, logs) and the whole router.
-
-The daemon builds the router once, handing each capability's routes the
-service they drive; no route reaches the daemon itself beyond
-:class:`DaemonView`.
-"""
+"""Core routes: health, status, config, reload, restart, logs, the reconcile plan."""
 
 from __future__ import annotations
 
@@ -12,13 +7,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from flared.config.redact import redact_text, redacted_config
-from flared.control import config_routes, lease_routes, snapshot_routes
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.gateways import Gateways
-from flared.hermes.paths import BotPaths
 from flared.policy.reload import Reloader
-from flared.sandboxes.manager import LeaseManager
-from flared.snapshots.service import SnapshotService
 
 MAX_LOG_LINES = 5000
 
@@ -30,22 +21,6 @@ class DaemonView(Protocol):
     def last_tick(self) -> datetime | None: ...
 
     def status(self) -> dict[str, Any]: ...
-
-
-def build_router(
-    *,
-    daemon: DaemonView,
-    gateways: Gateways,
-    reloader: Reloader,
-    snapshots: SnapshotService,
-    leases: LeaseManager,
-) -> Router:
-    router = Router()
-    register(router, daemon, gateways, reloader)
-    snapshot_routes.register(router, snapshots, gateways)
-    lease_routes.register(router, leases)
-    config_routes.register(router, reloader)
-    return router
 
 
 def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: Reloader) -> None:
@@ -92,8 +67,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
             lines = min(int(req.query.get("lines", "200")), MAX_LOG_LINES)
         except ValueError:
             raise HTTPError(400, "lines must be a number") from None
-        path = BotPaths.of(cfg.state_dir, bot).gateway_log
-        text = tail(path, lines)
+        text = tail(gateways.log_file(bot), lines)
         return Response(200, {"bot": bot, "lines": redact_text(text, cfg).splitlines()})
 
     def reconcile_plan(req: Request) -> dict[str, Any]:
