@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from rich.console import Console
 
@@ -15,8 +15,8 @@ from flared.control.client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
-#: What each command module's ``register`` adds its parsers to.
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+#: What each command module's ``register`` adds its parsers to (a type for annotations only).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class CommandError(Exception):
