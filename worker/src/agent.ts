@@ -12,83 +12,24 @@
 import { Container, type OutboundHandler } from "@cloudflare/containers";
 import CONFIG_YAML from "../../hermes-flare.yaml";
 import type { Env } from "./env";
-import { sandboxOutbound, SANDBOX_HOST } from "./sandboxes";
+import {
+  agentEnvVars,
+  commaList,
+  CONTROL_PORT,
+  EGRESS_PLACEHOLDER_PREFIX,
+  IMAGE_STATE_DIR,
+  referencedVars,
+  SANDBOX_HOST,
+  toBase64,
+} from "./agent-env";
+import { sandboxOutbound } from "./sandboxes";
 
 export { CONFIG_YAML };
 
-/** flared's control API in the image (`control.port`, set through FLARE_CONTROL__PORT). */
-export const CONTROL_PORT = 7979;
-/** Where the image keeps state (snapshots restore into it). */
-export const IMAGE_STATE_DIR = "/var/lib/hermes-flare";
+export { agentEnvVars, commaList, CONTROL_PORT, EGRESS_PLACEHOLDER_PREFIX, IMAGE_STATE_DIR, referencedVars, toBase64 };
+
 /** Header the Worker sets so the object knows which group it is. */
 export const GROUP_HEADER = "X-Flare-Group";
-
-/** Placeholder a container sees instead of a secret injected at egress. */
-export const EGRESS_PLACEHOLDER_PREFIX = "flare-egress-";
-
-/** `${NAME}` and `${NAME:-default}` in the YAML: what the container's environment must supply. */
-export function referencedVars(yaml: string): string[] {
-  const names = new Set<string>();
-  for (const m of yaml.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}/g)) {
-    if (m[1]) names.add(m[1]);
-  }
-  return [...names].sort();
-}
-
-export function commaList(value: unknown): string[] {
-  return typeof value === "string"
-    ? value
-        .split(",")
-        .map((s) => s.trim())
-        .filter(Boolean)
-    : [];
-}
-
-/** base64 of UTF-8 text (the YAML travels to the container as FLARE_CONFIG_B64). */
-export function toBase64(text: string): string {
-  const bytes = new TextEncoder().encode(text);
-  let bin = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(bin);
-}
-
-/**
- * The Agent container's environment: the YAML, the group, the internal token,
- * the Cloudflare-specific overrides (FLARE_* env overrides of the YAML, so the
- * same file runs locally and here), and the secrets the YAML interpolates.
- */
-export function agentEnvVars(env: Env, group: string, token: string, yaml: string): Record<string, string> {
-  const vars: Record<string, string> = {
-    FLARE_CONFIG_B64: toBase64(yaml),
-    FLARE_GROUP: group,
-    FLARE_CONTROL_TOKEN: token,
-    FLARE_CONTROL__HOST: "0.0.0.0",
-    FLARE_CONTROL__PORT: String(CONTROL_PORT),
-    FLARE_STATE_DIR: IMAGE_STATE_DIR,
-    FLARE_STORE__URL: `s3://${env.R2_BUCKET_NAME}/snapshots`,
-    FLARE_STORE__REGION: "auto",
-  };
-  if (typeof env.CF_ACCOUNT_ID === "string" && env.CF_ACCOUNT_ID) {
-    vars.FLARE_STORE__ENDPOINT = `https://${env.CF_ACCOUNT_ID}.r2.cloudflarestorage.com`;
-  }
-  if (typeof env.R2_ACCESS_KEY_ID === "string") vars.FLARE_STORE__ACCESS_KEY_ID = env.R2_ACCESS_KEY_ID;
-  if (typeof env.R2_SECRET_ACCESS_KEY === "string") vars.FLARE_STORE__SECRET_ACCESS_KEY = env.R2_SECRET_ACCESS_KEY;
-  // Every sandbox profile runs on Exec containers here, never in the Agent.
-  for (const profile of commaList(env.SANDBOX_PROFILES)) {
-    vars[`FLARE_SANDBOXES__${profile.toUpperCase()}__PROVIDER`] = "cloudflare";
-    vars[`FLARE_SANDBOXES__${profile.toUpperCase()}__ENDPOINT`] = `http://${SANDBOX_HOST}`;
-  }
-  const atEgress = new Set(commaList(env.EGRESS_SECRETS));
-  for (const name of referencedVars(yaml)) {
-    if (name in vars || name.startsWith("FLARE_")) continue;
-    const value = env[name];
-    if (typeof value !== "string") continue;
-    vars[name] = atEgress.has(name) ? `${EGRESS_PLACEHOLDER_PREFIX}${name}` : value;
-  }
-  return vars;
-}
 
 /** Headers never forwarded to flared: the caller's credentials and Cloudflare's. */
 const STRIPPED = ["authorization", "cookie", "cf-access-jwt-assertion", "cf-access-client-id", "cf-access-client-secret"];

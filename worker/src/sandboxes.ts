@@ -15,7 +15,7 @@ import type { Env } from "./env";
 import { registry } from "./registry";
 import { constantTimeEqual, bearerToken } from "./auth";
 
-export const SANDBOX_HOST = "sandboxes.flare.internal";
+export { SANDBOX_HOST } from "./agent-env";
 export const DEFAULT_OUTPUT_LIMIT = 1024 * 1024;
 export const TRUNCATION_MARKER = "\n[flare: output truncated]\n";
 /** Longer commands would exceed Linux's single-argument limit in the wrapper. */
