@@ -3,11 +3,12 @@
  * group. One Durable Object (and one container) per group, named by group.
  *
  * The Worker reaches flared's control API on CONTROL_PORT through this
- * object only, with an internal token the object makes itself: the token is
- * generated in Durable Object storage, handed to the container as
- * FLARE_CONTROL_TOKEN at start, renewed whenever the container stops, and
- * never leaves the Worker and the container. Whatever credential a caller of
- * /api/* presented is stripped before the request reaches flared.
+ * object only, with an internal token the object makes itself: a fresh token
+ * is minted just before each container start, kept in Durable Object storage,
+ * handed to that container as FLARE_CONTROL_TOKEN, and used until the next
+ * start; a stop event handled late never changes it. It never leaves the
+ * Worker and the container. Whatever credential a caller of /api/* presented
+ * is stripped before the request reaches flared.
  */
 import { Container, type OutboundHandler } from "@cloudflare/containers";
 import CONFIG_YAML from "../../hermes-flare.yaml";
@@ -52,26 +53,33 @@ export function randomToken(): string {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Storage keys shared by the Agent and its test double. */
+/** Storage keys of the Agent object. */
 export const TOKEN_KEY = "control-token";
 export const GROUP_KEY = "group";
 
-/** The token and group of this object, creating the token on first use. */
-export async function agentIdentity(
-  storage: DurableObjectStorage,
-  requestedGroup: string | null,
-): Promise<{ token: string; group: string }> {
-  let token = await storage.get<string>(TOKEN_KEY);
-  if (!token) {
-    token = randomToken();
-    await storage.put(TOKEN_KEY, token);
-  }
+/** The group this object serves: fixed by the first request that names one. */
+export async function agentGroup(storage: DurableObjectStorage, requestedGroup: string | null): Promise<string> {
   let group = await storage.get<string>(GROUP_KEY);
   if (!group) {
     group = requestedGroup ?? "default";
     await storage.put(GROUP_KEY, group);
   }
-  return { token, group };
+  return group;
+}
+
+/**
+ * A non-JSON error from @cloudflare/containers (the container could not start,
+ * the connection to it broke) as the JSON error every /api/* answer is, with
+ * the library's own text: flared itself always answers JSON.
+ */
+export async function containerErrorAsJson(res: Response, group: string): Promise<Response> {
+  if (res.ok || (res.headers.get("Content-Type") ?? "").includes("application/json")) return res;
+  const text = (await res.text()).trim();
+  const status = res.status >= 500 ? 503 : res.status;
+  return Response.json(
+    { error: `the Agent container of group ${group}: ${text.slice(0, 1000) || `HTTP ${res.status}`}`, container: true },
+    { status },
+  );
 }
 
 /** Inject a secret at egress: replace its placeholder in the request headers with the real value. */
@@ -112,14 +120,47 @@ export class Agent extends Container<Env> {
   // traffic (onActivityExpired below keeps it), and let the cron keep it up.
   override sleepAfter = "1h";
   override enableInternet = true;
+  // Decided here, not per request: when this object restarts while its
+  // container runs, the library re-applies interception from its constructor,
+  // before any fetch. HTTPS to EGRESS_HOSTS goes through egressOutbound only
+  // when a secret is injected at egress; the image then trusts Cloudflare's CA.
+  override interceptHttps = commaList(this.env.EGRESS_SECRETS).length > 0;
+
+  /** The token of the container about to be started (cleared once it has started). */
+  private pendingToken: string | undefined;
 
   override async fetch(request: Request): Promise<Response> {
-    const { token, group } = await agentIdentity(this.ctx.storage, request.headers.get(GROUP_HEADER));
-    this.envVars = agentEnvVars(this.env, group, token, CONFIG_YAML);
-    // HTTPS to EGRESS_HOSTS goes through egressOutbound only when a secret is
-    // injected at egress; the image then trusts Cloudflare's container CA.
-    this.interceptHttps = commaList(this.env.EGRESS_SECRETS).length > 0;
-    return this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
+    const group = await agentGroup(this.ctx.storage, request.headers.get(GROUP_HEADER));
+    const token = await this.tokenFor(group);
+    const res = await this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
+    return containerErrorAsJson(res, group);
+  }
+
+  /**
+   * The token of the running container, or, when none runs, a fresh one the
+   * next start (inside containerFetch) hands over. Concurrent requests before
+   * that start share one pending token, and the library's pending onStop runs
+   * at start without touching it.
+   */
+  private async tokenFor(group: string): Promise<string> {
+    if (this.ctx.container?.running) {
+      const token = await this.ctx.storage.get<string>(TOKEN_KEY);
+      if (token) return token;
+      // A container whose token this object lost (storage wiped): nobody can
+      // talk to it; stop it so the next request starts one with a known token.
+      await this.stop();
+    }
+    if (this.pendingToken === undefined) {
+      const token = randomToken();
+      this.pendingToken = token;
+      this.envVars = agentEnvVars(this.env, group, token, CONFIG_YAML);
+      await this.ctx.storage.put(TOKEN_KEY, token);
+    }
+    return this.pendingToken;
+  }
+
+  override onStart(): void {
+    this.pendingToken = undefined;
   }
 
   /**
@@ -143,9 +184,11 @@ export class Agent extends Container<Env> {
     return Promise.resolve();
   }
 
-  override async onStop(): Promise<void> {
-    // A new container gets a new internal token.
-    await this.ctx.storage.delete(TOKEN_KEY);
+  override onStop(params: { exitCode: number; reason: string }): void {
+    // The token stays until the next start replaces it: a stop handled late
+    // (the library runs pending onStop calls at the next start) must not
+    // invalidate the token that start hands over.
+    console.log(`Agent container stopped: exit code ${params.exitCode} (${params.reason})`);
   }
 }
 
