@@ -166,6 +166,17 @@ describe("proxied routes", () => {
   });
 });
 
+describe("errors keep their text", () => {
+  it("a non-JSON answer from one group is reported with its text", async () => {
+    await T.Agent.getByName("research").setPlainError("Traceback: flared exploded (test fault)");
+    const res = await api("/api/status");
+    expect(res.status).toBe(502);
+    const body = (await res.json()) as { groups: Record<string, { error?: string }> };
+    expect(body.groups.research!.error).toContain("Traceback: flared exploded (test fault)");
+    expect(body.groups.research!.error).not.toContain("non-JSON");
+  });
+});
+
 describe("the Agent container's environment", () => {
   it("carries the YAML, group, token, Cloudflare overrides and the YAML's secrets, and not the API token", async () => {
     await api("/api/status?group=default");

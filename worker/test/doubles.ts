@@ -41,6 +41,8 @@ class InMemoryFlared {
   pushes = 0;
   digest: string | undefined;
   delayMs = 0;
+  /** When set, every answer is this text with status 500 (not JSON). */
+  plainError: string | null = null;
   private startsSeen = 0;
 
   async handle(req: Request, started: StartRecord, starts: number): Promise<Response> {
@@ -61,6 +63,7 @@ class InMemoryFlared {
       body,
     };
     this.seen.push(seen);
+    if (this.plainError !== null) return new Response(this.plainError, { status: 500, headers: { "Content-Type": "text/plain" } });
     if (url.pathname === "/healthz") {
       return Response.json({ ok: true, config_digest: this.digest, group: started.env.FLARE_GROUP });
     }
@@ -114,6 +117,9 @@ export class Agent extends RealAgent {
   async setDelay(ms: number): Promise<void> {
     this.flared.delayMs = ms;
   }
+  async setPlainError(text: string | null): Promise<void> {
+    this.flared.plainError = text;
+  }
   /** The next container start fails with this message (null: starts work again). */
   async setStartFault(message: string | null): Promise<void> {
     this.box.startFault = message;
@@ -155,7 +161,14 @@ export class FakeExec extends DurableObject<Env> {
   }
 
   // Sandbox SDK surface used by the Worker (through getSandbox).
-  async configure(_configuration: unknown): Promise<void> {}
+  async configure(configuration: { sleepAfter?: string | number }): Promise<void> {
+    if (configuration.sleepAfter !== undefined) await this.ctx.storage.put("sleepAfter", configuration.sleepAfter);
+  }
+  async setNetwork(network: boolean): Promise<boolean> {
+    const stored = await this.ctx.storage.get<boolean>("network");
+    if (stored === undefined) await this.ctx.storage.put("network", network);
+    return stored === undefined || stored === network;
+  }
   async exec(command: string, options: { env?: Record<string, string>; timeout?: number } = {}) {
     await this.ctx.storage.put("execs", ((await this.ctx.storage.get<number>("execs")) ?? 0) + 1);
     const r = await this.helper("/exec", { command, env: options.env ?? {}, timeoutMs: options.timeout ?? 120_000 });
@@ -178,10 +191,12 @@ export class FakeExec extends DurableObject<Env> {
   async setFault(fault: "unavailable" | "undestroyable" | null): Promise<void> {
     await this.ctx.storage.put("fault", fault);
   }
-  async stats(): Promise<{ execs: number; destroyed: boolean }> {
+  async stats(): Promise<{ execs: number; destroyed: boolean; sleepAfter: string | number | undefined; network: boolean | undefined }> {
     return {
       execs: (await this.ctx.storage.get<number>("execs")) ?? 0,
       destroyed: (await this.ctx.storage.get<boolean>("destroyed")) ?? false,
+      sleepAfter: await this.ctx.storage.get<string | number>("sleepAfter"),
+      network: await this.ctx.storage.get<boolean>("network"),
     };
   }
 }
