@@ -1,10 +1,14 @@
+import { existsSync } from "node:fs";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig, type Plugin } from "vitest/config";
 import { ACCESS_AUD, TEAM_DOMAIN, makeKeySet } from "./test/access-keys.ts";
 import { EXEC_HELPER_HOST, execHelper } from "./test/exec-helper.ts";
 
-/** The wrangler.toml the tests run on (scripts/worker-test renders it from the shipped YAML). */
-const WRANGLER_TOML = process.env.FLARE_WRANGLER_TOML ?? "../wrangler.toml";
+/** The wrangler.toml the tests run on: scripts/worker-test renders it from the shipped YAML. */
+const WRANGLER_TOML = process.env.FLARE_WRANGLER_TOML ?? "../wrangler.test.toml";
+if (!existsSync(new URL(WRANGLER_TOML, new URL(".", import.meta.url)))) {
+  throw new Error(`${WRANGLER_TOML} is missing: run ./scripts/worker-test (it renders it with \`flared render wrangler\`)`);
+}
 
 /** Outbound requests the Worker under test makes, answered on the Node side. */
 function outbound(jwks: object): (request: Request) => Promise<Response> {
