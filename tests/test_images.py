@@ -63,8 +63,16 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def build_contexts() -> dict[str, Path]:
-    """Build context of each image as wrangler.toml configures it."""
-    cfg = tomllib.loads((ROOT / "wrangler.toml").read_text())
+    """Build context of each image as the rendered wrangler.toml configures it."""
+    from flared.loader import load_config
+    from flared.wrangler import render
+
+    loaded = load_config(
+        ROOT / "hermes-flare.yaml",
+        environ={"CLOUDFLARE_ACCOUNT_ID": "0123456789abcdef0123456789abcdef"},
+        check_state_dir=False,
+    )
+    cfg = tomllib.loads(render(loaded))
     contexts = {}
     for c in cfg["containers"]:
         dockerfile = (ROOT / c["image"]).resolve()

@@ -177,6 +177,23 @@ describe("errors keep their text", () => {
   });
 });
 
+describe("the Worker's configuration", () => {
+  it("is the rendered wrangler.toml's: vars and the R2 binding of the shipped YAML", async () => {
+    expect(E).toMatchObject({
+      R2_BUCKET_NAME: "hermes-flare-data",
+      CF_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
+      SANDBOX_PROFILES: "default",
+      SANDBOX_MAX_IDLE_MS: "7800000",
+      EGRESS_SECRETS: "",
+      ACCESS_ALLOWED_EMAILS: "",
+      ACCESS_ALLOWED_SERVICE_TOKENS: "",
+    });
+    expect(E.SNAPSHOTS).toBeDefined();
+    await E.SNAPSHOTS!.put("probe", "x");
+    expect(await (await E.SNAPSHOTS!.get("probe"))!.text()).toBe("x");
+  });
+});
+
 describe("the Agent container's environment", () => {
   it("carries the YAML, group, token, Cloudflare overrides and the YAML's secrets, and not the API token", async () => {
     await api("/api/status?group=default");
@@ -189,7 +206,7 @@ describe("the Agent container's environment", () => {
       FLARE_CONTROL__HOST: "0.0.0.0",
       FLARE_CONTROL__PORT: "7979",
       FLARE_STATE_DIR: "/var/lib/hermes-flare",
-      FLARE_STORE__URL: "s3://test-bucket/snapshots",
+      FLARE_STORE__URL: "s3://hermes-flare-data/snapshots",
       FLARE_STORE__ENDPOINT: "https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com",
       FLARE_STORE__ACCESS_KEY_ID: "test-r2-key-id",
       FLARE_STORE__SECRET_ACCESS_KEY: "test-r2-secret",
