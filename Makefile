@@ -25,7 +25,7 @@ bench: setup
 
 schema: setup
 	$(VENV)/flared schema > schema/hermes-flare.schema.json
-	$(VENV)/python -m flared.docgen > docs/config.md
+	$(VENV)/python -m flared.config.docgen > docs/config.md
 
 clean:
 	rm -rf .flare .pytest_cache .mypy_cache .ruff_cache

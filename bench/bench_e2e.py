@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import table
 
-from flared.config import BotConfig
-from flared.hermes import hermes_executable
+from flared.config.models import BotConfig
+from flared.hermes.home import hermes_executable
 from tests.fakes import llm_server as llm
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.slack_server import FakeSlack, SlackApp, SlackUser
@@ -90,8 +90,8 @@ def flared_runs(slack: FakeSlack, model: FakeLLM, user: SlackUser, tmp: Path) ->
 
 def baseline_runs(slack: FakeSlack, model: FakeLLM, user: SlackUser, tmp: Path) -> list[float]:
     """`hermes gateway run` alone on the Hermes home flared renders (fresh each run)."""
-    from flared.hermes import deep_merge, flared_settings, render_config_yaml, render_env
-    from flared.loader import load_config
+    from flared.config.loader import load_config
+    from flared.hermes.home import deep_merge, flared_settings, render_config_yaml, render_env
 
     times = []
     for i in range(RUNS):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import idle_profile, pct, table
 
-from flared.client import ControlClient
+from flared.control.client import ControlClient
 from tests.fakes.slack_server import FakeSlack, SlackApp, SlackUser
 from tests.fixtures.flare import FlareUp, bot, run_cli
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import pct, table
 
-from flared.client import ControlClient
-from flared.loader import digest_text
+from flared.config.loader import digest_text
+from flared.control.client import ControlClient
 from tests.fixtures.flare import FlareUp, bot, free_port
 
 POLICY_EDITS = int(os.environ.get("BENCH_RELOAD_EDITS", "50"))

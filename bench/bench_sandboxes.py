@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -24,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import pct, table
 
-from flared.client import ControlClient, socket_path
-from flared.config import SandboxProfile
-from flared.control import ControlServer, Router
-from flared.loader import load_config
-from flared.sandboxes import api
+from flared.api import leases as lease_routes
+from flared.config.loader import load_config
+from flared.config.models import SandboxProfile
+from flared.control.client import ControlClient
+from flared.control.locate import socket_path
+from flared.control.server import ControlServer, Router
 from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root
 from flared.sandboxes.types import ExecRequest
@@ -124,7 +124,7 @@ def main() -> None:
 
         # the plugin's path: POST /exec over the control socket
         router = Router()
-        api.register(router, SimpleNamespace(leases=per_session))  # type: ignore[arg-type]
+        lease_routes.register(router, per_session)
         sock = socket_path(per_session.loaded)
         server = ControlServer(router, state_dir=per_session.loaded.state_dir, socket_path=sock)
         server.start()

@@ -35,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import table
 
-from flared.config import SnapshotsConfig, StoreConfig
-from flared.snapshots import engine
-from flared.snapshots.engine import Fence, SnapshotJob
-from flared.snapshots.stores import open_store
+from flared.config.models import SnapshotsConfig, StoreConfig
+from flared.snapshots import pipeline
+from flared.snapshots import restore as restoring
+from flared.snapshots.catalog import Fence
+from flared.snapshots.pipeline import SnapshotJob
+from flared.snapshots.stores.factory import open_store
 from tests.fixtures.s3server import MotoServer
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SNAPSHOT_SIZES", "50,500").split(",")]
@@ -198,10 +200,10 @@ def measure(server: MotoServer, mb: int, tmp: Path) -> dict[str, Any]:
     store = open_store(StoreConfig(**server.section(bucket)))
     out: dict[str, Any] = {"mb": mb, "raw": raw}
 
-    def flared_snapshot(policy: SnapshotsConfig, bot: str) -> engine.SnapshotResult:
+    def flared_snapshot(policy: SnapshotsConfig, bot: str) -> pipeline.SnapshotResult:
         # A first snapshot each time: a fresh bot prefix, so nothing can be skipped.
         bot_id = f"{bot}-{time.monotonic_ns()}"
-        res = engine.take_snapshot(
+        res = pipeline.take_snapshot(
             SnapshotJob(store=store, bot=bot_id, home=home, work=work / "f", policy=policy, fence=Fence(None))
         )
         assert res.result == "ok", res.reason
@@ -222,14 +224,14 @@ def measure(server: MotoServer, mb: int, tmp: Path) -> dict[str, Any]:
 
     # Unchanged: the steady state of an idle agent (fingerprint known), and the digest path.
     fence = r_def.fence
-    first_fp = engine.take_snapshot(
+    first_fp = pipeline.take_snapshot(
         SnapshotJob(store=store, bot=r_def.bot, home=home, work=work / "u", policy=default, fence=fence)  # type: ignore[arg-type]
     )
     assert first_fp.result == "unchanged" and first_fp.fingerprint
     out["unchanged_digest"] = first_fp.seconds
     runs = []
     for _ in range(10):
-        res = engine.take_snapshot(
+        res = pipeline.take_snapshot(
             SnapshotJob(
                 store=store,
                 bot=r_def.bot,
@@ -249,7 +251,7 @@ def measure(server: MotoServer, mb: int, tmp: Path) -> dict[str, Any]:
     target = tmp / f"restore-{mb}" / "home"
 
     def flared_restore() -> None:
-        res = engine.restore(store, r_same.bot, target, work / "r", key=None)
+        res = restoring.restore(store, r_same.bot, target, work / "r", key=None)
         assert res.result == "restored", res.error
 
     out["restore"], _ = best(flared_restore)

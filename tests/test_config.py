@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from flared.cli import main
-from flared.config import format_duration, parse_duration, parse_size
-from flared.loader import ConfigError, load_config
+from flared.config.loader import ConfigError, load_config
+from flared.config.units import format_duration, parse_duration, parse_size
 
 CORPUS = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
 BASE = 'bots:\n  - name: hermes\n    model: {provider: custom, base_url: "http://127.0.0.1:9/v1"}\n'

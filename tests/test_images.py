@@ -64,8 +64,8 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 def build_contexts() -> dict[str, Path]:
     """Build context of each image as the rendered wrangler.toml configures it."""
-    from flared.loader import load_config
-    from flared.wrangler import render
+    from flared.config.loader import load_config
+    from flared.config.wrangler import render
 
     loaded = load_config(
         ROOT / "hermes-flare.yaml",

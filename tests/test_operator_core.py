@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from flared.client import ControlClient
-from flared.control import ControlServer, HTTPError, Request, Response, Router
+from flared.control.client import ControlClient
+from flared.control.server import ControlServer, HTTPError, Request, Response, Router
 from flared.operator import core
 from flared.operator.audit import AuditLog, tail
 from flared.operator.core import Operator, Reply

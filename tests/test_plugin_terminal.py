@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.client import socket_path
-from flared.control import ControlServer, Router
-from flared.loader import load_config
+from flared.api import leases as lease_routes
+from flared.config.loader import load_config
+from flared.control.locate import socket_path
+from flared.control.server import ControlServer, Router
 from flared.plugin import terminal
-from flared.sandboxes import api
 from flared.sandboxes.manager import LeaseManager
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -70,7 +70,7 @@ def flared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNa
     manager = LeaseManager(loaded)
     manager.start()
     router = Router()
-    api.register(router, SimpleNamespace(leases=manager))  # type: ignore[arg-type]
+    lease_routes.register(router, manager)
     server = ControlServer(router, state_dir=loaded.state_dir, socket_path=socket_path(loaded))
     server.start()
     home = tmp_path / "home"

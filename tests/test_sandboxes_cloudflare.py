@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.config import SandboxProfile
-from flared.loader import load_config
+from flared.config.loader import load_config
+from flared.config.models import SandboxProfile
 from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.providers.cloudflare import NOT_RUN, UNKNOWN, CloudflareProvider
 from flared.sandboxes.types import TRUNCATION_MARKER, ExecRequest, SandboxError, lease_prefix, new_lease_id

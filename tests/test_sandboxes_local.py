@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root
 from flared.sandboxes.types import TRUNCATION_MARKER, ExecRequest, ExecResult, new_lease_id
 

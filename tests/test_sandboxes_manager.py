@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.loader import LoadedConfig, load_config
+from flared.config.loader import LoadedConfig, load_config
 from flared.sandboxes.manager import BadLeaseRequest, CapacityReached, LeaseManager, LeaseNotFound
 from flared.sandboxes.types import lease_prefix, new_lease_id
 

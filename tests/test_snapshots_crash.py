@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.loader import load_config
-from flared.snapshots import engine
+from flared.config.loader import load_config
+from flared.snapshots import catalog
+from flared.snapshots import restore as restoring
 from flared.snapshots.service import SnapshotService
 from flared.snapshots.stores import Store
 from tests.fixtures.flare import ROOT, bot, config
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 CHILD = r"""
 import os, signal, subprocess, sys, time
-from flared.loader import load_config
+from flared.config.loader import load_config
 from flared.snapshots import pack
 from flared.snapshots.service import SnapshotService
 
@@ -72,7 +73,7 @@ def _setup(tmp_path: Path, store_section: dict[str, Any]) -> Path:
 
 
 def _complete_ids(store: Store) -> set[str]:
-    return {i.id for i in engine.list_ids(store, "athena") if i.has_blob and i.has_manifest}
+    return {i.id for i in catalog.list_ids(store, "athena") if i.has_blob and i.has_manifest}
 
 
 @pytest.mark.parametrize("point", ["pack", "upload", "manifest", "pointer"])
@@ -107,10 +108,10 @@ def test_kill_9_at_each_step(tmp_path: Path, point: str, backend: str) -> None:
 
     # `latest` still names the first snapshot, and it restores.
     store = svc.store
-    latest, _ = engine.read_latest(store, "athena")
+    latest, _ = catalog.read_latest(store, "athena")
     assert latest is not None and latest.id == first["id"]
     out = tmp_path / "restored"
-    res = engine.restore(store, "athena", out, tmp_path / "rw", key=None)
+    res = restoring.restore(store, "athena", out, tmp_path / "rw", key=None)
     assert res.result == "restored" and res.id == first["id"]
     assert (out / "memories" / "USER.md").read_text() == "User's dog is called Yodel.\n"
 
@@ -121,7 +122,7 @@ def test_kill_9_at_each_step(tmp_path: Path, point: str, backend: str) -> None:
     second = again.snapshot("athena")
     assert second["result"] == "ok", second
     assert _complete_ids(store) == {first["id"], second["id"]}
-    assert {i.id for i in engine.list_ids(store, "athena")} == {first["id"], second["id"]}
+    assert {i.id for i in catalog.list_ids(store, "athena")} == {first["id"], second["id"]}
     assert st2.in_flight == []
     if backend == "local":
         leftovers = [p.name for p in (tmp_path / "store" / "athena" / "snapshots").iterdir()]

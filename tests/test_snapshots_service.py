@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flared.loader import LoadedConfig, load_config
-from flared.snapshots import engine
+from flared.config.loader import LoadedConfig, load_config
+from flared.snapshots import catalog
+from flared.snapshots import restore as restoring
 from flared.snapshots.service import SnapshotService
 from tests.fixtures.flare import bot, config
 from tests.fixtures.homes import make_home
@@ -93,7 +94,7 @@ def test_start_fresh_never_overwrites_what_the_store_holds(tmp_path: Path) -> No
         wait_for(lambda: not svc.status("athena")["gated"])
         assert svc.snapshot("athena")["result"] == "fenced"
         assert svc.status("athena")["fenced"]
-        latest, _ = engine.read_latest(svc.store, "athena")
+        latest, _ = catalog.read_latest(svc.store, "athena")
         assert latest is not None and latest.id == good["id"]
     finally:
         svc.shutdown(final_snapshots=False)
@@ -123,14 +124,14 @@ def test_two_flareds_on_one_bot_one_is_fenced_nothing_lost(tmp_path: Path) -> No
     assert a.snapshot("athena")["result"] == "fenced"  # stays paused, no upload attempts
     # The new container's state is what the store serves.
     out = tmp_path / "check"
-    engine.restore(b.store, "athena", out, tmp_path / "rw", key=None)
+    restoring.restore(b.store, "athena", out, tmp_path / "rw", key=None)
     assert (out / "memories" / "USER.md").read_text() == "told to the new container\n"
     # The operator resolves it on the old one by restoring: unfenced, with the new state.
     restored = a.restore("athena")
     assert restored["result"] == "restored"
     assert a.status("athena")["fenced"] is None
     assert (a.home("athena") / "memories" / "USER.md").read_text() == "told to the new container\n"
-    assert (engine.rollback_path(a.home("athena")) / "memories" / "USER.md").read_text() == (
+    assert (restoring.rollback_path(a.home("athena")) / "memories" / "USER.md").read_text() == (
         "told to the old container\n"
     )
     for svc in (a, b):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flared.client import ControlClient
+from flared.control.client import ControlClient
 from tests.fixtures.flare import FlareUp, bot, free_port
 
 pytestmark = pytest.mark.integration

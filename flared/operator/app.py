@@ -10,8 +10,8 @@ from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 
-from flared.client import ControlClient
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.control.client import ControlClient
 from flared.operator.audit import AuditLog, audit_path
 from flared.operator.core import Operator, Reply
 

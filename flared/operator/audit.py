@@ -10,7 +10,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from flared.redact import redact_text
+from flared.config.redact import redact_text
 
 
 def audit_path(state_dir: Path) -> Path:

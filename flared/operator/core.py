@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from flared.client import ControlClient, ControlError, DaemonNotRunning
+from flared.control.client import ControlClient, ControlError, DaemonNotRunning
 from flared.operator import commands as cmds
 from flared.operator.audit import AuditLog
 

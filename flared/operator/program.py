@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
 from flared.supervisor import ProgramSpec
 
 NAME = "operator"

@@ -6,7 +6,12 @@ in its own module with an ``install(ctx)`` function:
 
 - :mod:`flared.plugin.terminal`: the fail-closed terminal backend that sends
   every command to a flared sandbox lease;
-- :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK.
+- :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK;
+- :mod:`flared.plugin.model`: model-provider headers the YAML asks for.
+
+Everything here runs inside a gateway process, with that bot's rights only:
+it may import nothing of flared's but :mod:`flared.control.tokens`, and
+reaches flared only through the control socket with the bot's token.
 """
 
 from __future__ import annotations
@@ -14,21 +19,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flared.optional import optional_import
+from flared.plugin import model, slack, terminal
 
 log = logging.getLogger("flared.plugin")
 
-FEATURES = ("terminal", "slack", "model")
+FEATURES = {"terminal": terminal, "slack": slack, "model": model}
 REGISTERED: dict[str, Any] = {}
 
 
 def register(ctx: Any) -> None:
     """Install every feature; a feature that fails to install fails loudly."""
     REGISTERED["ctx"] = ctx
-    for name in FEATURES:
-        module = optional_import(f"{__name__}.{name}")
-        if module is None:
-            continue  # feature not part of this build
+    for name, module in FEATURES.items():
         module.install(ctx)
         REGISTERED[name] = module
     log.info("flare plugin registered: %s", ", ".join(k for k in REGISTERED if k != "ctx"))

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flared.tokens import bot_token
+from flared.control.tokens import bot_token
 
 log = logging.getLogger("flared.plugin.terminal")
 
@@ -96,7 +96,7 @@ def hermes_config() -> dict[str, Any]:
 def gateway_env(state_dir: Path, bot: str) -> dict[str, str]:
     """Environment for the bot's gateway: its token, its name, and the same backend selection.
 
-    The control socket path is rendered by :func:`flared.hermes.flared_settings`
+    The control socket path is rendered by :func:`flared.hermes.home.flared_settings`
     (which knows ``control.socket``); it is not repeated here so a custom
     socket path is never overwritten. The ``TERMINAL_*`` variables repeat the
     config selection so paths that read the environment before Hermes bridges
@@ -285,12 +285,12 @@ class _Transport:
                 f"flare terminal backend: {ENV_SOCKET} and {ENV_TOKEN} are not set; "
                 "this gateway was not started by flared, so commands cannot run"
             )
-        from flared.client import ControlClient
+        from flared.control.client import ControlClient
 
         self.client = ControlClient(Path(socket), token)
 
     def run(self, session: str, script: str, timeout: float, stdin: str | None) -> tuple[str, int]:
-        from flared.client import ControlError, DaemonNotRunning
+        from flared.control.client import ControlError, DaemonNotRunning
 
         body = {"session": session, "command": script, "timeout": timeout, "stdin": stdin}
         try:

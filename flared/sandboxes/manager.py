@@ -7,29 +7,27 @@ after its command). Leases expire after ``idle_ttl`` without a command or
 the live leases of a profile: an acquire waits up to ``acquire_timeout`` for
 one to go, then fails with a message the agent can read.
 
-The table lives in ``<state>/sandboxes/leases.db`` (SQLite), so a restarted
-flared finds the leases it handed out and destroys sandboxes that no row
-claims (orphans of a crash). Each lease keeps the profile it was made with;
-a config change applies to new leases.
+The table (:mod:`flared.sandboxes.leases`) lives in
+``<state>/sandboxes/leases.db``, so a restarted flared finds the leases it
+handed out and destroys sandboxes that no row claims (orphans of a crash).
+Each lease keeps the profile it was made with; a config change applies to
+new leases.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flared.config import HermesFlareConfig, SandboxProfile
-from flared.loader import LoadedConfig
+from flared.config.loader import LoadedConfig
+from flared.config.models import HermesFlareConfig, SandboxProfile
+from flared.sandboxes.leases import SHARED_SESSION, Lease, LeaseTable, take_lock
 from flared.sandboxes.providers import make_provider, provider_key
 from flared.sandboxes.types import (
     ExecRequest,
@@ -44,25 +42,9 @@ from flared.sandboxes.types import (
 
 log = logging.getLogger("flared.sandboxes")
 
-SHARED_SESSION = "*"
 REAP_EVERY = 0.5
 RECONCILE_RETRY = 30.0
 MAX_SESSION_KEY = 256
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS leases (
-    id TEXT PRIMARY KEY,
-    bot TEXT NOT NULL,
-    session TEXT NOT NULL,
-    profile_name TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    provider_key TEXT NOT NULL,
-    data TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_used REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS leases_by_session ON leases (bot, profile_name, session);
-"""
 
 
 class LeaseNotFound(SandboxError):
@@ -77,50 +59,6 @@ class BadLeaseRequest(SandboxError):
     """The request itself is wrong (unknown bot, bad session key...)."""
 
 
-@dataclass
-class Lease:
-    id: str
-    bot: str
-    session: str
-    profile_name: str
-    profile: SandboxProfile
-    provider_key: str
-    data: dict[str, Any]
-    created_at: float
-    last_used: float
-    busy: int = 0
-    dirty: bool = False  # last_used not yet written to the table
-    gone: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def mode(self) -> str:
-        return self.profile.mode
-
-    def expired(self, now: float) -> str | None:
-        if now - self.created_at >= self.profile.max_lifetime:
-            return "max_lifetime"
-        if not self.busy and now - self.last_used >= self.profile.idle_ttl:
-            return "idle_ttl"
-        return None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "bot": self.bot,
-            "session": None if self.session == SHARED_SESSION else self.session,
-            "profile": self.profile_name,
-            "mode": self.mode,
-            "provider": self.profile.provider,
-            "workdir": self.profile.workdir,
-            "created_at": round(self.created_at, 3),
-            "last_used": round(self.last_used, 3),
-            "idle_expires_in_s": round(max(0.0, self.last_used + self.profile.idle_ttl - time.time()), 1),
-            "expires_in_s": round(max(0.0, self.created_at + self.profile.max_lifetime - time.time()), 1),
-            "busy": self.busy,
-        }
-
-
 class LeaseManager:
     """Hands out leases for bots' commands; ``daemon.leases`` in ``flared run``."""
 
@@ -132,7 +70,7 @@ class LeaseManager:
         self._cond = threading.Condition(threading.RLock())
         self._leases: dict[str, Lease] = {}
         self._providers: dict[str, Provider] = {}
-        self._db: sqlite3.Connection | None = None
+        self.table = LeaseTable(self.db_path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending_reconcile: set[str] = set()
@@ -151,8 +89,8 @@ class LeaseManager:
         One manager per state dir: ``flared exec`` without a daemon runs one
         in-process, so both take ``sandboxes/manager.lock`` first.
         """
-        self._lock_fd = _take_lock(self.db_path.parent / "manager.lock", lock_wait)
-        self._open()
+        self._lock_fd = take_lock(self.db_path.parent / "manager.lock", lock_wait)
+        self.table.open()
         self._load()
         self._pending_reconcile = self._reconcile_targets()
         self._reconcile_pending()
@@ -170,10 +108,8 @@ class LeaseManager:
         for lease in doomed:
             self._destroy(lease, "shutdown")
         with self._cond:
-            self._flush()
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self.table.flush(self._leases.values())
+            self.table.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -184,13 +120,12 @@ class LeaseManager:
         m = cls(loaded)
         if not m.db_path.exists():
             return []
-        m._open()
+        m.table.open()
         try:
             m._load()
             return m.list(bot=bot)
         finally:
-            assert m._db is not None
-            m._db.close()
+            m.table.close()
 
     def update(self, loaded: LoadedConfig) -> None:
         """A new config: new profiles apply to new leases; live leases keep theirs until they expire."""
@@ -345,7 +280,7 @@ class LeaseManager:
                 self._cond.notify_all()
             raise
         with self._cond:
-            self._insert(lease)
+            self.table.insert(lease)
         log.info("lease %s: %s for bot %s session %s (%s)", lease_id, profile.mode, bot, session, name)
         return lease, True
 
@@ -367,9 +302,7 @@ class LeaseManager:
             return
         with self._cond:
             self._leases.pop(lease.id, None)
-            if self._db is not None:
-                with self._db:
-                    self._db.execute("DELETE FROM leases WHERE id = ?", (lease.id,))
+            self.table.delete(lease.id)
             self._cond.notify_all()
         if reason != "per-command":
             log.info("lease %s: destroyed (%s)", lease.id, reason)
@@ -382,7 +315,7 @@ class LeaseManager:
         for lease, why in doomed:
             self._destroy(lease, str(why))
         with self._cond:
-            self._flush()
+            self.table.flush(self._leases.values())
         for provider in list(self._providers.values()):
             reap = getattr(provider, "reap_orphans", None)
             if reap is not None:
@@ -466,9 +399,7 @@ class LeaseManager:
             vanished = [] if provider.lazy else sorted(known - existing)
             for lease_id in vanished:
                 self._leases.pop(lease_id, None)
-                if self._db is not None:
-                    with self._db:
-                        self._db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+                self.table.delete(lease_id)
         orphans = sorted(existing - known)
         for lease_id in orphans:
             try:
@@ -478,92 +409,7 @@ class LeaseManager:
                 log.warning("sandbox %s: could not destroy orphan: %s", lease_id, exc)
         return {"orphans": orphans, "vanished": vanished}
 
-    # ------------------------------------------------------------------ table
-
-    def _open(self) -> None:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self.db_path.chmod(0o600)
-
     def _load(self) -> None:
-        assert self._db is not None
-        rows = self._db.execute(
-            "SELECT id, bot, session, profile_name, profile, provider_key, data, created_at, last_used FROM leases"
-        ).fetchall()
+        leases = self.table.load()
         with self._cond:
-            for row in rows:
-                try:
-                    profile = SandboxProfile.model_validate(json.loads(row[4]))
-                except (ValueError, TypeError) as exc:
-                    log.warning("lease %s: unreadable row dropped: %s", row[0], exc)
-                    continue
-                self._leases[row[0]] = Lease(
-                    id=row[0],
-                    bot=row[1],
-                    session=row[2],
-                    profile_name=row[3],
-                    profile=profile,
-                    provider_key=row[5],
-                    data=json.loads(row[6]),
-                    created_at=row[7],
-                    last_used=row[8],
-                )
-
-    def _insert(self, lease: Lease) -> None:
-        if self._db is None:
-            return
-        with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    lease.id,
-                    lease.bot,
-                    lease.session,
-                    lease.profile_name,
-                    _profile_json(lease.profile),
-                    lease.provider_key,
-                    json.dumps(lease.data),
-                    lease.created_at,
-                    lease.last_used,
-                ),
-            )
-
-    def _flush(self) -> None:
-        """Write last_used times (kept in memory between reaper ticks so a command costs no write)."""
-        if self._db is None:
-            return
-        dirty = [x for x in self._leases.values() if x.dirty and not x.gone]
-        if not dirty:
-            return
-        with self._db:
-            self._db.executemany(
-                "UPDATE leases SET last_used = ? WHERE id = ?", [(x.last_used, x.id) for x in dirty]
-            )
-        for x in dirty:
-            x.dirty = False
-
-
-def _take_lock(path: Path, wait: float) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise SandboxError(
-                    "another flared process is managing these sandboxes (the daemon, or a `flared exec`)"
-                ) from None
-            time.sleep(0.05)
-
-
-def _profile_json(profile: SandboxProfile) -> str:
-    """The profile as the lease keeps it; the bearer token is not stored (it comes from the config)."""
-    data = profile.model_dump(mode="json", exclude={"token"})
-    return json.dumps(data, sort_keys=True)
+            self._leases.update((lease.id, lease) for lease in leases)

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 
 TRUNCATION_MARKER = "\n[flare: output truncated]\n"
 TIMEOUT_EXIT = 124  # what coreutils' timeout(1) returns; the contract uses it too

@@ -4,7 +4,11 @@ Modules, one concept each: :mod:`.stores` (where objects live),
 :mod:`.capture` (a consistent copy of a live home and its digest),
 :mod:`.pack` (squashfs), :mod:`.crypto` (optional client-side AEAD),
 :mod:`.manifest` (what the store says about a snapshot), :mod:`.retention`
-(which to keep), :mod:`.engine` (one snapshot or restore, start to end),
-:mod:`.service` (when, for which bot, inside the daemon), :mod:`.api`
-(control routes).
+(which to keep), :mod:`.catalog` (reading the store: `latest`, listings,
+pruning), :mod:`.pipeline` (one snapshot, start to end), :mod:`.restore`
+(one restore), :mod:`.service` (when, for which bot, inside the daemon) with
+:mod:`.scheduler` (periodic and on-change triggers).
+
+Must not start or stop gateways itself: the service asks through
+:class:`.service.GatewayControl`.
 """

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from flared.config import CompressionConfig
+from flared.config.models import CompressionConfig
 
 #: flared's level when `snapshots.compression.level` is null: fast, with a ratio near gzip -9.
 DEFAULT_LEVELS: dict[str, int | None] = {"zstd": 3, "gzip": None, "xz": None, "lz4": None, "lzo": None}

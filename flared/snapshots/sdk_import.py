@@ -18,10 +18,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flared.loader import LoadedConfig
-from flared.snapshots import engine, pack
-from flared.snapshots.engine import Fence, SnapshotJob
-from flared.snapshots.stores import NotFound, Store, open_store
+from flared.config.loader import LoadedConfig
+from flared.snapshots import catalog, pack, pipeline
+from flared.snapshots.catalog import Fence
+from flared.snapshots.pipeline import SnapshotJob
+from flared.snapshots.stores import NotFound, Store
+from flared.snapshots.stores.factory import open_store
 from flared.snapshots.stores.s3 import S3Store
 
 
@@ -88,7 +90,7 @@ def import_sdk_backup(
     bid = backup_id(handle if isinstance(handle, dict) else {})
 
     store = open_store(loaded.config.store)
-    latest, etag = engine.read_latest(store, bot)
+    latest, etag = catalog.read_latest(store, bot)
     if latest is not None and not force:
         raise ImportError_(
             f"{bot} already has snapshots (latest {latest.id}); --force publishes the import as the newest"
@@ -109,7 +111,7 @@ def import_sdk_backup(
             raise ImportError_(f"backup {bid} is not a readable squashfs: {exc}") from None
         blob.unlink()
         home = find_hermes_home(tree)
-        result = engine.take_snapshot(
+        result = pipeline.take_snapshot(
             SnapshotJob(
                 store=store,
                 bot=bot,

@@ -7,8 +7,14 @@ never overwrite good state. What it knows survives a flared restart in
 `<state_dir>/snapshots/<bot>.json`.
 
 Triggers: every `snapshots.every`, after `on_change.debounce` of quiet
-following a change in the bot's home (watchfiles), on demand, and once more
-at shutdown within `shutdown_budget`.
+following a change in the bot's home (:mod:`.scheduler`), on demand, and
+once more at shutdown within `shutdown_budget`.
+
+Boot, snapshot and restore stay in one class on purpose: all three read and
+move the same per-bot fence under the same per-bot lock (shared with the
+CLI's offline path through a lock file), and splitting them would spread
+that invariant over several objects. The steps themselves live in
+:mod:`.pipeline`, :mod:`.restore` and :mod:`.catalog`.
 """
 
 from __future__ import annotations
@@ -22,21 +28,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from flared.hermes import BotPaths
-from flared.loader import LoadedConfig
-from flared.snapshots import capture as cap
-from flared.snapshots import engine
-from flared.snapshots.engine import Fence, SnapshotJob, SnapshotResult
+from flared.config.loader import LoadedConfig
+from flared.config.models import SnapshotsConfig
+from flared.hermes.paths import BotPaths
+from flared.snapshots import catalog, pipeline
+from flared.snapshots import restore as restoring
+from flared.snapshots.catalog import Fence
 from flared.snapshots.manifest import now_iso
-from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable, open_store
+from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
+from flared.snapshots.scheduler import Scheduler
+from flared.snapshots.state import BotState
+from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
+from flared.snapshots.stores.factory import open_store
 
 log = logging.getLogger("flared.snapshots")
 
-TICK = 1.0
 #: Retention also runs this often when nothing changed (max_age expiry).
 PRUNE_EVERY = 3600.0
 
@@ -44,38 +53,6 @@ PRUNE_EVERY = 3600.0
 class GatewayControl(Protocol):
     def stop(self, bot: str) -> None: ...
     def start(self, bot: str) -> None: ...
-
-
-@dataclass
-class BotState:
-    name: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    phase: str = "booting"  # booting | restoring | waiting for store | restore failed | ready
-    fence: Fence | None = None  # None: not yet known, snapshots gated
-    gate: str | None = None  # why snapshots are gated
-    fenced: str | None = None  # another writer moved latest.json
-    fingerprint: str | None = None
-    in_flight: list[str] = field(default_factory=list)
-    last: dict[str, Any] | None = None
-    last_ok: dict[str, Any] | None = None
-    restore: dict[str, Any] | None = None
-    last_attempt: float = 0.0
-    last_prune: float = 0.0
-    last_change: float | None = None
-    due_now: bool = False
-    running: bool = False
-    reading: str | None = None
-    on_ready: Callable[[str], None] | None = None
-
-    def persisted(self) -> dict[str, Any]:
-        return {
-            "fence": asdict(self.fence) if self.fence else None,
-            "fingerprint": self.fingerprint,
-            "fenced": self.fenced,
-            "in_flight": self.in_flight,
-            "last": self.last,
-            "last_ok": self.last_ok,
-        }
 
 
 class SnapshotService:
@@ -89,13 +66,12 @@ class SnapshotService:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
         self._guard = threading.Lock()
-        self._started = False
-        self._watching = False
+        self.scheduler = Scheduler(self, self._pool.submit, self._stop)
 
     # ------------------------------------------------------------------ state
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> SnapshotsConfig:
         return self.loaded.config.snapshots
 
     def home(self, bot: str) -> Path:
@@ -212,7 +188,7 @@ class SnapshotService:
     def _confirm(self, st: BotState, *, fresh: bool) -> bool:
         """Learn the fence from the store without restoring: adopted a live gateway, or
         started fresh while the store was unreachable."""
-        latest, etag = engine.read_latest(self.store, st.name)
+        latest, etag = catalog.read_latest(self.store, st.name)
         fence, fingerprint, fenced = self._persisted_fence(st.name)
         if latest is None:
             st.fence = Fence(None)
@@ -237,7 +213,7 @@ class SnapshotService:
     def _boot_once(self, st: BotState) -> bool:
         home = self.home(st.name)
         st.phase = "restoring"
-        latest, etag = engine.read_latest(self.store, st.name)
+        latest, etag = catalog.read_latest(self.store, st.name)
         fence, _fingerprint, fenced = self._persisted_fence(st.name)
         has_local = home.is_dir() and any(home.iterdir())
         if has_local and ((fence is not None and fence.etag == etag) or latest is None):
@@ -257,12 +233,12 @@ class SnapshotService:
                 fence.generation if fence else 0,
             )
         else:
-            res = engine.restore(
+            res = restoring.restore(
                 self.store,
                 st.name,
                 home,
                 self._work(st.name),
-                key=engine.encryption_key(self.policy),
+                key=catalog.encryption_key(self.policy),
                 on_reading=lambda sid: setattr(st, "reading", sid),
             )
             st.restore = res.as_dict()
@@ -307,7 +283,7 @@ class SnapshotService:
     ) -> dict[str, Any]:
         assert st.fence is not None
         if takeover:
-            latest, etag = engine.read_latest(self.store, st.name)
+            latest, etag = catalog.read_latest(self.store, st.name)
             st.fence = Fence(etag, latest.generation if latest else 0, latest.id if latest else None)
             st.fenced, st.fingerprint = None, None
             log.warning(
@@ -333,7 +309,7 @@ class SnapshotService:
             progress=progress,
             on_in_flight=in_flight,
         )
-        res = engine.take_snapshot(job)
+        res = pipeline.take_snapshot(job)
         out = res.as_dict()
         out["trigger"] = reason
         st.last = out
@@ -369,7 +345,7 @@ class SnapshotService:
 
     def _prune_locked(self, st: BotState) -> dict[str, Any]:
         try:
-            done = engine.prune(
+            done = catalog.prune(
                 self.store,
                 st.name,
                 self.policy,
@@ -393,7 +369,7 @@ class SnapshotService:
             return {"bot": bot, **out}
 
     def list(self, bot: str) -> list[dict[str, Any]]:
-        return engine.list_snapshots(self.store, bot)
+        return catalog.list_snapshots(self.store, bot)
 
     # ------------------------------------------------------------------ on-demand restore
 
@@ -408,12 +384,12 @@ class SnapshotService:
             with self._exclusive(st):
                 st.phase = "restoring"
                 try:
-                    res = engine.restore(
+                    res = restoring.restore(
                         self.store,
                         bot,
                         self.home(bot),
                         self._work(bot),
-                        key=engine.encryption_key(self.policy),
+                        key=catalog.encryption_key(self.policy),
                         snapshot_id=snapshot_id,
                         progress=progress,
                         on_reading=lambda sid: setattr(st, "reading", sid),
@@ -438,90 +414,11 @@ class SnapshotService:
             if self.gateways is not None:
                 self.gateways.start(bot)
 
-    # ------------------------------------------------------------------ loops
+    # ------------------------------------------------------------------ triggers
 
     def start(self) -> None:
-        self._started = True
-        self._spawn("snapshot-scheduler", self._schedule_loop)
-        self._start_watcher()
-
-    def _start_watcher(self) -> None:
-        """Watch homes only while on-change snapshots are on; a reload may turn them on."""
-        if self._started and self.policy.on_change.enabled and not self._watching:
-            self._watching = True
-            self._spawn("snapshot-watch", self._watch_loop)
-
-    def _due(self, st: BotState, now: float) -> str | None:
-        if st.phase != "ready" or st.fence is None or st.fenced or st.running:
-            return None
-        if st.due_now:
-            return "restore"
-        every = self.policy.every
-        if every is not None and now - st.last_attempt >= every:
-            return "periodic"
-        oc = self.policy.on_change
-        if oc.enabled and st.last_change is not None and now - st.last_change >= oc.debounce:
-            return "change"
-        return None
-
-    def _schedule_loop(self) -> None:
-        while not self._stop.wait(TICK):
-            now = time.time()
-            for st in list(self.bots.values()):
-                reason = self._due(st, now)
-                if reason is None:
-                    continue
-                st.running = True
-                self._pool.submit(self._background_snapshot, st.name, reason)
-
-    def _background_snapshot(self, bot: str, reason: str) -> None:
-        try:
-            self.snapshot(bot, reason)
-        except Exception:
-            log.exception("bot %s: snapshot error", bot)
-        finally:
-            self.state(bot).running = False
-
-    def _watch_loop(self) -> None:
-        import watchfiles
-
-        bots_dir = self.loaded.state_dir / "bots"
-        bots_dir.mkdir(parents=True, exist_ok=True)
-
-        def relevant(_change: Any, path: str) -> bool:
-            return self._bot_of(bots_dir, path) is not None
-
-        while not self._stop.is_set():
-            try:
-                for changes in watchfiles.watch(
-                    bots_dir,
-                    watch_filter=relevant,
-                    stop_event=self._stop,
-                    debounce=200,
-                    rust_timeout=1000,
-                    yield_on_timeout=True,
-                    raise_interrupt=False,
-                ):
-                    now = time.time()
-                    for _change, path in changes:
-                        bot = self._bot_of(bots_dir, path)
-                        st = self.bots.get(bot) if bot else None
-                        if st is not None and st.phase == "ready":
-                            st.last_change = now
-            except Exception as exc:  # the directory vanished, inotify limits...
-                log.warning("watching Hermes homes failed (%s); periodic snapshots continue", exc)
-                self._stop.wait(5)
-
-    def _bot_of(self, bots_dir: Path, path: str) -> str | None:
-        try:
-            parts = Path(path).relative_to(bots_dir).parts
-        except ValueError:
-            return None
-        if len(parts) < 3 or parts[1] != "home":
-            return None
-        key = engine.encryption_key(self.policy)
-        patterns = cap.exclusions(self.policy.exclude, encrypted=key is not None)
-        return None if cap.matches("/".join(parts[2:]), patterns) else parts[0]
+        """Start the periodic and on-change triggers (:mod:`flared.snapshots.scheduler`)."""
+        self.scheduler.start()
 
     # ------------------------------------------------------------------ reload, retire, shutdown
 
@@ -529,7 +426,7 @@ class SnapshotService:
         """New policy applies at once; a new store at the next snapshot."""
         store_changed = loaded.config.store != self.loaded.config.store
         self.loaded = loaded
-        self._start_watcher()
+        self.scheduler.start_watcher()
         if store_changed:
             self.store = open_store(loaded.config.store)
             log.info("snapshot store is now %s", self.store.description)

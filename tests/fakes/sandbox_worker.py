@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 from flared.sandboxes.providers.local import LocalProvider, sandbox_root
 from flared.sandboxes.types import ExecRequest, valid_lease_id
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 from flared.sandboxes.types import Provider
 
 

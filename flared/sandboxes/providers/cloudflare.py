@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
 from flared.sandboxes.types import ExecRequest, ExecResult, SandboxError, valid_lease_id
 
 NOT_RUN = 126  # exit status of a command that certainly did not run

@@ -19,24 +19,21 @@ timeout kills bwrap, which takes the sandbox's whole PID namespace with it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib.util
 import os
-import resource
-import selectors
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from flared.config import SandboxProfile
+from flared.config.models import SandboxProfile
+from flared.sandboxes.providers import process
 from flared.sandboxes.types import (
     TIMEOUT_EXIT,
     ExecRequest,
@@ -49,8 +46,6 @@ SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000  # the uid commands see inside
 UID_BASE = 200_000  # host uids for leases when flared runs as root
 UID_SPAN = 50_000
-PR_SET_CHILD_SUBREAPER = 36
-DRAIN_FACTOR = 16  # read and discard up to this many times output_limit, then close the pipe
 SYSTEM_ROOTS = ("/usr",)
 LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = (
@@ -135,7 +130,7 @@ class LocalProvider:
         self._running: dict[str, set[subprocess.Popen[bytes]]] = {}
         self._etc = self.root / "etc"
         self._write_etc()
-        _become_subreaper()
+        process.become_subreaper()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,7 +191,7 @@ class LocalProvider:
         with self._lock:
             procs = list(self._running.pop(lease_id, ()))
         for proc in procs:
-            _kill_tree(proc)
+            process.kill_tree(proc)
         base = self.lease_dir(lease_id)
         if base.exists():
             _make_removable(base)
@@ -218,7 +213,7 @@ class LocalProvider:
         reaped = 0
         with self._lock:
             mine = {p.pid for procs in self._running.values() for p in procs}
-            for pid in _children() - mine:
+            for pid in process.children() - mine:
                 try:
                     comm = Path(f"/proc/{pid}/comm").read_text().strip()
                     state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -281,7 +276,7 @@ class LocalProvider:
         uid = int(data.get("uid", os.getuid()))
         argv = self.argv(lease_id, profile, req)
         split = argv.index("--")
-        args_fd = _args_memfd(argv[1:split])
+        args_fd = process.args_memfd(argv[1:split])
         self.reap_orphans()
         started = time.monotonic()
         with self._lock:  # so reap_orphans never sees this child before it is registered
@@ -293,7 +288,7 @@ class LocalProvider:
                     stderr=subprocess.PIPE,
                     start_new_session=True,
                     pass_fds=(args_fd,),
-                    preexec_fn=_limits(profile, uid if self.as_root else None),
+                    preexec_fn=process.limits(profile, uid if self.as_root else None),
                 )
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
@@ -301,7 +296,7 @@ class LocalProvider:
                 os.close(args_fd)
             self._running.setdefault(lease_id, set()).add(proc)
         try:
-            out, err, timed_out = _collect(proc, req.stdin, req.timeout, req.output_limit)
+            out, err, timed_out = process.collect(proc, req.stdin, req.timeout, req.output_limit)
         finally:
             with self._lock:
                 self._running.get(lease_id, set()).discard(proc)
@@ -353,137 +348,12 @@ def sandbox_env(profile: SandboxProfile, req: ExecRequest) -> dict[str, str]:
     return env
 
 
-def _become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _children() -> set[int]:
-    """Pids of this process's children (all threads)."""
-    pids: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(OSError):
-                pids.update(int(x) for x in (task / "children").read_text().split())
-    return pids
-
-
-def _args_memfd(args: list[str]) -> int:
-    """bwrap's arguments in an anonymous file, so they (host paths) are not in /proc/1/cmdline."""
-    fd = os.memfd_create("bwrap-args", 0)  # not CLOEXEC: it is passed to bwrap
-    data = b"".join(a.encode() + b"\0" for a in args)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
 def _within(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
     except ValueError:
         return False
     return True
-
-
-def _limits(profile: SandboxProfile, uid: int | None) -> Callable[[], None]:
-    """Runs in the child before exec: rlimits, then drop to the lease's uid (as root)."""
-    memory = int(profile.memory)
-    cpu = max(1, int(profile.cpu_time))
-    pids = int(profile.pids)
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if uid is not None:
-            resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-
-    return apply
-
-
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL bwrap's process group; the PID namespace dies with its init."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
-def _collect(
-    proc: subprocess.Popen[bytes], stdin: str | None, timeout: float, limit: int
-) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int], bool]:
-    """Read both pipes until EOF or the deadline; keep ``limit`` bytes of each.
-
-    Returns ((kept, limit, dropped), (kept, limit, dropped), timed_out). Output
-    past the limit is read and dropped, up to DRAIN_FACTOR times the limit;
-    then the pipe is closed, so a flooding command gets SIGPIPE instead of
-    burning CPU until its timeout.
-    """
-    if stdin and proc.stdin is not None:
-        threading.Thread(target=_feed, args=(proc.stdin, stdin.encode()), daemon=True).start()
-    assert proc.stdout is not None and proc.stderr is not None
-    bufs: dict[int, bytearray] = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    dropped = dict.fromkeys(bufs, 0)
-    files: dict[int, IO[bytes]] = {proc.stdout.fileno(): proc.stdout, proc.stderr.fileno(): proc.stderr}
-    sel = selectors.DefaultSelector()
-    for fd in bufs:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    timed_out = False
-    open_fds = set(bufs)
-    try:
-        while open_fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                _kill_tree(proc)
-                break
-            for key, _ in sel.select(min(left, 1.0)):
-                fd = int(key.fd)
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(fd)
-                    open_fds.discard(fd)
-                    continue
-                room = limit - len(bufs[fd])
-                if room > 0:
-                    bufs[fd] += chunk[:room]
-                dropped[fd] += max(0, len(chunk) - max(room, 0))
-                if dropped[fd] > DRAIN_FACTOR * limit:
-                    sel.unregister(fd)
-                    open_fds.discard(fd)
-                    files[fd].close()
-        if not timed_out:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_tree(proc)
-    finally:
-        sel.close()
-        for f in files.values():
-            with contextlib.suppress(OSError):
-                f.close()
-        proc.wait()
-    out, err = list(bufs)  # stdout's fd first: dicts keep insertion order
-    return (bytes(bufs[out]), limit, dropped[out]), (bytes(bufs[err]), limit, dropped[err]), timed_out
-
-
-def _feed(pipe: IO[bytes], data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, OSError):
-        pipe.write(data)
-    with contextlib.suppress(BrokenPipeError, OSError):
-        pipe.close()
 
 
 def _make_removable(path: Path) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from flared.config import StoreConfig
-
 #: Called with the number of bytes moved since the last call.
 Progress = Callable[[int], None]
 
@@ -87,14 +85,3 @@ class Store(Protocol):
     def clean_incomplete(self, prefix: str, ids: set[str], older_than: float) -> int:
         """Remove unfinished uploads: those naming one of `ids` at once, others when older."""
         ...
-
-
-def open_store(cfg: StoreConfig) -> Store:
-    """The store a config names (file:// paths are already absolute after loading)."""
-    if cfg.url.startswith("file://"):
-        from flared.snapshots.stores.local import LocalStore
-
-        return LocalStore(Path(cfg.url[len("file://") :]))
-    from flared.snapshots.stores.s3 import S3Store
-
-    return S3Store.from_config(cfg)

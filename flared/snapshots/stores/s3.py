@@ -23,7 +23,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.utils import ChunksizeAdjuster  # type: ignore[import-untyped]
 
-from flared.config import StoreConfig
+from flared.config.models import StoreConfig
 from flared.snapshots.stores import (
     NotFound,
     ObjectInfo,

@@ -1,0 +1,60 @@
+"""`flared`: the command line. Exit codes: 0 ok, 1 failed, 2 invalid input.
+
+One module per group of commands, each with ``register(subparsers)``.
+Commands that report talk to the running daemon through
+:mod:`flared.control.client` and, where the contract says so, work offline
+on the state dir and the store under the same locks. Must not hold state of
+its own between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flared import __version__
+from flared.cli import chat, operator, sandboxes, snapshots, status, up, validate
+from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="flared",
+        description="hermes-flare: run Hermes Agent bots from one YAML file, with snapshots and sandboxes.",
+        epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input (config or arguments).",
+    )
+    parser.add_argument("--version", action="version", version=f"flared {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in (validate, up, status, snapshots, sandboxes, chat, operator):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_INVALID
+    try:
+        return int(args.func(args))
+    except SystemExit as exc:  # load_or_exit and friends
+        return int(exc.code or 0)
+    except CommandError as exc:
+        print(f"flared {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,176 @@
+"""`flared exec` and `flared leases`.
+
+Both go through the running daemon when there is one; otherwise `exec` runs
+a lease manager in-process (it takes the same lock the daemon's does) and
+`leases` reads the lease table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from flared.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    CommandError,
+    Subparsers,
+    add_config_arg,
+    add_json_arg,
+    client_for,
+    emit,
+    human_age,
+    load_or_exit,
+)
+from flared.config.loader import LoadedConfig
+from flared.control.client import ControlError, DaemonNotRunning
+
+CLI_SESSION = "cli"
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "exec",
+        help="run a command in a bot's sandbox through a lease",
+        description="Run CMD in the sandbox the bot's commands run in (its profile's mode decides "
+        "whether it shares a lease). One argument is a shell command line; several are quoted "
+        "and joined. Stdin is passed when it is not a terminal. Exits with the command's status.",
+    )
+    add_config_arg(p)
+    add_json_arg(p)
+    p.add_argument("--bot", help="the bot (required when there are several)")
+    p.add_argument("--session", default=CLI_SESSION, help=f"session key (default {CLI_SESSION!r})")
+    p.add_argument("--cwd", help="directory to run in (default: the profile's workdir)")
+    p.add_argument("--timeout", type=float, help="seconds (default: the profile's command_timeout)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("leases", help="list sandbox leases", description="List live sandbox leases.")
+    add_config_arg(p)
+    add_json_arg(p)
+    p.add_argument("--bot", help="only this bot's leases")
+    p.add_argument("--release", metavar="ID", help="destroy this lease now")
+    p.set_defaults(func=cmd_leases)
+
+
+def _command(args: argparse.Namespace) -> str:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise CommandError("no command given; usage: flared exec [--bot B] -- CMD...", EXIT_INVALID)
+    return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+
+
+def _bot(loaded: LoadedConfig, bot: str | None) -> str:
+    names = loaded.config.bot_names
+    if bot is None:
+        if len(names) != 1:
+            raise CommandError(f"--bot is required (bots: {', '.join(names) or 'none'})", EXIT_INVALID)
+        return names[0]
+    if bot not in names:
+        raise CommandError(f"no bot named {bot!r} (bots: {', '.join(names) or 'none'})", EXIT_INVALID)
+    return bot
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    loaded = load_or_exit(args)
+    command = _command(args)
+    bot = _bot(loaded, args.bot)
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    body: dict[str, Any] = {"bot": bot, "session": args.session, "command": command, "stdin": stdin}
+    if args.cwd:
+        body["cwd"] = args.cwd
+    if args.timeout:
+        body["timeout"] = args.timeout
+    wait = (args.timeout or 24 * 3600.0) + 60
+    try:
+        result = client_for(loaded).request("POST", "/exec", body, timeout=wait)
+    except DaemonNotRunning:
+        result = _exec_offline(loaded, body)
+    except ControlError as exc:
+        raise CommandError(_error_text(exc.body)) from None
+    if args.json:
+        emit(args, result)
+    else:
+        sys.stdout.write(result["stdout"])
+        sys.stdout.flush()
+        sys.stderr.write(result["stderr"])
+    return int(result["exit_code"])
+
+
+def _exec_offline(loaded: LoadedConfig, body: dict[str, Any]) -> dict[str, Any]:
+    from flared.sandboxes.manager import LeaseManager
+    from flared.sandboxes.types import SandboxError
+
+    manager = LeaseManager(loaded)
+    try:
+        manager.start(lock_wait=5)
+    except SandboxError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        kw = {k: body[k] for k in ("cwd", "stdin", "timeout") if body.get(k) is not None}
+        lease, result = manager.run(body["bot"], body["session"], body["command"], **kw)
+    except SandboxError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        manager.stop()
+    return {"lease": lease["id"], "mode": lease["mode"], **result.as_dict()}
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return str(body)
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    loaded = load_or_exit(args)
+    client = client_for(loaded)
+    if args.release:
+        try:
+            emit(args, client.request("DELETE", f"/leases/{args.release}"))
+        except DaemonNotRunning:
+            raise CommandError("the daemon is not running; leases are released when it starts") from None
+        except ControlError as exc:
+            raise CommandError(_error_text(exc.body)) from None
+        return EXIT_OK
+    query = f"?bot={args.bot}" if args.bot else ""
+    try:
+        leases = client.request("GET", f"/leases{query}")["leases"]
+    except DaemonNotRunning:
+        from flared.sandboxes.manager import LeaseManager
+
+        leases = LeaseManager.offline_list(loaded, bot=args.bot)
+    except ControlError as exc:
+        raise CommandError(_error_text(exc.body), EXIT_FAILED) from None
+    emit(args, leases, _render)
+    return EXIT_OK
+
+
+def _render(con: Console, leases: list[dict[str, Any]]) -> None:
+    if not leases:
+        con.print("no leases")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "BOT", "SESSION", "PROFILE", "MODE", "PROVIDER", "IDLE LEFT", "LIFE LEFT", "BUSY"):
+        table.add_column(col)
+    for x in leases:
+        table.add_row(
+            x["id"],
+            x["bot"],
+            x["session"] or "-",
+            x["profile"],
+            x["mode"],
+            x["provider"],
+            human_age(x["idle_expires_in_s"]),
+            human_age(x["expires_in_s"]),
+            str(x["busy"]),
+        )
+    con.print(table)

@@ -1,9 +1,0 @@
-"""CLI command modules; each has ``register(subparsers)``."""
-
-COMMAND_MODULES: list[str] = [
-    "core",
-    "snapshots",
-    "sandboxes",
-    "chat",
-    "operator",
-]

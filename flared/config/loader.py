@@ -1,0 +1,375 @@
+"""Load `hermes-flare.yaml`: find it, parse it with positions, fill `${VAR}`s,
+apply `FLARE_*` overrides, validate, and report every problem at once as
+``FILE:LINE:COL: dotted.path: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from flared.config import yamlpos
+from flared.config.checks import cross_checks
+from flared.config.models import HermesFlareConfig
+from flared.config.yamlpos import Mark, dotted
+
+ENV_CONFIG = "HERMES_FLARE_CONFIG"
+DEFAULT_NAME = "hermes-flare.yaml"
+_VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in the file, with where it is."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.line == 0:  # about the file as a whole
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config plus where it came from."""
+
+    config: HermesFlareConfig
+    path: Path
+    text: str
+    digest: str
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.state_dir)
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``-c`` first, then ``$HERMES_FLARE_CONFIG``, then ``./hermes-flare.yaml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_NAME)
+
+
+def digest_text(text: str) -> str:
+    """What `flared status` and the Worker compare: sha256 of the file's bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    check_state_dir: bool = True,
+) -> LoadedConfig:
+    """Load and validate; raise :class:`ConfigError` listing every problem."""
+    cfg_path = find_config(path)
+    shown = str(path) if path else str(cfg_path)
+    env = os.environ if environ is None else environ
+    if text is None:
+        text = read_config_text(cfg_path, shown)
+    try:
+        located = yamlpos.load(text)
+    except yamlpos.YamlSyntaxError as exc:
+        raise ConfigError([Issue(shown, exc.mark.line, exc.mark.col, "(file)", exc.message)]) from None
+
+    issues: list[Issue] = []
+
+    def add(p: yamlpos.Path, message: str, *, key: bool = False) -> None:
+        m = located.mark(p, prefer_key=key)
+        issues.append(Issue(shown, m.line, m.col, dotted(p), message))
+
+    for p, m in located.duplicates:
+        issues.append(Issue(shown, m.line, m.col, dotted(p), "duplicate key (the later value would win)"))
+    if not isinstance(located.data, dict):
+        add((), "the file must be a mapping of sections such as `bots:` and `store:`")
+        raise ConfigError(issues)
+
+    data, used_vars, failed_vars = _interpolate(located.data, env, add)
+    overrides = _env_overrides(env)
+    data = _deep_merge(data, overrides)
+
+    config: HermesFlareConfig | None = None
+    try:
+        config = HermesFlareConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _data_path(data, err["loc"])
+            if loc in failed_vars:
+                continue  # already reported: the variable it needs is unset
+            if err["type"] == "extra_forbidden":
+                add(loc, _unknown_key_message(loc, data), key=True)
+            elif err["type"] == "missing":
+                add(loc[:-1], f"`{loc[-1]}` is required")
+            else:
+                add(loc, _clean(err["msg"]) + _from_env(loc, overrides))
+    for p, message in cross_checks(data, used_vars):
+        if not any(f[: len(p)] == p for f in failed_vars):  # caused by an unset variable
+            add(p, message)
+    if issues or config is None:
+        _sort(issues)
+        raise ConfigError(issues)
+
+    config = _resolve_paths(config, cfg_path.parent)
+    if check_state_dir:
+        problem = _state_dir_problem(Path(config.state_dir))
+        if problem:
+            add(("state_dir",), problem)
+            raise ConfigError(issues)
+    return LoadedConfig(config=config, path=cfg_path.resolve(), text=text, digest=digest_text(text))
+
+
+def read_config_text(cfg_path: Path, shown: str) -> str:
+    hint = f"create it (see the repository's {DEFAULT_NAME}) or pass -c FILE / set ${ENV_CONFIG}"
+    try:
+        return cfg_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", f"config file not found: {hint}")]) from None
+    except IsADirectoryError:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", "is a directory, not a YAML file")]) from None
+    except PermissionError:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", "cannot be read: permission denied")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", f"is not UTF-8 text ({exc.reason})")]) from None
+    except OSError as exc:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", f"cannot be read: {exc.strerror}")]) from None
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def _interpolate(
+    value: Any, env: Mapping[str, str], add: Any
+) -> tuple[Any, set[yamlpos.Path], set[yamlpos.Path]]:
+    """Fill `${VAR}` / `${VAR:-default}` in strings; `$${` is a literal `${`."""
+    used: set[yamlpos.Path] = set()
+    failed: set[yamlpos.Path] = set()
+
+    def walk(v: Any, p: yamlpos.Path) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x, (*p, k)) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x, (*p, i)) for i, x in enumerate(v)]
+        if isinstance(v, str) and "${" in v:
+            return sub(v, p)
+        return v
+
+    def sub(text: str, p: yamlpos.Path) -> str:
+        def one(m: re.Match[str]) -> str:
+            escaped, name, default = m.group(1), m.group(2), m.group(3)
+            if escaped:
+                return m.group(0)[1:]
+            used.add(p)
+            if name in env and (env[name] != "" or default is None):
+                return env[name]
+            if default is not None:
+                return default
+            failed.add(p)
+            add(p, f"environment variable {name} is not set (set it, or write ${{{name}:-default}})")
+            return ""
+
+        return _VAR.sub(one, text)
+
+    return walk(value, ()), used, failed
+
+
+class _OverrideSettings(BaseSettings):
+    """Only a carrier for pydantic-settings' FLARE_* env parsing."""
+
+    model_config = SettingsConfigDict(env_prefix="FLARE_", env_nested_delimiter="__", extra="ignore")
+
+
+def _settings_class() -> type[BaseSettings]:
+    fields = {
+        name: (f.annotation, f) for name, f in HermesFlareConfig.model_fields.items() if name != "version"
+    }
+    from pydantic import create_model
+
+    return create_model("FlareOverrides", __base__=_OverrideSettings, **fields)  # type: ignore[call-overload, no-any-return]
+
+
+_SETTINGS_CLS: type[BaseSettings] | None = None
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """`FLARE_SNAPSHOTS__EVERY=5m` -> ``{"snapshots": {"every": "5m"}}``."""
+    global _SETTINGS_CLS
+    if not any(k.startswith("FLARE_") for k in env):
+        return {}
+    if _SETTINGS_CLS is None:
+        _SETTINGS_CLS = _settings_class()
+    source = EnvSettingsSource(
+        _SETTINGS_CLS, env_prefix="FLARE_", env_nested_delimiter="__", case_sensitive=False
+    )
+    source.env_vars = {k.lower(): v for k, v in env.items()}
+    try:
+        return dict(source())
+    except Exception as exc:
+        raise ConfigError([Issue("(environment)", 0, 0, "FLARE_*", f"invalid override: {exc}")]) from None
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def _from_env(loc: yamlpos.Path, overrides: dict[str, Any]) -> str:
+    node: Any = overrides
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return ""
+    var = "FLARE_" + "__".join(str(p).upper() for p in loc)
+    return f" (from ${var})"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> yamlpos.Path:
+    """Drop pydantic's union tags and validator names from ``loc``."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and (part in node or not _is_tag(part)):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if part < len(node) else None
+        elif isinstance(part, str) and _is_tag(part):
+            continue
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _is_tag(part: str) -> bool:
+    return part[:1].isupper() or "[" in part or part in {"str", "int", "float", "bool", "list", "dict"}
+
+
+def _clean(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
+
+
+def _unknown_key_message(loc: yamlpos.Path, data: Any) -> str:
+    key = str(loc[-1])
+    known = _known_keys(loc[:-1], data)
+    hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    message = f"unknown key {key!r}"
+    if hint:
+        message += f" (did you mean {hint[0]!r}?)"
+    elif known:
+        message += f"; valid keys here: {', '.join(sorted(known))}"
+    return message
+
+
+def _known_keys(parent: yamlpos.Path, data: Any) -> list[str]:
+    model: Any = HermesFlareConfig
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None``, ``list[X]`` or ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _sort(issues: list[Issue]) -> None:
+    issues.sort(key=lambda i: (i.line, i.col))
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _resolve_paths(cfg: HermesFlareConfig, base: Path) -> HermesFlareConfig:
+    state_dir = (base / os.path.expanduser(cfg.state_dir)).resolve()
+    store = cfg.store
+    if store.url.startswith("file://"):
+        local = Path(os.path.expanduser(store.url[len("file://") :]))
+        store = store.model_copy(update={"url": "file://" + str((base / local).resolve())})
+    return cfg.model_copy(update={"state_dir": str(state_dir), "store": store})
+
+
+def _state_dir_problem(path: Path) -> str | None:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        return f"{path} exists and is not a directory"
+    if not probe.is_dir():
+        return f"cannot create {path}: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {probe} is not writable"
+    return None
+
+
+def describe_mark(m: Mark) -> str:
+    return f"{m.line}:{m.col}"

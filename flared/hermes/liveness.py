@@ -1,0 +1,33 @@
+"""Is a gateway alive? Hermes' own signals, read from its home.
+
+`hermes status` exits 0 even when the gateway is down, so flared reads the
+heartbeat file and `gateway_state.json` that the gateway writes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def gateway_liveness(home: Path) -> dict[str, Any]:
+    """Hermes' own view: heartbeat age and gateway_state.json, since `hermes status` always exits 0."""
+    out: dict[str, Any] = {"heartbeat_age_s": None, "gateway_state": None, "platforms": {}}
+    try:
+        hb = json.loads((home / "state" / "gateway.heartbeat").read_text())
+        updated = datetime.fromisoformat(hb["updated_at"])
+        out["heartbeat_age_s"] = round((datetime.now(UTC) - updated).total_seconds(), 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        st = json.loads((home / "gateway_state.json").read_text())
+        out["gateway_state"] = st.get("gateway_state")
+        out["platforms"] = {k: v.get("state") for k, v in (st.get("platforms") or {}).items()}
+    except (OSError, ValueError, AttributeError):
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        out["plugin"] = json.loads((home / "state" / "flare-plugin.json").read_text())
+    return out

@@ -1,0 +1,132 @@
+"""Watch hermes-flare.yaml and reload when it changes.
+
+The parent directory is watched (not the file), without recursion, so
+editors that save by writing a temp file and renaming it over the original,
+or by deleting and re-creating it, are seen like in-place writes, and the
+state dir next to the file does not flood the watcher. A change is applied
+once the file has stopped changing for a short settle time, so a slow
+editor's half-written file is usually never read; if it is, validation
+refuses it and the next write applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("flared.watch")
+
+STEP_MS = 50  # quiet time before watchfiles yields a batch
+SETTLE = 0.15  # the file must keep the same size/mtime/inode this long before we read it
+SETTLE_MAX = 5.0  # a file still changing after this is read anyway (validation guards it)
+
+Fingerprint = tuple[int, int, int, int] | None
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """Identity and content stamp of the file (through symlinks); None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Watcher:
+    """Calls ``on_change`` after each settled change of ``path``; one thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[], Any],
+        *,
+        stop: threading.Event | None = None,
+        settle: float = SETTLE,
+    ) -> None:
+        self.path = path
+        self.on_change = on_change
+        self.settle = settle
+        self._stop = stop or threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: Fingerprint = fingerprint(path)
+        self.ready = threading.Event()  # set once the watch is armed (tests wait on it)
+        self.changes = 0
+
+    def start(self) -> Watcher:
+        self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import watchfiles
+
+        directory = self.path.parent
+        while not self._stop.is_set():
+            try:
+                self.ready.set()
+                for batch in watchfiles.watch(
+                    directory,
+                    watch_filter=None,
+                    recursive=False,
+                    step=STEP_MS,
+                    rust_timeout=1000,
+                    yield_on_timeout=True,
+                    stop_event=self._stop,
+                    raise_interrupt=False,
+                ):
+                    if batch:
+                        self._changed()
+                    elif fingerprint(self.path) != self._last:
+                        self._changed()  # a missed event (e.g. a symlink swapped in a parent dir)
+            except Exception as exc:  # directory gone, inotify limits...
+                log.warning(
+                    "watching %s failed (%s); retrying; SIGHUP or `flared reload` still work", directory, exc
+                )
+                self._stop.wait(2)
+
+    def _changed(self) -> None:
+        fp = self._settled()
+        if fp is None:
+            log.info("%s is gone; waiting for it to come back (the running config stays)", self.path)
+            return
+        if fp == self._last:
+            return
+        self._last = fp
+        self.changes += 1
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("reloading %s failed", self.path)
+
+    def _settled(self) -> Fingerprint:
+        deadline = time.monotonic() + SETTLE_MAX
+        fp = fingerprint(self.path)
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self._stop.wait(self.settle):
+                break
+            now = fingerprint(self.path)
+            if now == fp:
+                return fp
+            fp = now
+        return fp
+
+
+def watch_config(path: Path, reload: Callable[[], dict[str, Any]], stop: threading.Event) -> Watcher:
+    """Call ``reload`` whenever the config file changes; log when the change is refused."""
+
+    def on_change() -> None:
+        result = reload()
+        if result.get("errors"):
+            log.error("%s changed but was not applied (see `flared status`)", path)
+
+    return Watcher(path, on_change, stop=stop).start()

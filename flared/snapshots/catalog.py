@@ -1,0 +1,121 @@
+"""What the store holds for a bot: its `latest` pointer, its snapshots, and retention.
+
+Reading and pruning only; taking a snapshot is :mod:`.pipeline`, putting one
+back is :mod:`.restore`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flared.config.models import SnapshotsConfig
+from flared.snapshots.manifest import Latest, Manifest, blob_key, latest_key, manifest_key, snapshots_prefix
+from flared.snapshots.retention import ORPHAN_GRACE_S, Listed, plan_deletions
+from flared.snapshots.stores import NotFound, Store, StoreError
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What this writer last knew of `latest.json`; a snapshot may move it only from here."""
+
+    etag: str | None  # None: the store holds no snapshot of this bot
+    generation: int = 0
+    snapshot_id: str | None = None
+
+
+def read_latest(store: Store, bot: str) -> tuple[Latest | None, str | None]:
+    """The pointer and its ETag; (None, None) when the store holds nothing for the bot."""
+    try:
+        data, etag = store.get_bytes(latest_key(bot))
+    except NotFound:
+        return None, None
+    try:
+        return Latest.from_bytes(data), etag
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{latest_key(bot)} is not a valid pointer: {exc}") from None
+
+
+def encryption_key(policy: SnapshotsConfig) -> str | None:
+    key = policy.encryption.key
+    return key.get_secret_value() if key is not None else None
+
+
+def list_ids(store: Store, bot: str) -> list[Listed]:
+    groups: dict[str, dict[str, Any]] = {}
+    prefix = snapshots_prefix(bot)
+    for obj in store.list(prefix):
+        name = obj.key[len(prefix) :]
+        sid, dot, ext = name.rpartition(".")
+        if not dot or ext not in {"sqsh", "json"} or "/" in sid:
+            continue
+        g = groups.setdefault(sid, {"blob": False, "manifest": False, "modified": 0.0, "size": 0})
+        g["blob" if ext == "sqsh" else "manifest"] = True
+        g["modified"] = max(g["modified"], obj.modified)
+        if ext == "sqsh":
+            g["size"] = obj.size
+    return [Listed(sid, g["blob"], g["manifest"], g["modified"]) for sid, g in groups.items()]
+
+
+def list_snapshots(store: Store, bot: str) -> list[dict[str, Any]]:
+    """Complete snapshots, newest first, with what their manifests say."""
+    latest, _ = read_latest(store, bot)
+    out = []
+    for item in sorted(list_ids(store, bot), key=lambda x: x.id, reverse=True):
+        if not (item.has_blob and item.has_manifest):
+            continue
+        try:
+            m = Manifest.from_bytes(store.get_bytes(manifest_key(bot, item.id))[0])
+        except NotFound:
+            continue
+        except (ValueError, TypeError):
+            out.append({"id": item.id, "bot": bot, "error": "unreadable manifest", "latest": False})
+            continue
+        out.append(
+            {
+                "id": m.id,
+                "bot": bot,
+                "created_at": m.created_at,
+                "packed_size": m.packed_size,
+                "raw_size": m.raw_size,
+                "file_count": m.file_count,
+                "digest": m.content_digest,
+                "encrypted": m.encrypted,
+                "host": m.host,
+                "latest": latest is not None and latest.id == m.id,
+            }
+        )
+    return out
+
+
+def prune(
+    store: Store,
+    bot: str,
+    policy: SnapshotsConfig,
+    *,
+    protected: Iterable[str] = (),
+    ours_in_flight: Iterable[str] = (),
+    now: float | None = None,
+) -> dict[str, list[str]]:
+    latest, _ = read_latest(store, bot)
+    listing = list_ids(store, bot)
+    plan = plan_deletions(
+        listing,
+        latest_id=latest.id if latest else None,
+        keep_last=policy.keep.last,
+        max_age=policy.keep.max_age,
+        now=time.time() if now is None else now,
+        protected=protected,
+        ours_in_flight=ours_in_flight,
+    )
+    own = set(ours_in_flight)
+    store.clean_incomplete(snapshots_prefix(bot), own, ORPHAN_GRACE_S)
+    for sid in [*plan.expired, *plan.orphans]:
+        # Manifest first: a blob without manifest is an orphan the next run removes.
+        store.delete(manifest_key(bot, sid))
+        store.delete(blob_key(bot, sid))
+    # Ours that never reached the store at all are done with, too.
+    finished = [i for i in own if i not in {x.id for x in listing}]
+    return {"expired": plan.expired, "orphans": [*plan.orphans, *finished]}

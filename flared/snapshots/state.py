@@ -1,0 +1,47 @@
+"""What the snapshot service knows of one bot, and the part of it that survives a restart.
+
+Per bot it keeps the *fence* (what this flared last knew of the store's
+`latest.json`). No snapshot is taken while the fence is unknown. The
+persisted part lives in `<state_dir>/snapshots/<bot>.json`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flared.snapshots.catalog import Fence
+
+
+@dataclass
+class BotState:
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    phase: str = "booting"  # booting | restoring | waiting for store | restore failed | ready
+    fence: Fence | None = None  # None: not yet known, snapshots gated
+    gate: str | None = None  # why snapshots are gated
+    fenced: str | None = None  # another writer moved latest.json
+    fingerprint: str | None = None
+    in_flight: list[str] = field(default_factory=list)
+    last: dict[str, Any] | None = None
+    last_ok: dict[str, Any] | None = None
+    restore: dict[str, Any] | None = None
+    last_attempt: float = 0.0
+    last_prune: float = 0.0
+    last_change: float | None = None
+    due_now: bool = False
+    running: bool = False
+    reading: str | None = None
+    on_ready: Callable[[str], None] | None = None
+
+    def persisted(self) -> dict[str, Any]:
+        return {
+            "fence": asdict(self.fence) if self.fence else None,
+            "fingerprint": self.fingerprint,
+            "fenced": self.fenced,
+            "in_flight": self.in_flight,
+            "last": self.last,
+            "last_ok": self.last_ok,
+        }

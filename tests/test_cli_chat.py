@@ -1,0 +1,92 @@
+"""`flared chat`: bot choice, errors, streaming and JSON output.
+
+The bot's api_server is played by the fake OpenAI-compatible server (same
+wire format, same bearer check); the real gateway is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flared.config.loader import load_config
+from flared.hermes.home import api_key
+from tests.fakes import llm_server as llm
+from tests.fakes.llm_server import FakeLLM
+from tests.fixtures.flare import free_port, run_cli
+
+
+def write(tmp: Path, bots: list[dict[str, Any]]) -> Path:
+    path = tmp / "hermes-flare.yaml"
+    data = {"version": 1, "state_dir": str(tmp / "state"), "bots": bots}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def bot(name: str, port: int | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "model": {"provider": "custom", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
+    }
+    if port is not None:
+        entry["api"] = {"port": port}
+    return entry
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, FakeLLM]]:
+    """A config whose bot `solo` has its API on a fake server expecting flared's generated key."""
+    port = free_port()
+    cfg = write(tmp_path, [bot("solo", port), bot("quiet")])
+    loaded = load_config(cfg)
+    key = api_key(loaded.state_dir, loaded.config.bot("solo"))
+    fake = FakeLLM(models=("m",), api_key=key, default=llm.Reply(text="hello from solo"))
+    fake.server.port = port
+    with fake:
+        yield cfg, fake
+
+
+def test_streams_the_answer(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    out = run_cli("chat", "-c", str(cfg), "how", "are", "you")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello from solo\n"
+    req = fake.requests[-1]
+    assert req.last_user_text == "how are you"
+    assert req.body["stream"] is True
+
+
+def test_json_and_session(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    out = run_cli("chat", "-c", str(cfg), "--json", "--bot", "solo", "--session", "s-1", "hi")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"bot": "solo", "reply": "hello from solo", "session_id": None}
+    assert fake.requests[-1].headers["X-Hermes-Session-Id"] == "s-1"
+    assert fake.requests[-1].body["stream"] is False
+
+
+def test_refused_key_is_explained(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    fake.api_key = "something-else"
+    out = run_cli("chat", "-c", str(cfg), "hi")
+    assert out.returncode == 1
+    assert "API key was refused" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bot_choice_errors(tmp_path: Path) -> None:
+    cfg = write(tmp_path, [bot("a", free_port()), bot("b", free_port()), bot("c")])
+    several = run_cli("chat", "-c", str(cfg), "hi")
+    assert several.returncode == 2 and "choose one with --bot" in several.stderr
+    no_api = run_cli("chat", "-c", str(cfg), "--bot", "c", "hi")
+    assert no_api.returncode == 2 and "has no local API" in no_api.stderr
+    unknown = run_cli("chat", "-c", str(cfg), "--bot", "zz", "hi")
+    assert unknown.returncode == 2 and "no bot named 'zz'" in unknown.stderr
+    down = run_cli("chat", "-c", str(cfg), "--bot", "a", "hi")
+    assert down.returncode == 1 and "is not answering" in down.stderr
+    assert all("Traceback" not in r.stderr for r in (several, no_api, unknown, down))

@@ -1,0 +1,80 @@
+"""Rendering a bot's Hermes home: deterministic, preserving, secret-safe."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import yaml
+
+from flared.config.loader import load_config
+from flared.hermes.home import gateway_program, render_home
+from flared.hermes.paths import BotPaths
+
+
+def loaded(tmp_path: Path, extra: str = "") -> object:
+    text = (
+        f"state_dir: {tmp_path / 'state'}\n"
+        "bots:\n"
+        "  - name: hermes\n"
+        "    model: {provider: custom, base_url: 'http://127.0.0.1:9/v1', model: m, api_key: sk-abcdefghijklmnop}\n"
+        "    api: {port: 18642}\n" + extra
+    )
+    p = tmp_path / "hermes-flare.yaml"
+    p.write_text(text)
+    return load_config(p, environ={}).config
+
+
+def test_render_writes_config_and_private_env(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path)
+    render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    home = BotPaths.of(tmp_path / "state", "hermes").home
+    conf = yaml.safe_load((home / "config.yaml").read_text())
+    assert conf["plugins"]["enabled"] == ["flare"]
+    assert conf["security"]["allow_lazy_installs"] is False
+    env = (home / ".env").read_text()
+    assert "API_SERVER_ENABLED" in env and "FLARE_BOT_TOKEN" in env
+    assert stat.S_IMODE((home / ".env").stat().st_mode) == 0o600
+    assert "sk-abcdefghijklmnop" not in (home / "config.yaml").read_text()
+
+
+def test_render_twice_changes_nothing(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path)
+    d1 = render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    home = BotPaths.of(tmp_path / "state", "hermes").home
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (home / "config.yaml", home / ".env")}
+    d2 = render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (home / "config.yaml", home / ".env")}
+    assert d1 == d2
+    assert before == after
+
+
+def test_user_keys_preserved_and_passthrough_wins(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path, "    hermes: {agent: {max_turns: 7}, display: {compact: true}}\n")
+    home = BotPaths.of(tmp_path / "state", "hermes").home
+    home.mkdir(parents=True)
+    (home / "config.yaml").write_text("timezone: Europe/Berlin\nagent: {max_turns: 90, api_max_retries: 1}\n")
+    render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    conf = yaml.safe_load((home / "config.yaml").read_text())
+    assert conf["timezone"] == "Europe/Berlin"
+    assert conf["agent"] == {"max_turns": 7, "api_max_retries": 1}
+    assert conf["display"] == {"compact": True}
+
+
+def test_render_digest_changes_with_the_bot(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path)
+    d1 = render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    cfg2 = loaded(tmp_path, "    toolsets: [memory]\n    hermes: {agent: {max_turns: 3}}\n")
+    assert render_home(cfg2, cfg2.bots[0]) != d1  # type: ignore[attr-defined]
+
+
+def test_gateway_program(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path)
+    spec = gateway_program(cfg, cfg.bots[0], "abc")  # type: ignore[attr-defined]
+    text = spec.render()
+    assert "gateway run --no-supervise --external-supervisor" in text
+    assert 'HERMES_GATEWAY_MAX_STARTS="0"' in text and 'TIRITH_ENABLED="false"' in text
+    assert "stopsignal=INT" in text and "autorestart=true" in text
+    assert f'HERMES_HOME="{tmp_path / "state" / "bots" / "hermes" / "home"}"' in text
+    assert "HERMES_GATEWAY_LOCK_DIR" in text
+    assert "sk-" not in text  # secrets live in .env, not in supervisord's files
