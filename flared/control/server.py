@@ -1,10 +1,12 @@
 """flared's control API: small JSON-over-HTTP on a unix socket (and TCP for the Worker).
 
-HTTP is aiohttp's low-level server (its parser, keep-alive and flow control);
-this module adds what a daemon's control port needs on top, all enforced
-before a request's body is read:
+HTTP/1.1 is h11's (python-hyper's protocol implementation, also under
+uvicorn and httpx): it parses and frames every message and refuses what is
+malformed (``Content-Length: -1`` or ``abc``, a head over ``max_head``).
+asyncio serves the sockets. Around that, this module enforces what a
+daemon's control port needs, all before a request's body is read:
 
-- **who is calling** (:func:`authenticate`) from the listener and the
+- **who is calling** (:func:`authenticate`), from the listener and the
   headers alone. The unix socket lives in the state dir with mode 0600, so
   only the daemon's user reaches it; on TCP every request needs the control
   token. Gateways' `flare` plugins use per-bot tokens that only open their
@@ -12,25 +14,28 @@ before a request's body is read:
 - **whether the route exists and the caller may use it** (:meth:`Router.resolve`);
 - **how big the body may be** (:class:`Limits`, per route via ``max_body``):
   a declared length over the limit is answered 413 unread, a chunked body
-  is cut off at the limit, and a body must arrive within ``body_timeout``.
+  is cut off at the limit, and the whole body must arrive within
+  ``body_timeout`` (408).
 
 Connections are bounded too: a client has ``header_timeout`` to send its
-first request line and headers, idle keep-alive connections close after
-``keepalive_timeout``, and each listener keeps at most ``max_connections``
-(at the cap the oldest idle connection is closed to make room). Malformed
-requests (``Content-Length: -1`` or ``abc``, header lines too long) get a
-JSON 400 and one log line, never a traceback.
+first request head and ``keepalive_timeout`` for each later one, however
+slowly the bytes trickle in; a response the client does not read within
+``body_timeout`` closes the connection; and each listener keeps at most
+``max_connections`` (at the cap the oldest idle connection is closed to
+make room). Malformed requests get a JSON 400 and one log line.
 
 Threads: the event loop runs in one thread; route handlers are synchronous
 and may block for minutes (a snapshot, a restore, an exec), so each runs in
 a thread pool with one worker per connection the listeners accept. A
-request therefore never queues behind another one: long calls cannot starve
-``/healthz``. Workers are made on demand and reused.
+request therefore never queues behind another one, and long calls cannot
+starve ``/healthz``. Workers are made on demand and reused.
 
-To add a listener (say a page on 127.0.0.1), bind a socket and pass it to
-:meth:`ControlServer.listen` with its trust; a page is a route whose
-handler returns ``Response(body=html_bytes, content_type="text/html")``.
-The routes themselves live in :mod:`flared.api`, one module per capability.
+Why not aiohttp: its server works, but importing it costs flared about
+11 MiB of idle RSS (measured by `bench/bench_control.py`), a fifth of the
+daemon's budget. To add a listener (say a page on 127.0.0.1), bind a
+socket and pass it to :meth:`ControlServer.listen` with its trust; a page
+is a route whose handler returns ``Response(body=html_bytes,
+content_type="text/html")``. The routes live in :mod:`flared.api`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -49,18 +53,21 @@ import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+import h11
 
 from flared.control.tokens import verify_bot_token
 
 log = logging.getLogger("flared.control")
 
 MAX_BODY = 8 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+LINGER_SECONDS = 2.0  # after answering early, how long unread body bytes are drained
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,7 @@ class Limits:
     keepalive_timeout: float = 15.0  # an idle keep-alive connection is closed after this
     max_connections: int = 128  # per listener
     backlog: int = 128
-    max_header_line: int = 8190  # bytes per request line or header
-    max_headers: int = 64
+    max_head: int = 16 * 1024  # request line and headers, bytes
     shutdown_timeout: float = 2.0  # stop() waits this long for requests in flight
 
 
@@ -243,8 +249,8 @@ def authenticate(
     return Caller(bot=bot, anonymous=bot is None)
 
 
-def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
-    sock = transport.get_extra_info("socket") if transport is not None else None
+def peer_of(sock: Any) -> Peer | None:
+    """Who is at the other end of a unix socket (None for TCP)."""
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
@@ -258,84 +264,27 @@ def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
 # --------------------------------------------------------------------------- HTTP
 
 
+class _Closed(Exception):
+    """The connection is over: the client left or was too slow."""
+
+
+class _TooSlow(_Closed):
+    """A deadline passed before the client sent what it had to."""
+
+
+@dataclass
+class _Conn:
+    task: asyncio.Task[None]
+    busy: bool = False  # a request is being answered
+
+
 @dataclass
 class _Listener:
     name: str  # "unix" or "tcp" (logs)
     sock: socket.socket
     trusted: bool
-    server: _GuardedServer | None = None
-    runner: web.ServerRunner | None = None
-
-
-class _Protocol(RequestHandler):
-    """aiohttp's connection handler, answering malformed requests in JSON without a traceback."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            log.error("control: %s %s failed", request.method, request.path, exc_info=exc)
-            text = "internal error; see the flared log"
-        else:
-            detail = str(getattr(exc, "message", None) or message or exc or "")
-            first = detail.strip().splitlines()[0].rstrip(":") if detail.strip() else ""
-            text = f"bad HTTP request: {first}" if first else "bad HTTP request"
-            log.info("control: refused a malformed request: %s", text)
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; cannot send the error")
-        resp = web.Response(
-            status=status,
-            body=(json.dumps({"error": text}) + "\n").encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        resp.force_close()
-        return resp
-
-
-class _GuardedServer(web.Server):
-    """aiohttp's server plus a cap on connections and a deadline for the first request."""
-
-    def __init__(self, handler: Any, limits: Limits, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.limits = limits
-        self.opened: dict[RequestHandler, asyncio.TimerHandle] = {}  # oldest first
-        self.busy: set[RequestHandler] = set()  # a handler is working on its request
-        self.seen: set[RequestHandler] = set()  # sent at least one whole request head
-
-    def __call__(self) -> RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        timer = self._loop.call_later(self.limits.header_timeout, self._first_request_due, handler)
-        self.opened[handler] = timer
-        if len(self.opened) > self.limits.max_connections:
-            idle = [h for h in self.opened if h not in self.busy]
-            victim = idle[0] if idle else handler
-            log.info("control: %d connections open; closing the oldest idle one", len(self.opened))
-            self._drop(victim)
-
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        self._drop(handler, close=False)
-        super().connection_lost(handler, exc)
-
-    def _first_request_due(self, handler: RequestHandler) -> None:
-        if handler in self.opened and handler not in self.seen:
-            log.debug("control: no request within %.0f s of connecting; closing", self.limits.header_timeout)
-            self._drop(handler)
-
-    def _drop(self, handler: RequestHandler, *, close: bool = True) -> None:
-        timer = self.opened.pop(handler, None)
-        if timer is not None:
-            timer.cancel()
-        self.busy.discard(handler)
-        self.seen.discard(handler)
-        if close:
-            handler.force_close()
+    server: asyncio.AbstractServer | None = None
+    conns: dict[asyncio.StreamWriter, _Conn] = field(default_factory=dict)  # oldest first
 
 
 class ControlServer:
@@ -389,6 +338,11 @@ class ControlServer:
             sock.close()
             raise
         self._listeners.append(listener)
+        # One worker per connection the listeners accept: no request ever waits for a thread.
+        workers = self.limits.max_connections * len(self._listeners)
+        old, self._pool = self._pool, concurrent.futures.ThreadPoolExecutor(workers, "control")
+        if old is not None:
+            old.shutdown(wait=False)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -398,28 +352,33 @@ class ControlServer:
         return self._loop
 
     async def _serve(self, listener: _Listener) -> None:
-        lim = self.limits
-        server = _GuardedServer(
-            functools.partial(self._handle, listener),
-            lim,
-            keepalive_timeout=lim.keepalive_timeout,
-            max_line_size=lim.max_header_line,
-            max_field_size=lim.max_header_line,
-            max_headers=lim.max_headers,
-            lingering_time=2.0,
-            access_log=None,
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._admit(listener, writer, _Conn(task))
+            try:
+                await self._connection(listener, reader, writer)
+            except asyncio.CancelledError:
+                pass  # closed to make room, or the server stops: the end of this task, quietly
+            except Exception:
+                log.exception("control: connection on %s failed", listener.name)
+            finally:
+                listener.conns.pop(writer, None)
+                writer.close()
+
+        start = asyncio.start_unix_server if listener.sock.family == socket.AF_UNIX else asyncio.start_server
+        listener.server = await start(
+            connection, sock=listener.sock, backlog=self.limits.backlog, limit=READ_CHUNK
         )
-        listener.server = server
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=lim.shutdown_timeout)
-        await runner.setup()
-        await web.SockSite(runner, listener.sock, backlog=lim.backlog).start()
-        listener.runner = runner
-        # One worker per connection the listeners accept: no request waits for a thread.
-        workers = lim.max_connections * (len(self._listeners) + 1)
-        old = self._pool
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="control")
-        if old is not None:
-            old.shutdown(wait=False)
+
+    def _admit(self, listener: _Listener, writer: asyncio.StreamWriter, conn: _Conn) -> None:
+        """Track a new connection; past the cap, close the oldest idle one (or this one)."""
+        listener.conns[writer] = conn
+        if len(listener.conns) > self.limits.max_connections:
+            idle = [c for c in listener.conns.values() if not c.busy]
+            victim = idle[0] if idle else conn
+            log.info("control: %d connections on %s; closing the oldest idle one", len(idle), listener.name)
+            victim.task.cancel()
 
     @property
     def tcp_port(self) -> int | None:
@@ -432,8 +391,8 @@ class ControlServer:
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None:
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._cleanup(), loop).result(
-                    timeout=self.limits.shutdown_timeout + 10
+                asyncio.run_coroutine_threadsafe(self._close(), loop).result(
+                    timeout=self.limits.shutdown_timeout + 5
                 )
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
@@ -449,49 +408,117 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
-    async def _cleanup(self) -> None:
+    async def _close(self) -> None:
+        tasks = []
         for listener in self._listeners:
-            if listener.runner is not None:
-                await listener.runner.cleanup()
+            if listener.server is not None:
+                listener.server.close()
+            for conn in listener.conns.values():
+                if not conn.busy:
+                    conn.task.cancel()
+                tasks.append(conn.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.limits.shutdown_timeout)
+        for task in tasks:
+            task.cancel()
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _connection(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Requests on one connection, one at a time, each head within its deadline."""
+        lim = self.limits
+        loop = asyncio.get_running_loop()
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_head)
+        deadline = loop.time() + lim.header_timeout
+        state = listener.conns[writer]
+        try:
+            while True:
+                event = await self._next_event(conn, reader, deadline)
+                if not isinstance(event, h11.Request):
+                    return  # the client closed between requests
+                state.busy = True
+                resp, close = await self._respond(listener, conn, reader, writer, event)
+                await self._send(conn, writer, resp, close=close)
+                state.busy = False
+                if conn.their_state is h11.SEND_BODY:  # answered without reading it all
+                    await _linger(reader, writer)
+                    return
+                if close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+                deadline = loop.time() + lim.keepalive_timeout
+        except h11.RemoteProtocolError as exc:
+            text = f"bad HTTP request: {exc}"
+            log.info("control: refused a malformed request on %s: %s", listener.name, exc)
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(Exception):
+                    await self._send(
+                        conn, writer, Response(exc.error_status_hint, {"error": text}), close=True
+                    )
+        except (_Closed, ConnectionError, TimeoutError):
+            return
+
+    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _TooSlow
+            try:
+                async with asyncio.timeout(left):
+                    data = await reader.read(READ_CHUNK)
+            except TimeoutError:
+                raise _TooSlow from None
+            conn.receive_data(data)  # b"" is the client closing
+
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response, *, close: bool
+    ) -> None:
+        body = resp.encode()
+        headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body)))]
+        if close:
+            headers.append(("Connection", "close"))
+        writer.write(
+            conn.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status)))
+        )
+        writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        async with asyncio.timeout(self.limits.body_timeout):  # a client that never reads
+            await writer.drain()
 
     # ------------------------------------------------------------------ one request
 
-    async def _handle(self, listener: _Listener, request: web.BaseRequest) -> web.StreamResponse:
-        guard = listener.server
-        if guard is not None:
-            guard.seen.add(request.protocol)
-            guard.busy.add(request.protocol)
-        try:
-            resp, close = await self._respond(listener, request)
-        finally:
-            if guard is not None:
-                guard.busy.discard(request.protocol)
-        out = web.Response(
-            status=resp.status, body=resp.encode(), headers={"Content-Type": resp.content_type}
-        )
-        if close:
-            out.force_close()
-        return out
-
-    async def _respond(self, listener: _Listener, request: web.BaseRequest) -> tuple[Response, bool]:
-        """The answer, and whether to close the connection (a body was left unread)."""
-        parts = urlsplit(request.raw_path)
-        headers = {k.lower(): v for k, v in request.headers.items()}
+    async def _respond(
+        self,
+        listener: _Listener,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        event: h11.Request,
+    ) -> tuple[Response, bool]:
+        """The answer, and whether to close the connection after it (a body left unread)."""
+        parts = urlsplit(event.target.decode("latin-1"))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
         req = Request(
-            method=request.method,
+            method=event.method.decode("latin-1").upper(),
             path=parts.path.rstrip("/") or "/",
             query=dict(parse_qsl(parts.query)),
             body=b"",
             headers=headers,
         )
-        unread = request.body_exists
+        unread = conn.their_state is h11.SEND_BODY
         try:
             caller = authenticate(
                 trusted=listener.trusted,
                 headers=headers,
                 state_dir=self.state_dir,
                 admin_token=self.admin_token,
-                peer=peer_of(request.transport) if listener.trusted else None,
+                peer=peer_of(writer.get_extra_info("socket")) if listener.trusted else None,
             )
         except HTTPError as exc:
             return Response(exc.status, {"error": exc.message, **exc.extra}), unread
@@ -499,37 +526,46 @@ class ControlServer:
         found = self.router.resolve(req)
         if isinstance(found, Response):
             return found, unread
+        declared = None if "transfer-encoding" in headers else int(headers.get("content-length") or 0)
         try:
-            req.body = await self._read_body(request, found.max_body or self.limits.max_body)
+            limit = found.max_body or self.limits.max_body
+            req.body = await self._read_body(conn, reader, writer, declared, limit)
         except HTTPError as exc:
             return Response(exc.status, {"error": exc.message}), True
-        loop = asyncio.get_running_loop()
         assert self._pool is not None
-        resp = await loop.run_in_executor(self._pool, self._call, found, req)
-        return resp, False
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._call, found, req), False
 
-    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
-        length = request.content_length
-        if length is not None and length > limit:
-            raise HTTPError(413, f"request body too large: {length} bytes (the limit here is {limit})")
-        if not request.body_exists:
+    async def _read_body(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        declared: int | None,  # Content-Length, which h11 has checked is a number
+        limit: int,
+    ) -> bytes:
+        if declared is not None and declared > limit:
+            raise HTTPError(413, f"request body too large: {declared} bytes (the limit here is {limit})")
+        if conn.their_state is not h11.SEND_BODY:
             return b""
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if conn.they_are_waiting_for_100_continue:
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout
         buf = bytearray()
         try:
-            async with asyncio.timeout(self.limits.body_timeout):
-                while chunk := await request.content.read(65536):
-                    buf += chunk
+            while True:
+                event = await self._next_event(conn, reader, deadline)
+                if isinstance(event, h11.Data):
+                    buf += event.data
                     if len(buf) > limit:
                         raise HTTPError(413, f"request body too large (the limit here is {limit} bytes)")
-        except TimeoutError:
+                elif isinstance(event, h11.EndOfMessage):
+                    return bytes(buf)
+                else:
+                    raise _Closed("client left mid-body")
+        except _TooSlow:
             raise HTTPError(408, f"request body not received within {self.limits.body_timeout:g} s") from None
-        except HTTPError:
-            raise
-        except Exception as exc:  # the client went away or sent a broken chunked body
-            raise HTTPError(400, f"request body incomplete: {exc}") from None
-        return bytes(buf)
 
     @staticmethod
     def _call(route: Route, req: Request) -> Response:
@@ -538,6 +574,31 @@ class ControlServer:
         except Exception:
             log.exception("control: %s %s failed", req.method, req.path)
             return Response(500, {"error": "internal error; see the flared log"})
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read and drop what the client still sends, for a moment, before closing.
+
+    Closing a socket with unread data resets it, and a client still sending
+    its body would lose the answer (a 413, a 401). Bounded in time and bytes.
+    """
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write_eof()
+    loop = asyncio.get_running_loop()
+    end, budget = loop.time() + LINGER_SECONDS, LINGER_BYTES
+    with contextlib.suppress(OSError, TimeoutError):
+        while budget > 0 and (left := end - loop.time()) > 0:
+            async with asyncio.timeout(left):
+                data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            budget -= len(data)
+
+
+def _reason(status: int) -> bytes:
+    with contextlib.suppress(ValueError):
+        return HTTPStatus(status).phrase.encode()
+    return b""
 
 
 def bind_unix(path: Path) -> socket.socket:
