@@ -124,6 +124,8 @@ def load(text: str) -> Located:
     too_big = size_error(text)
     if too_big is not None:
         raise too_big
+    if not text.strip():  # tabs on blank lines would otherwise be a syntax error
+        return Located(data={}, empty=True)
     loader = _BoundedLoader(text)
     try:
         root = loader.get_single_node()

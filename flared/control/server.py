@@ -483,11 +483,12 @@ class ControlServer:
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body)))]
         if close:
             headers.append(("Connection", "close"))
-        writer.write(
-            conn.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status)))
-        )
-        writer.write(conn.send(h11.Data(data=body)) or b"")
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        parts = [
+            conn.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status))),
+            conn.send(h11.Data(data=body)),
+            conn.send(h11.EndOfMessage()),
+        ]
+        writer.write(b"".join(p for p in parts if p))  # one write: head and body in one segment
         async with asyncio.timeout(self.limits.body_timeout):  # a client that never reads
             await writer.drain()
 
