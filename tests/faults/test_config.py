@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -46,12 +47,24 @@ BOMBS: dict[str, tuple[str, str]] = {
 }
 
 
-def max_rss_of(argv: list[str]) -> tuple[int, str, int]:
-    """(exit code, stderr, peak RSS in bytes) of one process."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+def _cap_memory() -> None:
+    """A regression must fail the row, not take the machine (the bomb reached 13.9 GB)."""
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def max_rss_of(argv: list[str], timeout: float = 60) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in bytes) of one process, killed after ``timeout``."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_cap_memory
+    )
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        killer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, err, usage.ru_maxrss * 1024
 
