@@ -377,7 +377,12 @@ class ControlServer:
         if len(listener.conns) > self.limits.max_connections:
             idle = [c for c in listener.conns.values() if not c.busy]
             victim = idle[0] if idle else conn
-            log.info("control: %d connections on %s; closing the oldest idle one", len(idle), listener.name)
+            log.info(
+                "control: %d connections on %s (the cap); closing the %s",
+                len(listener.conns),
+                listener.name,
+                "oldest idle one" if idle else "new one: every other one is busy",
+            )
             victim.task.cancel()
 
     @property
