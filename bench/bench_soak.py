@@ -233,11 +233,14 @@ def report(
     load_after: tuple[float, float, float],
 ) -> int:
     after = [s for s in soak.samples if s[0] >= warmup] or soak.samples[-1:]
-    base_rss, base_fds = after[0][1], after[0][2]
-    end_rss, end_fds = soak.samples[-1][1], soak.samples[-1][2]
-    peak_rss = max(s[1] for s in after)
+    quarter = max(1, len(after) // 4)  # medians of the first and last quarter: one sample can catch a spike
+    first, last = after[:quarter], after[-quarter:]
+    base_rss, end_rss = statistics.median(x[1] for x in first), statistics.median(x[1] for x in last)
+    base_fds, end_fds = statistics.median(x[2] for x in first), statistics.median(x[2] for x in last)
+    peak_rss = max(x[1] for x in after)
     growth = end_rss - base_rss
     fd_growth = end_fds - base_fds
+    fds_seen = sorted({x[2] for x in after})
     seconds = soak.samples[-1][0]
     print("## Soak (`bench/bench_soak.py`)\n")
     print(
@@ -262,21 +265,19 @@ def report(
         ["status polls", str(c["status"]), "-"],
         ["errors", str(len(soak.errors)), "0"],
         [
-            "flared RSS after warm-up -> end (peak)",
-            f"{base_rss:.1f} -> {end_rss:.1f} MiB ({peak_rss:.1f}); growth {growth:+.1f} MiB",
+            "flared RSS, first -> last quarter after warm-up (medians; peak)",
+            f"{base_rss:.1f} -> {end_rss:.1f} MiB (peak {peak_rss:.1f}); growth {growth:+.1f} MiB",
             "<= 10 MB",
         ],
-        ["flared open fds after warm-up -> end", f"{base_fds} -> {end_fds} ({fd_growth:+d})", "no growth"],
+        [
+            "flared open fds, first -> last quarter after warm-up (medians; range)",
+            f"{base_fds:g} -> {end_fds:g} ({fd_growth:+g}; {fds_seen[0]}-{fds_seen[-1]}, in-flight work)",
+            "no growth",
+        ],
         ["gateway still RUNNING at the end", "yes" if gateway_ok else "NO", "yes"],
     ]
     print(table(["measure", "result", "target"], rows))
-    minute = [s for s in soak.samples if s[0] >= warmup]
-    if minute:
-        rss_values = [s[1] for s in minute]
-        print(
-            f"\nRSS after warm-up: median {statistics.median(rss_values):.1f} MiB, "
-            f"min {min(rss_values):.1f}, max {max(rss_values):.1f} over {len(rss_values)} samples."
-        )
+    print(f"\n{len(after)} samples after warm-up, {quarter} per quarter.")
     print("\nflared over time:\n")
     step = max(1, len(soak.samples) // 12)
     shown = soak.samples[::step] + ([soak.samples[-1]] if (len(soak.samples) - 1) % step else [])
