@@ -22,6 +22,7 @@ from flared.control.server import (
     Request,
     Router,
     authenticate,
+    bind_tcp,
 )
 from flared.control.tokens import bot_token, verify_bot_token
 from tests.fixtures.flare import free_port
@@ -278,3 +279,14 @@ def test_authenticate_decides_from_the_listener_and_headers(tmp_path: Path) -> N
     with pytest.raises(HTTPError) as info:
         who(False, tok[:-2] + "00")
     assert info.value.status == 401
+
+
+def test_an_extra_listener_serves_the_same_routes(quick: ControlServer) -> None:
+    """What a page on 127.0.0.1 would use: another socket, its own trust."""
+    sock = bind_tcp(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    quick.listen(sock, name="page", trusted=False)
+    out = raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    out = raw(port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 401 ")  # untrusted: the token is needed
