@@ -102,7 +102,6 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
-
     def _here(self) -> Mark:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
         return _mark(event)
