@@ -462,6 +462,7 @@ class ControlServer:
                     await self._send(
                         conn, writer, Response(exc.error_status_hint, {"error": text}), close=True
                     )
+                    await _linger(reader, writer)
         except (_Closed, ConnectionError, TimeoutError):
             return
 

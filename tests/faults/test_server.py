@@ -141,12 +141,10 @@ BOTH = pytest.mark.parametrize("where", ["tcp", "unix"])
 @BOTH
 @pytest.mark.parametrize("value", [b"-1", b"abc"])
 def test_bad_content_length_is_a_json_400(daemon: Daemon, watch: Any, where: str, value: bytes) -> None:
+    head = b"POST /exec HTTP/1.1\r\nHost: x\r\n" + auth(where) + b"Content-Length: " + value + b"\r\n\r\n"
     with daemon.connect(where) as s:
-        s.sendall(
-            b"POST /exec HTTP/1.1\r\nHost: x\r\n" + auth(where) + b"Content-Length: " + value + b"\r\n\r\n"
-        )
-        s.sendall(b"x" * 65536)  # what a `read(-1)` would have waited for
-        status, body = status_and_body(read_all(s))
+        _, answer = send_while_reading(s, head, b"x" * 65536, 16)  # what a `read(-1)` would wait for
+        status, body = status_and_body(answer)
     assert status == 400
     assert body["error"].startswith("bad HTTP request")
     watch()
