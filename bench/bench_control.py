@@ -65,7 +65,12 @@ def baseline_tree(ref: str, kind: str, dest: Path) -> Path:
         return old
     mixed = dest / "mixed"
     shutil.copytree(ROOT / "flared", mixed / "flared", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(old / "flared/control/server.py", mixed / "flared/control/server.py")
+    server = (old / "flared/control/server.py").read_text()
+    # Routes now pass options the old Router did not know (max_body): it ignores them.
+    server = server.replace(
+        "public: bool = False\n    ) -> None:", "public: bool = False, **_: Any\n    ) -> None:", 1
+    )
+    (mixed / "flared/control/server.py").write_text(server)
     return mixed
 
 
@@ -312,7 +317,7 @@ def main() -> None:
     what = "only its control server" if args.baseline == "server" else "its whole `flared/`"
     print("## Control API (`bench/bench_control.py`)\n")
     print(
-        f"New: this tree (h11 on asyncio). Old: `{args.baseline_ref}`, {what} (http.server). "
+        f"New: this tree (h11, a worker thread per connection). Old: `{args.baseline_ref}`, {what} (http.server). "
         "Idle pairs run side by side; exec rounds run new, old, raw and the lease manager alone in turn, the order rotating each round.\n"
     )
     print(table(["measure", "new", "baseline", "ratio (median of pairs)", "target"], rows))

@@ -3,8 +3,8 @@
 HTTP/1.1 is h11's (python-hyper's protocol implementation, also under
 uvicorn and httpx): it parses and frames every message and refuses what is
 malformed (``Content-Length: -1`` or ``abc``, a head over ``max_head``).
-asyncio serves the sockets. Around that, this module enforces what a
-daemon's control port needs, all before a request's body is read:
+Around it, this module enforces what a daemon's control port needs, all
+before a request's body is read:
 
 - **who is calling** (:func:`authenticate`), from the listener and the
   headers alone. The unix socket lives in the state dir with mode 0600, so
@@ -20,15 +20,19 @@ daemon's control port needs, all before a request's body is read:
 Connections are bounded too: a client has ``header_timeout`` to send its
 first request head and ``keepalive_timeout`` for each later one, however
 slowly the bytes trickle in; a response the client does not read within
-``body_timeout`` closes the connection; and each listener keeps at most
+``body_timeout`` closes the connection; each listener keeps at most
 ``max_connections`` (at the cap the oldest idle connection is closed to
-make room). Malformed requests get a JSON 400 and one log line.
+make room), with a listen backlog of ``backlog``. Malformed requests get a
+JSON 400 and one log line, never a traceback.
 
-Threads: the event loop runs in one thread; route handlers are synchronous
-and may block for minutes (a snapshot, a restore, an exec), so each runs in
-a thread pool with one worker per connection the listeners accept. A
-request therefore never queues behind another one, and long calls cannot
-starve ``/healthz``. Workers are made on demand and reused.
+Threads: each listener has one thread that accepts; each connection is then
+served, request after request, by one worker of a thread pool that has a
+worker for every connection the listeners may hold (``max_connections``
+each). Route handlers are synchronous and may block for minutes (a
+snapshot, a restore, an exec); they run on their connection's worker, so a
+request never queues behind another one and long calls cannot starve
+``/healthz``. Workers are made on demand and reused, and no request crosses
+threads (that costs about a millisecond per exec on a busy machine).
 
 Why not aiohttp: its server works, but importing it costs flared about
 11 MiB of idle RSS (measured by `bench/bench_control.py`), a fifth of the
@@ -40,7 +44,6 @@ content_type="text/html")``. The routes live in :mod:`flared.api`.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import hmac
@@ -51,6 +54,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -66,6 +70,7 @@ log = logging.getLogger("flared.control")
 
 MAX_BODY = 8 * 1024 * 1024
 READ_CHUNK = 64 * 1024
+MAX_LISTENERS = 4
 LINGER_SECONDS = 2.0  # after answering early, how long unread body bytes are drained
 LINGER_BYTES = 64 * 1024 * 1024
 
@@ -274,17 +279,16 @@ class _TooSlow(_Closed):
 
 @dataclass
 class _Conn:
-    task: asyncio.Task[None]
     busy: bool = False  # a request is being answered
 
 
 @dataclass
 class _Listener:
-    name: str  # "unix" or "tcp" (logs)
+    name: str  # "unix", "tcp" (logs)
     sock: socket.socket
     trusted: bool
-    server: asyncio.AbstractServer | None = None
-    conns: dict[asyncio.StreamWriter, _Conn] = field(default_factory=dict)  # oldest first
+    thread: threading.Thread | None = None
+    conns: dict[socket.socket, _Conn] = field(default_factory=dict)  # oldest first
 
 
 class ControlServer:
@@ -307,14 +311,16 @@ class ControlServer:
         self.admin_token = admin_token
         self.limits = limits or Limits()
         self._listeners: list[_Listener] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the listeners' connection tables
+        self._stopping = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.limits.max_connections * MAX_LISTENERS, thread_name_prefix="control"
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Bind (errors raise here, in the caller's thread), then serve from a background loop."""
+        """Bind (errors raise here, in the caller's thread), then serve from background threads."""
         if self.tcp and not self.admin_token:
             raise RuntimeError("control.port is set but no control token: set FLARE_CONTROL_TOKEN")
         unix = bind_unix(self.socket_path)
@@ -329,61 +335,15 @@ class ControlServer:
 
     def listen(self, sock: socket.socket, *, name: str, trusted: bool) -> None:
         """Serve the router on an already bound socket (``trusted``: no token needed to be admin)."""
-        loop = self._ensure_loop()
+        if len(self._listeners) >= MAX_LISTENERS:
+            raise RuntimeError(f"at most {MAX_LISTENERS} listeners")
+        sock.listen(self.limits.backlog)
         listener = _Listener(name, sock, trusted)
-        fut = asyncio.run_coroutine_threadsafe(self._serve(listener), loop)
-        try:
-            fut.result(timeout=30)
-        except BaseException:
-            sock.close()
-            raise
-        self._listeners.append(listener)
-        # One worker per connection the listeners accept: no request ever waits for a thread.
-        workers = self.limits.max_connections * len(self._listeners)
-        old, self._pool = self._pool, concurrent.futures.ThreadPoolExecutor(workers, "control")
-        if old is not None:
-            old.shutdown(wait=False)
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="control-http", daemon=True)
-            self._thread.start()
-        return self._loop
-
-    async def _serve(self, listener: _Listener) -> None:
-        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._admit(listener, writer, _Conn(task))
-            try:
-                await self._connection(listener, reader, writer)
-            except asyncio.CancelledError:
-                pass  # closed to make room, or the server stops: the end of this task, quietly
-            except Exception:
-                log.exception("control: connection on %s failed", listener.name)
-            finally:
-                listener.conns.pop(writer, None)
-                writer.close()
-
-        start = asyncio.start_unix_server if listener.sock.family == socket.AF_UNIX else asyncio.start_server
-        listener.server = await start(
-            connection, sock=listener.sock, backlog=self.limits.backlog, limit=READ_CHUNK
+        listener.thread = threading.Thread(
+            target=self._accept, args=(listener,), name=f"control-{name}", daemon=True
         )
-
-    def _admit(self, listener: _Listener, writer: asyncio.StreamWriter, conn: _Conn) -> None:
-        """Track a new connection; past the cap, close the oldest idle one (or this one)."""
-        listener.conns[writer] = conn
-        if len(listener.conns) > self.limits.max_connections:
-            idle = [c for c in listener.conns.values() if not c.busy]
-            victim = idle[0] if idle else conn
-            log.info(
-                "control: %d connections on %s (the cap); closing the %s",
-                len(listener.conns),
-                listener.name,
-                "oldest idle one" if idle else "new one: every other one is busy",
-            )
-            victim.task.cancel()
+        self._listeners.append(listener)
+        listener.thread.start()
 
     @property
     def tcp_port(self) -> int | None:
@@ -393,98 +353,127 @@ class ControlServer:
         return None
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._close(), loop).result(
-                    timeout=self.limits.shutdown_timeout + 5
-                )
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            if not thread.is_alive():
-                loop.close()
-        if self._pool is not None:
-            # Handlers still running (an exec) finish on their own; their answer is dropped.
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop accepting, close idle connections, give requests in flight a moment."""
+        self._stopping.set()
         for listener in self._listeners:
+            _shut(listener.sock)  # wakes its accept()
+            if listener.thread is not None:
+                listener.thread.join(timeout=5)
             listener.sock.close()
+        deadline = time.monotonic() + self.limits.shutdown_timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                conns = [(s, c) for x in self._listeners for s, c in x.conns.items()]
+            for s, c in conns:
+                if not c.busy:
+                    _shut(s)
+            if not conns:
+                break
+            time.sleep(0.05)
+        with self._lock:
+            for s in [s for x in self._listeners for s in x.conns]:
+                _shut(s)  # a handler still running (an exec) finishes; its answer is dropped
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._listeners.clear()
-        self._loop = self._thread = self._pool = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
-    async def _close(self) -> None:
-        tasks = []
-        for listener in self._listeners:
-            if listener.server is not None:
-                listener.server.close()
-            for conn in listener.conns.values():
-                if not conn.busy:
-                    conn.task.cancel()
-                tasks.append(conn.task)
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.limits.shutdown_timeout)
-        for task in tasks:
-            task.cancel()
+    # ------------------------------------------------------------------ connections
 
-    # ------------------------------------------------------------------ one connection
+    def _accept(self, listener: _Listener) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = listener.sock.accept()
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("control: accept on %s failed: %s", listener.name, exc)  # EMFILE...
+                self._stopping.wait(0.1)
+                continue
+            if self._admit(listener, sock):
+                try:
+                    self._pool.submit(self._connection, listener, sock)
+                except RuntimeError:  # stopping
+                    self._forget(listener, sock)
+                    sock.close()
 
-    async def _connection(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _admit(self, listener: _Listener, sock: socket.socket) -> bool:
+        """Track a new connection; past the cap, close the oldest idle one (or this one)."""
+        with self._lock:
+            listener.conns[sock] = _Conn()
+            if len(listener.conns) <= self.limits.max_connections:
+                return True
+            idle = [s for s, c in listener.conns.items() if not c.busy and s is not sock]
+            log.info(
+                "control: %d connections on %s (the cap); closing the %s",
+                len(listener.conns),
+                listener.name,
+                "oldest idle one" if idle else "new one: every other one is busy",
+            )
+            if idle:
+                _shut(idle[0])  # its thread sees the end and leaves
+                return True
+            del listener.conns[sock]
+        sock.close()
+        return False
+
+    def _forget(self, listener: _Listener, sock: socket.socket) -> None:
+        with self._lock:
+            listener.conns.pop(sock, None)
+
+    def _connection(self, listener: _Listener, sock: socket.socket) -> None:
         """Requests on one connection, one at a time, each head within its deadline."""
         lim = self.limits
-        loop = asyncio.get_running_loop()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_head)
-        deadline = loop.time() + lim.header_timeout
-        state = listener.conns[writer]
+        state = listener.conns.get(sock) or _Conn()
+        deadline = time.monotonic() + lim.header_timeout
         try:
             while True:
-                event = await self._next_event(conn, reader, deadline)
+                event = self._next_event(conn, sock, deadline)
                 if not isinstance(event, h11.Request):
                     return  # the client closed between requests
                 state.busy = True
-                resp, close = await self._respond(listener, conn, reader, writer, event)
-                await self._send(conn, writer, resp, close=close)
+                resp, close = self._respond(listener, conn, sock, event)
+                self._send(conn, sock, resp, close=close)
                 state.busy = False
                 if conn.their_state is h11.SEND_BODY:  # answered without reading it all
-                    await _linger(reader, writer)
+                    _linger(sock)
                     return
                 if close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
-                deadline = loop.time() + lim.keepalive_timeout
+                deadline = time.monotonic() + lim.keepalive_timeout
         except h11.RemoteProtocolError as exc:
             text = f"bad HTTP request: {exc}"
             log.info("control: refused a malformed request on %s: %s", listener.name, exc)
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(Exception):
-                    await self._send(
-                        conn, writer, Response(exc.error_status_hint, {"error": text}), close=True
-                    )
-                    await _linger(reader, writer)
-        except (_Closed, ConnectionError, TimeoutError):
+                with contextlib.suppress(OSError, h11.LocalProtocolError):
+                    self._send(conn, sock, Response(exc.error_status_hint, {"error": text}), close=True)
+                    _linger(sock)
+        except (_Closed, OSError):
             return
+        except Exception:
+            log.exception("control: connection on %s failed", listener.name)
+        finally:
+            self._forget(listener, sock)
+            sock.close()
 
-    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader, deadline: float) -> Any:
-        loop = asyncio.get_running_loop()
+    def _next_event(self, conn: h11.Connection, sock: socket.socket, deadline: float) -> Any:
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            left = deadline - loop.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise _TooSlow
+            sock.settimeout(left)
             try:
-                async with asyncio.timeout(left):
-                    data = await reader.read(READ_CHUNK)
+                data = sock.recv(READ_CHUNK)
             except TimeoutError:
                 raise _TooSlow from None
             conn.receive_data(data)  # b"" is the client closing
 
-    async def _send(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response, *, close: bool
-    ) -> None:
+    def _send(self, conn: h11.Connection, sock: socket.socket, resp: Response, *, close: bool) -> None:
         body = resp.encode()
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body)))]
         if close:
@@ -494,19 +483,13 @@ class ControlServer:
             conn.send(h11.Data(data=body)),
             conn.send(h11.EndOfMessage()),
         ]
-        writer.write(b"".join(p for p in parts if p))  # one write: head and body in one segment
-        async with asyncio.timeout(self.limits.body_timeout):  # a client that never reads
-            await writer.drain()
+        sock.settimeout(self.limits.body_timeout)  # a client that never reads
+        sock.sendall(b"".join(p for p in parts if p))  # one write: head and body in one segment
 
     # ------------------------------------------------------------------ one request
 
-    async def _respond(
-        self,
-        listener: _Listener,
-        conn: h11.Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        event: h11.Request,
+    def _respond(
+        self, listener: _Listener, conn: h11.Connection, sock: socket.socket, event: h11.Request
     ) -> tuple[Response, bool]:
         """The answer, and whether to close the connection after it (a body left unread)."""
         parts = urlsplit(event.target.decode("latin-1"))
@@ -525,7 +508,7 @@ class ControlServer:
                 headers=headers,
                 state_dir=self.state_dir,
                 admin_token=self.admin_token,
-                peer=peer_of(writer.get_extra_info("socket")) if listener.trusted else None,
+                peer=peer_of(sock) if listener.trusted else None,
             )
         except HTTPError as exc:
             return Response(exc.status, {"error": exc.message, **exc.extra}), unread
@@ -536,18 +519,15 @@ class ControlServer:
         declared = None if "transfer-encoding" in headers else int(headers.get("content-length") or 0)
         try:
             limit = found.max_body or self.limits.max_body
-            req.body = await self._read_body(conn, reader, writer, declared, limit)
+            req.body = self._read_body(conn, sock, declared, limit)
         except HTTPError as exc:
             return Response(exc.status, {"error": exc.message}), True
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, found, req), False
+        return self._call(found, req), False
 
-    async def _read_body(
+    def _read_body(
         self,
         conn: h11.Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        sock: socket.socket,
         declared: int | None,  # Content-Length, which h11 has checked is a number
         limit: int,
     ) -> bytes:
@@ -556,13 +536,12 @@ class ControlServer:
         if conn.their_state is not h11.SEND_BODY:
             return b""
         if conn.they_are_waiting_for_100_continue:
-            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.body_timeout
+            sock.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+        deadline = time.monotonic() + self.limits.body_timeout
         buf = bytearray()
         try:
             while True:
-                event = await self._next_event(conn, reader, deadline)
+                event = self._next_event(conn, sock, deadline)
                 if isinstance(event, h11.Data):
                     buf += event.data
                     if len(buf) > limit:
@@ -583,20 +562,24 @@ class ControlServer:
             return Response(500, {"error": "internal error; see the flared log"})
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _shut(sock: socket.socket) -> None:
+    """End a socket's traffic from another thread: a blocked accept() or recv() returns."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _linger(sock: socket.socket) -> None:
     """Read and drop what the client still sends, for a moment, before closing.
 
     Closing a socket with unread data resets it, and a client still sending
     its body would lose the answer (a 413, a 401). Bounded in time and bytes.
     """
-    with contextlib.suppress(OSError, RuntimeError):
-        writer.write_eof()
-    loop = asyncio.get_running_loop()
-    end, budget = loop.time() + LINGER_SECONDS, LINGER_BYTES
-    with contextlib.suppress(OSError, TimeoutError):
-        while budget > 0 and (left := end - loop.time()) > 0:
-            async with asyncio.timeout(left):
-                data = await reader.read(READ_CHUNK)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        end, budget = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        while budget > 0 and (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(READ_CHUNK)
             if not data:
                 return
             budget -= len(data)
