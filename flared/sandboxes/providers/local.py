@@ -11,8 +11,11 @@ are simply not there. Installs that live under ``/usr`` (a system-wide
 hermes-agent, flared itself) are hidden behind an empty read-only tmpfs.
 
 Every command is a fresh ``bwrap`` with all namespaces unshared (network too
-unless ``network: true``), a cleared environment, ``--die-with-parent`` and
-a new session; memory, CPU time and process count are rlimits. The wall-clock
+unless ``network: true``), ``--die-with-parent`` and a new session. No
+process of the sandbox inherits anything of flared's environment: bwrap
+itself is started with an empty one (its init stays PID 1 inside, and
+``/proc/1/environ`` is readable there), and the command gets only what
+:func:`sandbox_env` builds from the profile and the request; memory, CPU time and process count are rlimits. The wall-clock
 timeout kills bwrap, which takes the sandbox's whole PID namespace with it.
 """
 
@@ -61,6 +64,8 @@ ETC_FILES = (
     "/etc/os-release",
 )
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/gai.conf")
+#: The whole environment of bwrap itself (its init is PID 1 inside, whose environ the sandbox reads).
+BWRAP_ENV: dict[str, str] = {}
 # For a cwd other than the workdir: cd into it (creating it), then run the command as `bash -c` would.
 WRAPPER = '[ -d "$0" ] || mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; exec /bin/bash -c "$1"'
 
@@ -289,6 +294,9 @@ class LocalProvider:
                     start_new_session=True,
                     pass_fds=(args_fd,),
                     preexec_fn=process.limits(profile, uid if self.as_root else None),
+                    # bwrap's own environment stays in /proc/1/environ, readable inside the
+                    # sandbox (--clearenv only clears the command's): it gets none of flared's.
+                    env=BWRAP_ENV,
                 )
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
