@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flared.config.handoff import ENV_FILE_VAR
 from flared.reconcile import (
     Action,
     AddGroup,
@@ -57,6 +58,11 @@ class Layout:
     @property
     def socket(self) -> Path:
         return self.root / "supervisor.sock"
+
+    @property
+    def handoff(self) -> Path:
+        """flared's secrets, written by whatever starts supervisord (see :mod:`flared.config.handoff`)."""
+        return self.root / "flared.env"
 
     @property
     def pidfile(self) -> Path:
@@ -142,7 +148,7 @@ def render_supervisord_conf(
     flared = ProgramSpec(
         name="flared",
         command=flared_cmd,
-        environment=flared_env or {},
+        environment={ENV_FILE_VAR: str(layout.handoff), **(flared_env or {})},
         log_file=str(layout.logs / "flared.log"),
         stopsignal="TERM",
         stopwaitsecs=stopwaitsecs,

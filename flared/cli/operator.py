@@ -39,9 +39,10 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flared.cli.up import setup_logging
+    from flared.cli.up import adopt_handoff, setup_logging
     from flared.operator import app
 
+    adopt_handoff()
     loaded = load_or_exit(args)
     if loaded.config.operator is None:
         raise CommandError("no `operator:` section in the config; see docs/operator.md", EXIT_INVALID)

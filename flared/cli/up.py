@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from flared.cli.common import EXIT_FAILED, CommandError, Subparsers, add_config_arg, load_or_exit
+from flared.config import handoff
 from flared.config.loader import LoadedConfig
 
 
@@ -59,16 +60,12 @@ def prepare_up(loaded: LoadedConfig) -> Path:
         shutil.rmtree(layout.programs)
     layout.programs.mkdir()
     budget = int(loaded.config.snapshots.shutdown_budget) + 30
-    text = render_supervisord_conf(
-        layout, flared_cmd=flared_command(loaded.path), stopwaitsecs=budget, flared_env=_passthrough_env()
-    )
+    text = render_supervisord_conf(layout, flared_cmd=flared_command(loaded.path), stopwaitsecs=budget)
     layout.conf.write_text(text)
+    # Secrets go to flared through a 0600 file, not through supervisord's environment,
+    # which every gateway would inherit (config/handoff.py).
+    handoff.write(layout.handoff, handoff.secret_part(os.environ))
     return layout.conf
-
-
-def _passthrough_env() -> dict[str, str]:
-    """supervisord passes its own environment to flared; nothing extra is needed."""
-    return {}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -86,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     err.print("  status: flared status   stop: Ctrl-C (a final snapshot is taken)")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(supervisord_executable(), ["supervisord", "-n", "-c", str(conf)])
+    os.execve(supervisord_executable(), ["supervisord", "-n", "-c", str(conf)], handoff.base_env())
     return EXIT_FAILED  # not reached
 
 
@@ -113,9 +110,18 @@ def setup_logging(loaded: LoadedConfig) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def adopt_handoff() -> None:
+    """`flared run` and `flared operator run`: take the secrets `flared up` (or the image) handed over."""
+    try:
+        handoff.adopt()
+    except handoff.HandoffError as exc:
+        raise CommandError(f"cannot take the secrets handed to flared: {exc}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flared.daemon import Daemon
 
+    adopt_handoff()
     loaded = load_or_exit(args)
     setup_logging(loaded)
     return Daemon(loaded).run()
