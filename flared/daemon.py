@@ -27,6 +27,7 @@ from flared import __version__
 from flared.api import build_router
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
+from flared.control.auth import ProcessTree
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer
 from flared.gateways import Gateways
@@ -108,8 +109,14 @@ class Daemon:
             socket_path=socket_path(loaded),
             tcp=(c.host, c.port) if c.port else None,
             admin_token=token,
+            tree=ProcessTree(self._supervised_programs),
         )
         self.control.start()
+
+    def _supervised_programs(self) -> tuple[int | None, dict[int, str]]:
+        """supervisord's pid and its programs by pid: who a unix-socket client is (control/auth.py)."""
+        pid = int(self.supervisor.supervisor.getPID())
+        return pid, {int(p["pid"]): str(p["name"]) for p in self.supervisor.processes() if p.get("pid")}
 
     def start_services(self) -> None:
         self.leases.start()

@@ -41,6 +41,7 @@ pytestmark = [
 ]
 
 PROBE = Path(__file__).with_name("sandbox_probe.py")
+HOOKS = Path(__file__).with_name("hooks")
 BOTS = ("alpha", "beta")
 
 
@@ -141,6 +142,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, slack: FakeSlack) -> Iterato
                 "toolsets": ["terminal"],
             }
         )
+    # A Hermes hook in alpha's home tries the control socket from inside the gateway (and a child of it).
+    home = tmp / "state" / "bots" / "alpha" / "home"
+    shutil.copytree(HOOKS / "authprobe", home / "hooks" / "authprobe")
+    (home / "authprobe-other").write_text("beta\n")
     flare = FlareUp(
         tmp,
         bots,
@@ -218,6 +223,32 @@ def test_gateways_get_only_their_own_secrets(world: tuple[FlareUp, Planted]) -> 
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.loads(resp.read())["bots"]
+
+
+def test_a_gateway_is_only_its_own_bot_on_the_control_socket(world: tuple[FlareUp, Planted]) -> None:
+    """Issue 13 item 6: per-bot tokens bind the gateways; the operator's own CLI stays admin.
+
+    A hook inside alpha's real gateway process (and a child it starts) tries
+    the unix socket with no token, with its own token, and with a token it
+    minted for beta from the state dir's secret (same uid, so it can).
+    """
+    flare, _ = world
+    path = flare.state_dir / "bots" / "alpha" / "home" / "authprobe.json"
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert time.monotonic() < deadline, "the gateway's hook never reported\n" + flare.read_logs()
+        time.sleep(0.2)
+    r = json.loads(path.read_text())
+    assert r["bot"] == "alpha"
+    for who in ("", "child_"):
+        assert r[f"{who}own_token_leases"][0] == 200, r
+        assert r[f"{who}minted_token_leases"][0] == 403, r
+    assert r["no_token_status"][0] == 401 and "must present its bot token" in r["no_token_status"][1], r
+    assert r["child_no_token_status"][0] == 401 and r["child_no_token_leases"][0] == 401, r
+    assert r["child_healthz"][0] == 200, r
+    # The user who ran `flared up` is still admin, with no token.
+    assert flare.status()["bots"]
+    assert flared_exec(flare, "beta", "echo admin").stdout == "admin\n"
 
 
 def test_fork_bomb_and_output_flood_leave_flared_serving(world: tuple[FlareUp, Planted]) -> None:
