@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flared.config.loader import load_config
-from flared.hermes.home import gateway_program, render_home
+from flared.hermes.home import UnsafeHome, gateway_program, render_home
 from flared.hermes.paths import BotPaths
 
 
@@ -81,14 +84,6 @@ def test_gateway_program(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- links (issue 13 item 7)
-
-
-import os  # noqa: E402
-import re  # noqa: E402
-
-import pytest  # noqa: E402
-
-from flared.hermes.home import UnsafeHome  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["config.yaml", ".env"])
