@@ -180,6 +180,24 @@ def test_execute_code_runs_in_the_lease(flared: SimpleNamespace) -> None:
     assert [x["session"] for x in flared.manager.list()] == ["code"]
 
 
+def test_a_conversation_takes_no_lease_until_it_runs_a_command(flared: SimpleNamespace) -> None:
+    """Issue 13 item 11: Hermes probes the backend when it builds a session's system prompt;
+    that probe is answered without a lease, and the first real command takes one."""
+    from agent import prompt_builder
+
+    terminal.install(None)
+    prompt_builder._clear_backend_probe_cache()
+    try:
+        with _session("slack:D1:new-conversation"):
+            hints = prompt_builder.build_environment_hints()
+            assert flared.manager.list() == []
+            assert "Working directory: /workspace" in hints and "OS: Linux" in hints
+            assert run_terminal("echo first")["output"].strip() == "first"
+    finally:
+        prompt_builder._clear_backend_probe_cache()
+    assert [x["session"] for x in flared.manager.list()] == ["slack:D1:new-conversation"]
+
+
 def test_capacity_failure_reaches_the_agent_as_text(
     flared: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

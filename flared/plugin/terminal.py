@@ -65,6 +65,10 @@ CREATE_PARAMS = (
 BASE_METHODS = ("_run_bash", "execute", "init_session", "_wait_for_process", "cleanup", "_update_cwd")
 #: Exit status of a command flared could not start (capacity, flared down...): nothing ran.
 NOT_RUN = 126
+#: The task id Hermes' system-prompt builder probes the backend with (agent/prompt_builder.py), and
+#: the answer it gets without a lease: a conversation takes a lease only when it runs a command.
+PROBE_TASK = "prompt-backend-probe"
+PROBE_ANSWER = f"os=Linux\nkernel=unknown\nhome=\ncwd={WORKDIR}\nuser=unknown\n"
 _MARK = "__flare_terminal__"
 
 
@@ -380,6 +384,10 @@ def _classes() -> tuple[type, type]:
             return env
 
         def execute(self, command: str, cwd: str = "", **kw: Any) -> dict[str, Any]:
+            if self.task_id == PROBE_TASK:
+                # Asked for every new session's system prompt: what the sandbox is, which
+                # flared knows without taking (and holding for idle_ttl) a lease.
+                return {"output": PROBE_ANSWER, "returncode": 0}
             result: dict[str, Any] = self.for_session().execute(command, cwd, **kw)
             return result
 
