@@ -56,16 +56,19 @@ def test_rendered_selection_cannot_run_locally() -> None:
 # ---------------------------------------------------------------------------- fixtures
 
 
+def _config(tmp_path: Path, **profile: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "state_dir": str(tmp_path / "state"),
+        "sandboxes": {"default": {"mode": "per-session", **profile}},
+        "bots": [{"name": "alpha", "model": MODEL}],
+    }
+
+
 @pytest.fixture
 def flared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     """A lease manager behind a real control socket, and a gateway-like environment for bot alpha."""
-    data = {
-        "version": 1,
-        "state_dir": str(tmp_path / "state"),
-        "sandboxes": {"default": {"mode": "per-session"}},
-        "bots": [{"name": "alpha", "model": MODEL}],
-    }
-    (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
     loaded = load_config(tmp_path / "hermes-flare.yaml")
     manager = LeaseManager(loaded)
     manager.start()
@@ -198,22 +201,50 @@ def test_a_conversation_takes_no_lease_until_it_runs_a_command(flared: SimpleNam
     assert [x["session"] for x in flared.manager.list()] == ["slack:D1:new-conversation"]
 
 
-def test_capacity_failure_reaches_the_agent_as_text(
+def test_a_command_that_must_wait_says_so_at_once(
     flared: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flared.sandboxes.manager import CapacityReached
+    """Issue 13 item 11: the wait is announced before it starts; the agent reads why it was slow."""
+    import threading
+    import time
 
+    flared.manager.update(
+        load_config(flared.tmp / "hermes-flare.yaml", text=yaml.safe_dump(_config(flared.tmp, max_leases=1)))
+    )
     terminal.install(None)
+    told: list[tuple[float, str]] = []
+    started = time.monotonic()
+    monkeypatch.setattr(terminal, "announce", lambda msg: told.append((time.monotonic() - started, msg)))
+    holder = flared.manager.acquire("alpha", "holder")
+    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], "sleep 2"))
+    t.start()
+    time.sleep(0.3)
+    with _session("waiter"):
+        out = run_terminal("echo ran")
+    t.join()
+    assert out["exit_code"] == 0 and out["output"].strip().endswith("ran"), out
+    assert out["output"].startswith("[flare] waiting for a sandbox: all 1 leases of profile 'default'"), out
+    assert "(max_leases 1)" in out["output"] and "waited" in out["output"]
+    assert len(told) == 1 and told[0][0] < 1.0, told  # at once, while `sleep 2` still ran
 
-    def full(*a: Any, **k: Any) -> Any:
-        raise CapacityReached("sandbox capacity reached: 4 leases in use (profile 'default' allows 4)")
 
-    monkeypatch.setattr(flared.manager, "acquire", full)
+def test_capacity_failure_reaches_the_agent_as_text(flared: SimpleNamespace) -> None:
+    import threading
+    import time
+
+    config = _config(flared.tmp, max_leases=1, acquire_timeout="0.5s")
+    flared.manager.update(load_config(flared.tmp / "hermes-flare.yaml", text=yaml.safe_dump(config)))
+    terminal.install(None)
+    holder = flared.manager.acquire("alpha", "holder")
+    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], "sleep 3"))
+    t.start()
+    time.sleep(0.3)
     with _session("busy"):
         out = run_terminal("echo hi")
-    assert out["exit_code"] != 0 and "sandbox capacity reached: 4 leases in use" in out["output"] + str(
-        out.get("error")
-    )
+    t.join()
+    text = out["output"] + str(out.get("error"))
+    assert out["exit_code"] != 0 and "sandbox capacity reached: 1 leases in use" in text, out
+    assert "profile 'default' allows 1" in text and "hi" not in out["output"].split("\n")[-1]
 
 
 # ---------------------------------------------------------------------------- fail closed
@@ -237,7 +268,7 @@ def _assert_blocked(marker: Path) -> None:
             res = execute_code(f"open({str(marker)!r}, 'w').write('x')\nprint('RAN')", enabled_tools=[])
         except RuntimeError as exc:
             res = str(exc)
-    assert "RAN" not in res and not marker.exists()
+    assert "RAN" not in res and not marker.exists(), res
 
 
 def test_without_the_plugin_commands_fail_and_nothing_runs(flared: SimpleNamespace) -> None:

@@ -90,8 +90,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.timeout:
         body["timeout"] = args.timeout
     wait = (args.timeout or 24 * 3600.0) + 60
+    client = client_for(loaded)
     try:
-        result = client_for(loaded).request("POST", "/exec", body, timeout=wait)
+        try:
+            result = client.request("POST", "/exec", {**body, "wait": False}, timeout=wait)
+        except ControlError as exc:
+            if not (exc.status == 429 and isinstance(exc.body, dict) and exc.body.get("waiting")):
+                raise
+            _say_waiting(loaded, bot, _error_text(exc.body))
+            result = client.request("POST", "/exec", body, timeout=wait + 600)
     except DaemonNotRunning:
         result = _exec_offline(loaded, body)
     except ControlError as exc:
@@ -116,12 +123,25 @@ def _exec_offline(loaded: LoadedConfig, body: dict[str, Any]) -> dict[str, Any]:
         raise CommandError(str(exc)) from None
     try:
         kw = {k: body[k] for k in ("cwd", "stdin", "timeout") if body.get(k) is not None}
-        lease, result = manager.run(body["bot"], body["session"], body["command"], **kw)
+        lease, result = manager.run(
+            body["bot"],
+            body["session"],
+            body["command"],
+            on_wait=lambda why: _say_waiting(loaded, body["bot"], why),
+            **kw,
+        )
     except SandboxError as exc:
         raise CommandError(str(exc)) from None
     finally:
         manager.stop()
     return {"lease": lease["id"], "mode": lease["mode"], **result.as_dict()}
+
+
+def _say_waiting(loaded: LoadedConfig, bot: str, why: str) -> None:
+    """At once, on stderr: the command waits for a sandbox, why, and for how long at most."""
+    profile = loaded.config.sandboxes.get(loaded.config.bot(bot).sandbox)
+    limit = f" (up to {profile.acquire_timeout:g}s)" if profile is not None else ""
+    print(f"flared exec: {why}{limit}", file=sys.stderr, flush=True)
 
 
 def _error_text(body: Any) -> str:
