@@ -68,3 +68,12 @@ def test_hermes_slack_adapter_still_has_every_entry_point() -> None:
     for name in strangers.ENTRY_POINTS:
         assert asyncio.iscoroutinefunction(getattr(SlackAdapter, name)), name
     assert callable(SlackAdapter._is_sender_authorized)
+
+
+def test_hermes_still_registers_its_slash_commands_through_app_command() -> None:
+    """The slash guard wraps slack_bolt's AsyncApp.command, which Hermes 0.19.0's adapter calls."""
+    from pathlib import Path
+
+    from plugins.platforms.slack import adapter
+
+    assert "self._app.command(" in Path(adapter.__file__).read_text()

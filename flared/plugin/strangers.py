@@ -8,7 +8,7 @@ thinking…" status. Its adapter has the same check at hand
 allow-list, pairing store, allow-all), so this feature asks it first, in the
 adapter's entry points, and drops the event when the answer is *no*: no
 reaction, no status, no title, no suggested prompts, no slash-command
-answer, no agent turn. An answer of *unknown* (no check registered yet)
+answer (its acknowledgement is empty), no agent turn. An answer of *unknown* (no check registered yet)
 lets the event through to Hermes' own handling.
 
 Checked against hermes-agent 0.19.0 (:data:`ENTRY_POINTS`); when a name is
@@ -18,9 +18,12 @@ own (later) check still keeps the stranger from the agent.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -121,6 +124,56 @@ def unpatch(cls: type) -> None:
             setattr(cls, name, original)
 
 
+_ADAPTERS: weakref.WeakSet[Any] = weakref.WeakSet()  # Slack adapters seen, to find an app's adapter
+
+
+def _guard_slash_listener(app: Any, listener: Callable[..., Any]) -> Callable[..., Any]:
+    """A slash-command listener that acks a stranger with nothing and stops.
+
+    Hermes' listener acks first with "Running `/hermes`…", which Slack shows
+    the stranger; bolt injects arguments by the names of the wrapped
+    function, so the wrapper takes them as keywords.
+    """
+
+    @functools.wraps(listener)
+    async def guarded(**kwargs: Any) -> Any:
+        command = kwargs.get("command") or kwargs.get("body") or {}
+        adapter = next((a for a in list(_ADAPTERS) if getattr(a, "_app", None) is app), None)
+        if adapter is not None and isinstance(command, dict):
+            user, chat_type, channel = _slash_sender(command)
+            if is_stranger(adapter, user, chat_type, channel) and "ack" in kwargs:
+                log.info("ignoring Slack slash command from %s: not in allowed_users", user)
+                await kwargs["ack"]()
+                return None
+        result = listener(**kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    return guarded
+
+
+def _patch_bolt() -> None:
+    try:
+        bolt = importlib.import_module("slack_bolt.app.async_app")
+    except ImportError:
+        return
+    cls = bolt.AsyncApp
+    current = cls.__dict__["command"]
+    if hasattr(current, _MARK):
+        return
+
+    @functools.wraps(current)
+    def command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        register = current(self, *args, **kwargs)
+
+        def wrapped_register(*functions: Any, **named: Any) -> Any:
+            return register(*(_guard_slash_listener(self, f) for f in functions), **named)
+
+        return wrapped_register
+
+    setattr(command, _MARK, current)
+    cls.command = command
+
+
 def install(ctx: Any = None) -> None:
     """Plugin feature entry point: guard every Slack adapter when the runner wires its auth check.
 
@@ -138,11 +191,14 @@ def install(ctx: Any = None) -> None:
     def set_authorization_check(self: Any, callback: Any) -> None:
         current(self, callback)
         cls = type(self)
-        if SLACK_METHOD in dir(cls) and not hasattr(getattr(cls, SLACK_METHOD), _MARK):
-            log.info("Slack strangers get nothing: guarded %s", ", ".join(patch(_defining(cls))))
+        if SLACK_METHOD in dir(cls):
+            _ADAPTERS.add(self)
+            if not hasattr(getattr(cls, SLACK_METHOD), _MARK):
+                log.info("Slack strangers get nothing: guarded %s", ", ".join(patch(_defining(cls))))
 
     setattr(set_authorization_check, _MARK, current)
     base.set_authorization_check = set_authorization_check
+    _patch_bolt()
 
 
 def uninstall() -> None:
@@ -151,6 +207,11 @@ def uninstall() -> None:
     original = getattr(base.__dict__["set_authorization_check"], _MARK, None)
     if original is not None:
         base.set_authorization_check = original
+    with contextlib.suppress(ImportError):
+        cls = importlib.import_module("slack_bolt.app.async_app").AsyncApp
+        original = getattr(cls.__dict__["command"], _MARK, None)
+        if original is not None:
+            cls.command = original
 
 
 def _defining(cls: type) -> type:

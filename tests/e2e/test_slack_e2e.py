@@ -105,12 +105,14 @@ def test_5_disallowed_user_gets_nothing_at_all(world: World) -> None:
             "event_ts": world.slack.next_ts(),
         },
     )
+    slash = world.slack.slash_command(app, world.mallory, "/hermes", "mallory-slash")
+    assert not (slash.ack_payload or {}).get("text"), slash.ack_payload  # not "Running `/hermes`…"
     # A later allowed message is answered: the gateway was up and had read mallory's first.
     world.ask(
         "alpha", "alice-after-mallory", llm.text("hi alice", when=for_bot("alpha")), contains="hi alice"
     )
     time.sleep(3)  # what Hermes would do for mallory runs in the background: give it time to show
-    said = ("mallory-wants-in", "mallory-in-a-thread")
+    said = ("mallory-wants-in", "mallory-in-a-thread", "mallory-slash")
     assert not any(m in r.text for r in world.llm.requests[before:] for m in said)
     assert world.slack.posts_for(app, dm) == []
     assert not any(m in c for _, c in messages(world.home("alpha")) for m in said)
