@@ -59,5 +59,7 @@ def test_adopted_secrets_reach_python_but_no_child(tmp_path: Path) -> None:
     assert "s3cr3t-value" not in got["child"] and "s3cr3t-value" not in got["proc"]
 
 
-def test_without_a_handoff_nothing_changes() -> None:
+def test_without_a_handoff_nothing_changes(tmp_path: Path) -> None:
     assert handoff.adopt({"PATH": "/bin"}) == []
+    # supervisord started by hand from `flared render supervisord`: flared runs on what it inherited
+    assert handoff.adopt({"FLARE_ENV_FILE": str(tmp_path / "never-written")}) == []

@@ -128,11 +128,13 @@ def adopt(environ: Mapping[str, str] | None = None) -> list[str]:
 
     Variables already in the environment keep their value (a program's own
     ``environment=`` wins). Returns the names taken. Nothing happens without
-    ``FLARE_ENV_FILE``.
+    ``FLARE_ENV_FILE`` or when its file does not exist (supervisord started
+    by hand from ``flared render supervisord``, with the environment it
+    had: then flared runs on what it inherited, as before).
     """
     env = os.environ if environ is None else environ
     path = env.get(ENV_FILE_VAR)
-    if not path:
+    if not path or not Path(path).exists():
         return []
     values = read(Path(path))
     taken = [k for k in values if k not in os.environ]
