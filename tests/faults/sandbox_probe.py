@@ -25,6 +25,8 @@ import time
 
 NEEDLES_HEX: list[str] = []  # substituted
 KEY_HEX = ""  # substituted
+# Trees walked but not read (the host's read-only /usr, when another probe read it).
+SKIP_CONTENT: list[str] = []  # substituted
 CHUNK = 1 << 20
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     marker = ("control-" + os.urandom(8).hex()).encode()
     controls = {"environ": False, "file": False, "fd": False}
     hits: list[dict[str, str]] = []
-    counts = {"procs": 0, "fds": 0, "files": 0, "bytes": 0, "unreadable": 0}
+    counts = {"procs": 0, "fds": 0, "files": 0, "bytes": 0, "unreadable": 0, "not_read": 0}
 
     def scan(where: str, data: bytes, channel: str) -> None:
         for i, n in enumerate(needles):
@@ -114,6 +116,9 @@ def main() -> None:
                 except OSError:
                     continue
                 counts["files"] += 1
+                if any(path.startswith(p + "/") for p in SKIP_CONTENT):
+                    counts["not_read"] += 1
+                    continue
                 read_regular(path, path, "file")
     finally:
         child.kill()
