@@ -27,7 +27,7 @@ from flared import __version__
 from flared.api import build_router
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
-from flared.control.auth import ProcessTree
+from flared.control.auth import ProcessTree, parent_if_supervisord
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer
 from flared.gateways import Gateways
@@ -109,7 +109,7 @@ class Daemon:
             socket_path=socket_path(loaded),
             tcp=(c.host, c.port) if c.port else None,
             admin_token=token,
-            tree=ProcessTree(self._supervised_programs),
+            tree=ProcessTree(self._supervised_programs, supervisord=parent_if_supervisord()),
         )
         self.control.start()
 

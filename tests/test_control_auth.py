@@ -137,3 +137,17 @@ def test_peer_of_a_unix_socket_is_the_connecting_process(tmp_path: Path) -> None
         proc.kill()
         proc.wait()
         srv.close()
+
+
+def test_process_tree_fails_closed_when_supervisord_does_not_answer(family: tuple[int, int]) -> None:
+    """Before supervisord first answers, a process under it is refused, not taken for the admin."""
+    from flared.control.auth import parent_if_supervisord
+
+    _, child = family
+
+    def down() -> tuple[int | None, dict[int, str]]:
+        raise OSError("supervisord is not answering")
+
+    assert ProcessTree(down, supervisord=os.getpid()).program_of(child) == UNKNOWN
+    assert ProcessTree(down).program_of(child) is None  # nothing known: as without a tree
+    assert parent_if_supervisord() is None  # pytest's parent is not supervisord

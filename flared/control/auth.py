@@ -119,12 +119,19 @@ class ProcessTree:
     started), at most every :data:`REFRESH_EVERY` seconds.
     """
 
-    def __init__(self, programs: Callable[[], tuple[int | None, dict[int, str]]], ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        programs: Callable[[], tuple[int | None, dict[int, str]]],
+        ttl: float = 5.0,
+        supervisord: int | None = None,
+    ) -> None:
+        """``supervisord``: its pid if already known, so an unknown program under it is refused
+        even before supervisord first answers."""
         self._programs = programs
         self._ttl = ttl
         self._lock = threading.Lock()
         self._at = float("-inf")
-        self._supervisord: int | None = None
+        self._supervisord: int | None = supervisord
         self._by_pid: dict[int, str] = {}
 
     def _refresh(self, *, force: bool) -> None:
@@ -203,3 +210,13 @@ def _bot_of(state_dir: Path, token: str) -> str | None:
     with contextlib.suppress(OSError):
         return verify_bot_token(state_dir, token)
     return None
+
+
+def parent_if_supervisord() -> int | None:
+    """This process's parent pid when the parent is supervisord (how `flared run` is started)."""
+    ppid = os.getppid()
+    try:
+        cmdline = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return ppid if any(Path(os.fsdecode(a)).name.startswith("supervisord") for a in cmdline[:2]) else None
