@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,20 +207,10 @@ def test_a_command_that_must_wait_says_so_at_once(
     flared: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 13 item 11: the wait is announced before it starts; the agent reads why it was slow."""
-    import threading
-    import time
-
-    flared.manager.update(
-        load_config(flared.tmp / "hermes-flare.yaml", text=yaml.safe_dump(_config(flared.tmp, max_leases=1)))
-    )
-    terminal.install(None)
     told: list[tuple[float, str]] = []
     started = time.monotonic()
     monkeypatch.setattr(terminal, "announce", lambda msg: told.append((time.monotonic() - started, msg)))
-    holder = flared.manager.acquire("alpha", "holder")
-    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], "sleep 2"))
-    t.start()
-    time.sleep(0.3)
+    t = _one_lease_held(flared, 2, max_leases=1)
     with _session("waiter"):
         out = run_terminal("echo ran")
     t.join()
@@ -228,17 +220,20 @@ def test_a_command_that_must_wait_says_so_at_once(
     assert len(told) == 1 and told[0][0] < 1.0, told  # at once, while `sleep 2` still ran
 
 
-def test_capacity_failure_reaches_the_agent_as_text(flared: SimpleNamespace) -> None:
-    import threading
-    import time
-
-    config = _config(flared.tmp, max_leases=1, acquire_timeout="0.5s")
+def _one_lease_held(flared: SimpleNamespace, seconds: float, **profile: Any) -> threading.Thread:
+    """Apply ``profile``, install the plugin, and keep a lease busy for ``seconds`` in the background."""
+    config = _config(flared.tmp, **profile)
     flared.manager.update(load_config(flared.tmp / "hermes-flare.yaml", text=yaml.safe_dump(config)))
     terminal.install(None)
     holder = flared.manager.acquire("alpha", "holder")
-    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], "sleep 3"))
+    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], f"sleep {seconds}"))
     t.start()
     time.sleep(0.3)
+    return t
+
+
+def test_capacity_failure_reaches_the_agent_as_text(flared: SimpleNamespace) -> None:
+    t = _one_lease_held(flared, 3, max_leases=1, acquire_timeout="0.5s")
     with _session("busy"):
         out = run_terminal("echo hi")
     t.join()
