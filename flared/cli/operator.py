@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
-
-from rich.console import Console
 
 from flared.cli.common import (
     EXIT_INVALID,
@@ -18,6 +15,7 @@ from flared.cli.common import (
     emit,
     load_or_exit,
 )
+from flared.cli.text import Out
 
 
 def register(sub: Subparsers) -> None:
@@ -39,6 +37,8 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     from flared.cli.up import setup_logging
     from flared.operator import app
 
@@ -56,7 +56,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     loaded = load_or_exit(args, check_state_dir=False)
     entries = tail(audit_path(loaded.state_dir), max(1, args.lines))
 
-    def render(con: Console, rows: list[dict[str, Any]]) -> None:
+    def render(con: Out, rows: list[dict[str, Any]]) -> None:
         if not rows:
             con.print("no operator commands yet")
         for e in rows:

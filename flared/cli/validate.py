@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -20,6 +18,7 @@ from flared.cli.common import (
     load_or_exit,
     print_config_errors,
 )
+from flared.cli.text import Out
 
 
 def register(sub: Subparsers) -> None:
@@ -50,9 +49,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "cron": [j.name for j in cfg.cron],
     }
 
-    def render(con: Console, d: dict[str, Any]) -> None:
+    def render(con: Out, d: dict[str, Any]) -> None:
         con.print(
-            f"[green]ok[/green] {args.config or loaded.path.name}: {len(cfg.bots)} bot(s) "
+            f"{con.style('ok', 'green')} {args.config or loaded.path.name}: {len(cfg.bots)} bot(s) "
             f"({', '.join(cfg.bot_names) or 'none'}), {len(cfg.sandboxes)} sandbox profile(s), "
             f"{len(cfg.cron)} cron job(s); digest {loaded.digest[:12]}"
         )

@@ -21,10 +21,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from flared.config import yamlpos
 from flared.config.checks import cross_checks
 from flared.config.models import HermesFlareConfig
+from flared.config.where import DEFAULT_NAME as DEFAULT_NAME
+from flared.config.where import ENV_CONFIG as ENV_CONFIG
+from flared.config.where import find_config as find_config
 from flared.config.yamlpos import Mark, dotted
 
-ENV_CONFIG = "HERMES_FLARE_CONFIG"
-DEFAULT_NAME = "hermes-flare.yaml"
 _VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -78,16 +79,6 @@ class LoadedConfig:
     @property
     def state_dir(self) -> Path:
         return Path(self.config.state_dir)
-
-
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``-c`` first, then ``$HERMES_FLARE_CONFIG``, then ``./hermes-flare.yaml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        return Path(env)
-    return Path(DEFAULT_NAME)
 
 
 def digest_text(text: str) -> str:
