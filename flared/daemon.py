@@ -31,7 +31,7 @@ from flared.config.loader import LoadedConfig
 from flared.config.redact import redact_text
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer
-from flared.gateways import Gateways, failure_hint, readiness
+from flared.gateways import Gateways, failure_hint, gateway_error, readiness
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
 from flared.operator.audit import audit_path, tail
@@ -237,7 +237,7 @@ class Daemon:
             elif p and p["statename"] in {"FATAL", "BACKOFF"} and p.get("spawnerr"):
                 error = p["spawnerr"]
             elif ready == "failed":
-                error = detail
+                error = gateway_error(paths.home, paths.gateway_log) or detail
             entry: dict[str, Any] = {
                 "name": bot.name,
                 "enabled": bot.enabled,

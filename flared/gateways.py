@@ -132,7 +132,9 @@ def backoff_delay(loops: int) -> float:
     return float(min(BACKOFF_FIRST_S * 2 ** max(loops - 1, 0), BACKOFF_CAP_S))
 
 
-_HERMES_ADVICE = re.compile(r"\.?\s*(?:Set|Edit|Change)\b[^.]*config\.yaml.*$", re.IGNORECASE | re.DOTALL)
+_HERMES_ADVICE = re.compile(
+    r"\.?\s+(?:Set|Edit|Change|Fix)\b.*\bconfig\.yaml\b.*$", re.IGNORECASE | re.DOTALL
+)
 _LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL) [\w.]+: ")
 
 

@@ -19,8 +19,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, TextIO
 
 from flared.cli.common import (
     EXIT_FAILED,
@@ -34,9 +34,6 @@ from flared.cli.common import (
 from flared.cli.remote import Remote, connect
 from flared.cli.text import Out
 from flared.control.client import ControlError
-
-if TYPE_CHECKING:
-    import http.client
 
 SESSION_HEADER = "X-Hermes-Session-Id"
 
@@ -142,7 +139,7 @@ def endpoint_from_file(args: argparse.Namespace) -> Endpoint:
 # ---------------------------------------------------------------------- talking to it
 
 
-def sse_events(resp: http.client.HTTPResponse) -> Iterator[tuple[str, Any]]:
+def sse_events(resp: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
     """An OpenAI-style event stream as ("content", text), ("error", message) and ("tool", payload)."""
     event = ""
     for raw in resp:

@@ -26,10 +26,19 @@ def register(sub: Subparsers) -> None:
     )
     inner = p.add_subparsers(dest="operator_command", metavar="{run,audit}")
     inner.required = True
-    run = inner.add_parser("run", help="connect to Slack and serve operator commands (supervisord runs this)")
+    run = inner.add_parser(
+        "run",
+        help="connect to Slack and serve operator commands (supervisord runs this)",
+        description="Run the operator bot in this process (supervisord starts it when `operator:` "
+        "is configured).",
+    )
     add_config_arg(run)
     run.set_defaults(func=cmd_run)
-    audit = inner.add_parser("audit", help="the last operator commands and their results")
+    audit = inner.add_parser(
+        "audit",
+        help="the last operator commands and their results",
+        description="Print the operator's audit log: who ran which command, and the result.",
+    )
     add_config_arg(audit)
     add_json_arg(audit)
     audit.add_argument("--lines", type=int, default=20, help="how many entries (default 20)")

@@ -34,9 +34,6 @@ class ControlError(Exception):
         self.body = body
 
 
-MAX_HEAD = 64 * 1024
-
-
 def _exchange(path: str, request: bytes, timeout: float) -> tuple[int, bytes]:
     """Send one request on a new connection; (status, body). Raises the errors below."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
