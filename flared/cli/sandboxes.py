@@ -107,7 +107,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         except ConnectionLost:
             raise CommandError(
                 "flared stopped while the command was running; its sandbox went with it. "
-                "Start flared again (`flared up`) and run the command again."
+                "Run the command again once `flared status` answers (supervisord restarts flared; "
+                "after a stop, `flared up`)."
             ) from None
     if args.json:
         emit(args, result)

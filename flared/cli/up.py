@@ -87,7 +87,8 @@ def prepare_up(loaded: LoadedConfig) -> Path:
     layout = Layout(loaded.state_dir)
     if layout.socket.exists() and socket_reachable(layout.socket):
         raise CommandError(
-            f"hermes-flare is already running for {loaded.state_dir} (stop it first, or use another state_dir)"
+            f"hermes-flare is already running for {loaded.state_dir} (`flared stop` stops it; "
+            "or use another state_dir)"
         )
     for d in (layout.root, layout.logs):
         d.mkdir(parents=True, exist_ok=True)
