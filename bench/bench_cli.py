@@ -10,7 +10,10 @@ and the number of pairs:
   start, the floor of any Python CLI). Target: <= 120 ms.
 - `flared exec -- true` beside raw bubblewrap: the very bwrap command line
   the local provider builds, run directly. Target: <= 100 ms + raw.
-- `flared status` (text) and `flared --help`, for reference.
+- `flared status` (text) and `flared --help`, for reference;
+- `flared status --json` beside itself without compiled bytecode (an empty
+  ``PYTHONPYCACHEPREFIX``, as where ``PYTHONDONTWRITEBYTECODE`` is set and
+  nothing compiled the sources): why `scripts/setup` compiles them.
 """
 
 from __future__ import annotations
@@ -113,6 +116,15 @@ def main() -> None:
             rows.append(row_against_floor("`flared status` (text)", got, "-"))
             got = pairs(wall([FLARED, "--help"]), floor)
             rows.append(row_against_floor("`flared --help`", got, "-"))
+            no_pyc = {
+                **os.environ,
+                "PYTHONPYCACHEPREFIX": str(tmp / "no-pyc"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+            got = pairs(
+                wall([FLARED, "status", "--json", *cfg], env=no_pyc), wall([FLARED, "status", "--json", *cfg])
+            )
+            rows.append(row_against_floor("`flared status --json`, no compiled bytecode", got, "-"))
         finally:
             flare.stop()
 
@@ -122,6 +134,10 @@ def main() -> None:
         "interleaved with its baseline; figures are medians of the pairs (min, max).\n"
     )
     print(table(["command", "wall clock", "baseline", "vs baseline", "pairs", "target"], rows))
+    print(
+        "\nBaselines: `python -c pass` (the interpreter's own start), raw bubblewrap (the provider's "
+        "command line run directly), and for the last row the same command with its bytecode compiled."
+    )
 
 
 if __name__ == "__main__":

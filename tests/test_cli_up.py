@@ -77,7 +77,9 @@ def test_boot_and_stop_print_what_they_did(tmp_path: Path) -> None:
         mark = len(flare.log.read_text())
         flare.start()
         line = wait_for(
-            lambda: re.search(r"hermes: restored snapshot (\S+) \(taken \S+ before\) in [\d.]+ s", printed(flare, mark)),
+            lambda: re.search(
+                r"hermes: restored snapshot (\S+) \(taken \S+ before\) in [\d.]+ s", printed(flare, mark)
+            ),
             90,
             "the restore printed",
         )
@@ -92,7 +94,9 @@ def test_boot_and_stop_print_what_they_did(tmp_path: Path) -> None:
         assert flare.stop(signal.SIGINT) == 0
         tail = printed(flare, mark)
         assert "stopping hermes-flare: gateways first, then a final snapshot of each bot" in tail
-        assert re.search(r"hermes: final snapshot: unchanged since \S+, nothing uploaded|hermes: final snapshot \S+:", tail)
+        assert re.search(
+            r"hermes: final snapshot: unchanged since \S+, nothing uploaded|hermes: final snapshot \S+:", tail
+        )
         assert tail.rstrip().endswith("hermes-flare stopped")
     finally:
         flare.stop()

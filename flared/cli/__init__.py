@@ -9,7 +9,7 @@ the store under the same locks. Must not hold state of its own between runs.
 Start-up is what the user waits for: module-level imports here and in every
 command module are the standard library and flared's lean modules only;
 pydantic (the config loader), boto3 and Hermes load inside the commands
-that need them (tests/test_cli_lean.py guards this).
+that need them (tests/test_cli_daemon.py guards the daemon path).
 """
 
 from __future__ import annotations
