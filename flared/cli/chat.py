@@ -319,7 +319,12 @@ def run(args: argparse.Namespace) -> int:
     bot_name = args.bot
     try:
         remote = connect(args)
-        ep = endpoint_from_daemon(remote, args.bot) if remote is not None else endpoint_from_file(args)
+        known = remote is not None and "bots" in remote.context  # an older daemon cannot say
+        ep = (
+            endpoint_from_daemon(remote, args.bot)
+            if remote is not None and known
+            else endpoint_from_file(args)
+        )
         bot_name = ep.bot
         if args.json:
             result = chat(ep, message, session=args.session, timeout=args.timeout)

@@ -30,7 +30,12 @@ class Remote:
     @property
     def context(self) -> dict[str, Any]:
         if self._context is None:
-            self._context = self.request("GET", "/context", timeout=10)
+            try:
+                self._context = self.request("GET", "/context", timeout=10)
+            except ControlError as exc:
+                if exc.status != 404:
+                    raise
+                self._context = {}
         self.note_file_problems()
         return self._context
 
@@ -59,6 +64,10 @@ class Remote:
 
     def pick_bot(self, name: str | None, *, what: str = "bot", enabled_only: bool = True) -> str:
         """``name`` if the daemon knows it, else the only bot; a clear exit-2 error otherwise."""
+        if "bots" not in self.context:  # a daemon without `GET /context` (older): it checks the name
+            if name is None:
+                raise CommandError("say which bot with --bot", EXIT_INVALID)
+            return name
         bots = [b for b in self.bots() if b.get("enabled", True) or not enabled_only]
         names = [str(b["name"]) for b in bots]
         if name is not None:
@@ -100,7 +109,9 @@ def connect(args: argparse.Namespace, *, probe: bool = True) -> Remote | None:
     except ConnectionLost:
         return None
     except ControlError as exc:
-        raise CommandError(f"the daemon answered {exc.status}: {exc}", EXIT_FAILED) from None
+        if exc.status != 404:
+            raise CommandError(f"the daemon answered {exc.status}: {exc}", EXIT_FAILED) from None
+        context = {}  # an older daemon: no context, the commands' own requests still work
     remote = Remote(client, path, context)
     remote.note_file_problems()
     return remote
