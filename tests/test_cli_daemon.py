@@ -293,7 +293,8 @@ def on_a_terminal(*args: str, timeout: float = 120) -> tuple[int, str, str]:
 
 
 def test_a_long_snapshot_and_restore_show_progress_through_the_daemon(world: World) -> None:
-    (world.home / "ux-big.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    for i in range(3):  # incompressible, so packing and copying take a moment
+        (world.home / f"ux-big-{i}.bin").write_bytes(os.urandom(40 * 1024 * 1024))
     try:
         rc, out, tty = on_a_terminal("snapshot", "-c", str(world.flare.config_path))
         assert rc == 0, tty
@@ -307,7 +308,8 @@ def test_a_long_snapshot_and_restore_show_progress_through_the_daemon(world: Wor
         assert f"hermes: restored {sid}" in out
         assert "hermes: restore" in tty
     finally:
-        (world.home / "ux-big.bin").unlink(missing_ok=True)
+        for i in range(3):
+            (world.home / f"ux-big-{i}.bin").unlink(missing_ok=True)
     wait_until(lambda: world.flare.bot_status("hermes").get("readiness") == "ready", 60, "ready again")
 
 

@@ -152,8 +152,10 @@ def through_daemon(
     poller = ControlClient(remote.client.path, remote.client.token)
     query = "?" + urllib.parse.urlencode({"bot": bot}) if bot else ""
     try:
+        wait = 0.05  # a first look at once, then five times a second
         while worker.is_alive():
-            worker.join(0.25)
+            worker.join(wait)
+            wait = 0.2
             if not worker.is_alive() or not line.enabled:
                 continue
             with contextlib.suppress(ControlError, DaemonNotRunning, ConnectionLost, OSError):
