@@ -10,10 +10,7 @@ and the number of pairs:
   start, the floor of any Python CLI). Target: <= 120 ms.
 - `flared exec -- true` beside raw bubblewrap: the very bwrap command line
   the local provider builds, run directly. Target: <= 100 ms + raw.
-- `flared status` (text) and `flared --help`, for reference;
-- `flared status --json` beside itself without compiled bytecode (an empty
-  ``PYTHONPYCACHEPREFIX``, as where ``PYTHONDONTWRITEBYTECODE`` is set and
-  nothing compiled the sources): why `scripts/setup` compiles them.
+- `flared status` (text) and `flared --help`, for reference.
 """
 
 from __future__ import annotations
@@ -136,7 +133,7 @@ def main() -> None:
     print(table(["command", "wall clock", "baseline", "vs baseline", "pairs", "target"], rows))
     print(
         "\nBaselines: `python -c pass` (the interpreter's own start), raw bubblewrap (the provider's "
-        "command line run directly), and for the last row the same command with its bytecode compiled."
+        "command line run directly)."
     )
 
 
