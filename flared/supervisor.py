@@ -88,6 +88,8 @@ class ProgramSpec:
     startsecs: int = 2
     startretries: int = 10
     autorestart: str = "true"
+    #: Exit statuses supervisord treats as expected (with ``autorestart=unexpected``: not restarted).
+    exitcodes: tuple[int, ...] = (0,)
     user: str | None = None
 
     def render(self) -> str:
@@ -104,6 +106,8 @@ class ProgramSpec:
             "killasgroup=true",
             f"priority={self.priority}",
         ]
+        if self.exitcodes != (0,):
+            lines.append("exitcodes=" + ",".join(str(c) for c in self.exitcodes))
         if self.directory:
             lines.append("directory=" + _escape(self.directory))
         if self.user:

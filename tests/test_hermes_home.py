@@ -77,7 +77,7 @@ def test_gateway_program(tmp_path: Path) -> None:
     text = spec.render()
     assert "gateway run --no-supervise --external-supervisor" in text
     assert 'HERMES_GATEWAY_MAX_STARTS="0"' in text and 'TIRITH_ENABLED="false"' in text
-    assert "stopsignal=INT" in text and "autorestart=true" in text
+    assert "stopsignal=INT" in text and "autorestart=unexpected" in text and "exitcodes=78" in text
     assert f'HERMES_HOME="{tmp_path / "state" / "bots" / "hermes" / "home"}"' in text
     assert "HERMES_GATEWAY_LOCK_DIR" in text
     assert "sk-" not in text  # secrets live in .env, not in supervisord's files

@@ -225,4 +225,9 @@ def gateway_program(cfg: HermesFlareConfig, bot: BotConfig, render_digest: str) 
         stopsignal="INT",
         stopwaitsecs=30,
         priority=900,
+        # Exit 78 is Hermes' fatal config error: restarting cannot help. flared
+        # shows it as failed and starts it again after a config change or
+        # `flared restart` (flared.gateways); any other exit is restarted.
+        autorestart="unexpected",
+        exitcodes=(78,),
     )
