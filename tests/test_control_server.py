@@ -15,13 +15,11 @@ import pytest
 
 from flared.control.client import ControlClient, ControlError, DaemonNotRunning
 from flared.control.server import (
-    Caller,
     ControlServer,
     HTTPError,
     Limits,
     Request,
     Router,
-    authenticate,
     bind_tcp,
 )
 from flared.control.tokens import bot_token, verify_bot_token
@@ -261,24 +259,6 @@ def test_long_calls_do_not_starve_health_checks(quick: ControlServer, tmp_path: 
     gate.set()
     for t in blocked:
         t.join(5)
-
-
-def test_authenticate_decides_from_the_listener_and_headers(tmp_path: Path) -> None:
-    tok = bot_token(tmp_path, "alpha")
-
-    def who(trusted: bool, token: str | None) -> Caller:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        return authenticate(trusted=trusted, headers=headers, state_dir=tmp_path, admin_token="adm")
-
-    assert who(True, None) == Caller(is_admin=True)
-    assert who(True, tok) == Caller(bot="alpha")
-    assert who(False, None) == Caller(anonymous=True)
-    assert who(False, "adm") == Caller(is_admin=True)
-    assert who(False, "wrong") == Caller(anonymous=True)
-    assert who(False, tok) == Caller(bot="alpha")
-    with pytest.raises(HTTPError) as info:
-        who(False, tok[:-2] + "00")
-    assert info.value.status == 401
 
 
 def test_an_extra_listener_serves_the_same_routes(quick: ControlServer) -> None:

@@ -6,11 +6,12 @@ malformed (``Content-Length: -1`` or ``abc``, a head over ``max_head``).
 Around it, this module enforces what a daemon's control port needs, all
 before a request's body is read:
 
-- **who is calling** (:func:`authenticate`), from the listener and the
-  headers alone. The unix socket lives in the state dir with mode 0600, so
-  only the daemon's user reaches it; on TCP every request needs the control
-  token. Gateways' `flare` plugins use per-bot tokens that only open their
-  own bot's routes.
+- **who is calling**, from the listener, the bearer token and (on the unix
+  socket) the connected process: decided in :mod:`flared.control.auth`.
+  The unix socket lives in the state dir with mode 0600, so only the
+  daemon's user reaches it; on TCP every request needs the control token.
+  Gateways' `flare` plugins use per-bot tokens that only open their own
+  bot's routes, and on the unix socket a gateway gets nothing else.
 - **whether the route exists and the caller may use it** (:meth:`Router.resolve`);
 - **how big the body may be** (:class:`Limits`, per route via ``max_body``):
   a declared length over the limit is answered 413 unread, a chunked body
@@ -46,16 +47,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hmac
 import json
 import logging
 import os
 import re
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -64,7 +63,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from flared.control.tokens import verify_bot_token
+from flared.control.auth import Caller, ProcessTree, authenticate, bearer, peer_of
 
 log = logging.getLogger("flared.control")
 
@@ -99,7 +98,14 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     is_admin: bool = False
     bot_token_bot: str | None = None
-    anonymous: bool = False  # TCP caller without a valid token
+    anonymous: bool = False  # no credentials this route accepts (see control/auth.py)
+    auth_error: str | None = None
+    auth_status: int = 401
+
+    def apply(self, caller: Caller) -> None:
+        """Take what :func:`flared.control.auth.authenticate` decided."""
+        self.is_admin, self.bot_token_bot, self.anonymous = caller.admin, caller.bot, caller.anonymous
+        self.auth_error, self.auth_status = caller.reason, caller.status
 
     def json(self) -> Any:
         if not self.body:
@@ -185,7 +191,9 @@ class Router:
                 continue
             if not (req.is_admin or r.public or (r.bot_access and req.bot_token_bot)):
                 if req.anonymous:
-                    return Response(401, {"error": "missing or wrong bearer token"})
+                    return Response(
+                        req.auth_status, {"error": req.auth_error or "missing or wrong bearer token"}
+                    )
                 return Response(403, {"error": "not authorized for this endpoint"})
             req.params = m.groupdict()
             return r
@@ -205,65 +213,6 @@ class Router:
     def dispatch(self, req: Request) -> Response:
         found = self.resolve(req)
         return found if isinstance(found, Response) else self.call(found, req)
-
-
-# --------------------------------------------------------------------------- who is calling
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The process at the other end of a unix-socket connection (SO_PEERCRED)."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True)
-class Caller:
-    is_admin: bool = False
-    bot: str | None = None  # the bot a valid `flb_` token belongs to
-    anonymous: bool = False  # no valid credentials at all (TCP only): 401, not 403
-
-
-def authenticate(
-    *,
-    trusted: bool,
-    headers: Mapping[str, str],
-    state_dir: Path,
-    admin_token: str | None,
-    peer: Peer | None = None,
-) -> Caller:
-    """Who the caller is, from the listener and the headers alone (the body is not read yet).
-
-    ``trusted`` is the unix socket: today any same-uid client without a bot
-    token is admin there. Raises :class:`HTTPError` 401 for a bot token that
-    does not verify.
-    """
-    bearer = headers.get("authorization", "")
-    token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
-    bot: str | None = None
-    if token.startswith("flb_"):
-        bot = verify_bot_token(state_dir, token)
-        if bot is None:
-            raise HTTPError(401, "invalid bot token")
-    if trusted:
-        return Caller(is_admin=bot is None, bot=bot)
-    if token and admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
-        return Caller(is_admin=True)
-    return Caller(bot=bot, anonymous=bot is None)
-
-
-def peer_of(sock: Any) -> Peer | None:
-    """Who is at the other end of a unix socket (None for TCP)."""
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -302,9 +251,12 @@ class ControlServer:
         socket_path: Path,
         tcp: tuple[str, int] | None = None,
         admin_token: str | None = None,
+        tree: ProcessTree | None = None,
         limits: Limits | None = None,
     ) -> None:
+        """``tree`` tells gateways (bot rights only) from the admin on the unix socket."""
         self.router = router
+        self.tree = tree
         self.state_dir = state_dir
         self.socket_path = socket_path
         self.tcp = tcp
@@ -502,17 +454,17 @@ class ControlServer:
             headers=headers,
         )
         unread = conn.their_state is h11.SEND_BODY
-        try:
-            caller = authenticate(
-                trusted=listener.trusted,
-                headers=headers,
-                state_dir=self.state_dir,
-                admin_token=self.admin_token,
-                peer=peer_of(sock) if listener.trusted else None,
-            )
-        except HTTPError as exc:
-            return Response(exc.status, {"error": exc.message, **exc.extra}), unread
-        req.is_admin, req.bot_token_bot, req.anonymous = caller.is_admin, caller.bot, caller.anonymous
+        caller = authenticate(
+            token=bearer(headers.get("authorization")),
+            state_dir=self.state_dir,
+            admin_token=self.admin_token,
+            unix=listener.trusted,
+            peer=peer_of(sock) if listener.trusted else None,
+            tree=self.tree,
+        )
+        req.apply(caller)
+        if caller.reject_all:
+            return Response(caller.status, {"error": caller.reason}), unread
         found = self.router.resolve(req)
         if isinstance(found, Response):
             return found, unread
