@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import ROOT, idle_profile, table
 
-BASELINE_REF = "122dc6a"  # main before the control API moved to h11
+BASELINE_REF = "7fe3643"  # main with the http.server control API (and control/auth.py), before h11
 PY = sys.executable
 
 
