@@ -26,14 +26,16 @@ slowly the bytes trickle in; a response the client does not read within
 make room), with a listen backlog of ``backlog``. Malformed requests get a
 JSON 400 and one log line, never a traceback.
 
-Threads: each listener has one thread that accepts; each connection is then
-served, request after request, by one worker of a thread pool that has a
-worker for every connection the listeners may hold (``max_connections``
-each). Route handlers are synchronous and may block for minutes (a
-snapshot, a restore, an exec); they run on their connection's worker, so a
-request never queues behind another one and long calls cannot starve
-``/healthz``. Workers are made on demand and reused, and no request crosses
-threads (that costs about a millisecond per exec on a busy machine).
+Threads: each listener has one thread that accepts, and each connection
+is served, request after request, by a thread of its own (at most
+``max_connections`` per listener), as the old server did per request.
+Route handlers are synchronous and may block for minutes (a snapshot, a
+restore, an exec); they run on their connection's thread, so a request
+never queues behind another one and long calls cannot starve ``/healthz``.
+No request crosses threads (an event loop handing requests to a pool cost
+about a millisecond per exec on a busy machine), and whatever a handler
+keeps per thread (a supervisord connection) ends with its connection
+instead of piling up in long-lived pool workers.
 
 Why not aiohttp: its server works, but importing it costs flared about
 11 MiB of idle RSS (measured by `bench/bench_control.py`), a fifth of the
@@ -45,7 +47,6 @@ content_type="text/html")``. The routes live in :mod:`flared.api`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -69,7 +70,6 @@ log = logging.getLogger("flared.control")
 
 MAX_BODY = 8 * 1024 * 1024
 READ_CHUNK = 64 * 1024
-MAX_LISTENERS = 4
 LINGER_SECONDS = 2.0  # after answering early, how long unread body bytes are drained
 LINGER_BYTES = 64 * 1024 * 1024
 
@@ -83,7 +83,7 @@ class Limits:
     body_timeout: float = 15.0  # to receive a whole body once the headers are in
     keepalive_timeout: float = 15.0  # an idle keep-alive connection is closed after this
     max_connections: int = 128  # per listener
-    backlog: int = 128
+    backlog: int = 1024  # the kernel caps it at net.core.somaxconn; a full unix backlog fails connect()
     max_head: int = 16 * 1024  # request line and headers, bytes
     shutdown_timeout: float = 2.0  # stop() waits this long for requests in flight
 
@@ -265,9 +265,6 @@ class ControlServer:
         self._listeners: list[_Listener] = []
         self._lock = threading.Lock()  # the listeners' connection tables
         self._stopping = threading.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.limits.max_connections * MAX_LISTENERS, thread_name_prefix="control"
-        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -287,8 +284,6 @@ class ControlServer:
 
     def listen(self, sock: socket.socket, *, name: str, trusted: bool) -> None:
         """Serve the router on an already bound socket (``trusted``: no token needed to be admin)."""
-        if len(self._listeners) >= MAX_LISTENERS:
-            raise RuntimeError(f"at most {MAX_LISTENERS} listeners")
         sock.listen(self.limits.backlog)
         listener = _Listener(name, sock, trusted)
         listener.thread = threading.Thread(
@@ -325,7 +320,6 @@ class ControlServer:
         with self._lock:
             for s in [s for x in self._listeners for s in x.conns]:
                 _shut(s)  # a handler still running (an exec) finishes; its answer is dropped
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._listeners.clear()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -343,11 +337,12 @@ class ControlServer:
                 self._stopping.wait(0.1)
                 continue
             if self._admit(listener, sock):
-                try:
-                    self._pool.submit(self._connection, listener, sock)
-                except RuntimeError:  # stopping
-                    self._forget(listener, sock)
-                    sock.close()
+                threading.Thread(
+                    target=self._connection,
+                    args=(listener, sock),
+                    name=f"control-{listener.name}-conn",
+                    daemon=True,
+                ).start()
 
     def _admit(self, listener: _Listener, sock: socket.socket) -> bool:
         """Track a new connection; past the cap, close the oldest idle one (or this one)."""

@@ -37,12 +37,12 @@ BIG = "bots: []\n" + ("# " + "x" * 98 + "\n") * 100_000
 BIG_LINE = BIG.encode()[:MAX_BYTES].count(b"\n") + 1  # where the size limit is crossed
 BOMBS: dict[str, tuple[str, str]] = {
     # name: (text, what the refusal says)
-    "alias bomb": (LAUGHS, ":5:4: (file): more than 20,000 values once aliases"),
-    "100,000 nested [": ("[" * 100_000, ":1:65: (file): nested more than 64 levels deep"),
-    "10 MB file": (BIG, f":{BIG_LINE}:1: (file): the file is larger than"),
+    "alias bomb": (LAUGHS, ":5:4: more than 20,000 values once aliases"),
+    "100,000 nested [": ("[" * 100_000, ":1:65: nested more than 64 levels deep"),
+    "10 MB file": (BIG, f":{BIG_LINE}:1: the file is larger than"),
     "self-referencing alias": (
         "bots: &b [*b]\n",
-        ":1:7: (file): an alias refers to a value that contains it",
+        ":1:7: an alias refers to a value that contains it",
     ),
 }
 
@@ -220,7 +220,8 @@ def test_the_watcher_refuses_a_yaml_bomb(running: Running, kept: Any, name: str)
     text, expected = BOMBS[name]
     running.flare.config_path.write_text(text)
     errors = wait_for(running.errors, 15, "the bomb to be refused")
-    assert any(expected.split(": (file): ")[1] in e for e in errors), errors
+    message = expected.split(":", 3)[3].strip()
+    assert any(message in e for e in errors), errors
     kept()
 
 
