@@ -329,7 +329,7 @@ class LeaseManager:
                     victim = self._leases[decision.lease_id]
                     victim.gone = True  # claimed: nobody else can use or pick it now
                 elif not wait:
-                    raise MustWait(decision.message)
+                    raise MustWait(f"{decision.message} (up to {profile.acquire_timeout:g}s)")
                 elif not told:
                     notice = decision.message
                 else:
