@@ -594,7 +594,11 @@ class HermesFlareConfig(Model):
     sandboxes: dict[str, SandboxProfile] = Field(
         default_factory=lambda: {"default": SandboxProfile()}, description="Named sandbox profiles."
     )
-    bots: list[BotConfig] = Field(default_factory=list, description="The agents.")
+    bots: list[BotConfig] = Field(
+        default_factory=list,
+        description="The agents. The file must have this section: write `bots: []` to run none "
+        "(a file without it, or an empty file, is refused, so a truncated file never stops every bot).",
+    )
     cron: list[CronJob] = Field(default_factory=list, description="Scheduled jobs.")
     operator: OperatorConfig | None = Field(default=None, description="Optional operator Slack bot.")
     cloudflare: CloudflareConfig | None = Field(default=None, description="Cloudflare deployment settings.")
