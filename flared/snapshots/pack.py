@@ -52,8 +52,10 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, errors="replace")
+def _run(cmd: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, errors="replace", pass_fds=pass_fds
+    )
     if proc.returncode != 0:
         text = (proc.stderr or proc.stdout).strip()
         detail = text.splitlines()[-3:]
@@ -120,7 +122,8 @@ def pack(
         pseudo.unlink(missing_ok=True)
 
 
-def unpack(blob: Path, dest: Path, processors: int | None = None) -> None:
-    """Extract a squashfs image into `dest` (which must not exist yet)."""
+def unpack(blob: Path | int, dest: Path, processors: int | None = None) -> None:
+    """Extract a squashfs image (a path, or an open file descriptor) into `dest` (which must not exist yet)."""
     cores = str(processors or os.cpu_count() or 1)
-    _run([_tool("unsquashfs"), "-no-progress", "-quiet", "-processors", cores, "-d", str(dest), str(blob)])
+    source, fds = (f"/dev/fd/{blob}", (blob,)) if isinstance(blob, int) else (str(blob), ())
+    _run([_tool("unsquashfs"), "-no-progress", "-quiet", "-processors", cores, "-d", str(dest), source], fds)

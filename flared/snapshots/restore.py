@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
-import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -123,6 +124,16 @@ def staging_path(home: Path) -> Path:
     return home.with_name(f".{home.name}.incoming")
 
 
+def trash_path(home: Path) -> Path:
+    return home.with_name(f".{home.name}.trash-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+
+
+def empty_trash(home: Path) -> None:
+    """Delete old homes already known to be in a snapshot (slow for big trees: not on the swap's path)."""
+    for p in home.parent.glob(f".{home.name}.trash-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _marker(previous: Path) -> Path:
     return previous.with_name(previous.name + ".json")
 
@@ -148,6 +159,7 @@ def prepare(
     holds: the caller must not mistake that for "nothing to restore".
     """
     started = time.monotonic()
+    empty_trash(home)
     if snapshot_id is not None:
         try:
             check_id(snapshot_id)
@@ -317,40 +329,109 @@ def _unpack_one(
                 free=free,
             )
     step("manifest")
-    blob = work / f"{sid}.sqsh"
     try:
-        try:
-            got = store.get_file(blob_key(bot, sid), blob, size=manifest.packed_size, progress=progress)
-        except NotFound:
-            raise RestoreError("its blob is missing") from None
-        size = blob.stat().st_size
-        step("download")
-        if size != manifest.packed_size or (got.sha256 or file_sha256(blob)) != manifest.blob_sha256:
-            raise RestoreError("its blob is damaged: size or sha256 differs from the manifest")
-        if manifest.encrypted:
-            assert key is not None
-            plain = work / f"{sid}.plain.sqsh"
-            crypto.decrypt_file(blob, plain, key)
-            blob.unlink()
-            blob = plain
-        step("verify")
-        try:
-            pack.unpack(blob, staging)
-        except pack.PackError as exc:
-            if not exc.local:
-                raise
-            free = _free(home.parent)
-            raise LocalFailure(
-                f"{exc}; the snapshot needs about {_mib(unpacked)} unpacked in {home.parent}, "
-                f"{_mib(free)} is free",
-                needed=download + unpacked,
-                free=free,
-            ) from None
-        blob.unlink()
-        step("unpack")
+        in_place = None if manifest.encrypted else store.local_path(blob_key(bot, sid))
+        if in_place is not None:
+            size = _unpack_in_place(in_place, manifest, staging, home, download + unpacked, step)
+        else:
+            size = _download_and_unpack(store, bot, sid, manifest, key, work, staging, home, progress, step)
     except OSError as exc:
         raise _local(exc, download + unpacked, work) from None
     return manifest, size
+
+
+def _unpack(blob: Path | int, staging: Path, home: Path, needed: int, unpacked: int) -> None:
+    try:
+        pack.unpack(blob, staging)
+    except pack.PackError as exc:
+        if not exc.local:
+            raise
+        free = _free(home.parent)
+        raise LocalFailure(
+            f"{exc}; the snapshot needs about {_mib(unpacked)} unpacked in {home.parent}, {_mib(free)} is free",
+            needed=needed,
+            free=free,
+        ) from None
+
+
+def _unpack_in_place(
+    src: Path, manifest: Manifest, staging: Path, home: Path, needed: int, step: Callable[[str], None]
+) -> int:
+    """A blob in a store on this machine: unsquashfs reads it where it is while a thread hashes
+    the same open file; nothing is copied, and nothing is swapped in unless the hash matches."""
+    try:
+        fd = os.open(src, os.O_RDONLY)
+    except FileNotFoundError:
+        raise RestoreError("its blob is missing") from None
+    except OSError as exc:
+        raise StoreError(f"{src.name}: cannot read it: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size != manifest.packed_size:
+            raise RestoreError("its blob is damaged: size differs from the manifest")
+        digest: list[str] = []
+        failed: list[OSError] = []
+
+        def hash_it() -> None:
+            h = hashlib.sha256()
+            offset = 0
+            try:
+                while chunk := os.pread(fd, 1024 * 1024, offset):
+                    h.update(chunk)
+                    offset += len(chunk)
+            except OSError as exc:
+                failed.append(exc)
+            digest.append(h.hexdigest())
+
+        hasher = threading.Thread(target=hash_it, name="restore-hash")
+        hasher.start()
+        try:
+            _unpack(fd, staging, home, needed, manifest.raw_size)
+        finally:
+            hasher.join()
+        if failed:
+            raise StoreError(f"{src.name}: cannot read it: {failed[0].strerror}")
+        if digest[0] != manifest.blob_sha256:
+            raise RestoreError("its blob is damaged: sha256 differs from the manifest")
+        step("unpack")
+        return size
+    finally:
+        os.close(fd)
+
+
+def _download_and_unpack(
+    store: Store,
+    bot: str,
+    sid: str,
+    manifest: Manifest,
+    key: str | None,
+    work: Path,
+    staging: Path,
+    home: Path,
+    progress: Progress | None,
+    step: Callable[[str], None],
+) -> int:
+    blob = work / f"{sid}.sqsh"
+    try:
+        got = store.get_file(blob_key(bot, sid), blob, size=manifest.packed_size, progress=progress)
+    except NotFound:
+        raise RestoreError("its blob is missing") from None
+    size = blob.stat().st_size
+    step("download")
+    if size != manifest.packed_size or (got.sha256 or file_sha256(blob)) != manifest.blob_sha256:
+        raise RestoreError("its blob is damaged: size or sha256 differs from the manifest")
+    if manifest.encrypted:
+        assert key is not None
+        plain = work / f"{sid}.plain.sqsh"
+        crypto.decrypt_file(blob, plain, key)
+        blob.unlink()
+        blob = plain
+    step("verify")
+    needed = manifest.packed_size * (2 if manifest.encrypted else 1) + manifest.raw_size
+    _unpack(blob, staging, home, needed, manifest.raw_size)
+    blob.unlink()
+    step("unpack")
+    return size
 
 
 def _dev(path: Path) -> int:
@@ -366,27 +447,29 @@ def discard(path: Path) -> None:
 
 
 def _refuse_unsafe(root: Path) -> list[dict[str, str]]:
-    """Remove what a home must not hold from an unpacked snapshot; say what and why."""
+    """Remove what a home must not hold from an unpacked snapshot; say what and why.
+
+    Directory entry types come from readdir: only symlinks cost a syscall.
+    """
     refused: list[dict[str, str]] = []
     root_real = os.path.realpath(root)
+    stack = [str(root)]
     try:
-        for dirpath, dirs, files in os.walk(root):
-            for name in [*dirs, *files]:
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, root)
-                st = os.lstat(path)
-                why = None
-                if stat.S_ISLNK(st.st_mode):
-                    real = os.path.realpath(path)
-                    if real != root_real and not real.startswith(root_real + os.sep):
-                        why = f"a symlink to {os.readlink(path)!r}, outside the home"
-                elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                    why = "a socket, fifo or device"
-                if why is not None:
-                    os.unlink(path)
-                    refused.append({"path": rel, "why": why})
-                    if name in dirs:
-                        dirs.remove(name)
+        while stack:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    why = None
+                    if entry.is_symlink():
+                        real = os.path.realpath(entry.path)
+                        if real != root_real and not real.startswith(root_real + os.sep):
+                            why = f"a symlink to {os.readlink(entry.path)!r}, outside the home"
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif not entry.is_file(follow_symlinks=False):
+                        why = "a socket, fifo or device"
+                    if why is not None:
+                        os.unlink(entry.path)
+                        refused.append({"path": os.path.relpath(entry.path, root), "why": why})
     except OSError as exc:
         raise _local(exc, 0, root) from None
     return refused
@@ -448,13 +531,13 @@ def _saved_previous(previous: Path, store: Store | None, bot: str) -> bool:
         sid, digest = marker["snapshot"], marker["digest"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if not (valid_id(sid) and isinstance(digest, str)) or store is None:
+    if not valid_id(sid) or store is None:
         return False
     try:
         m = Manifest.from_bytes(store.get_bytes(manifest_key(bot, sid))[0])
     except (StoreError, ValueError, TypeError):
         return False
-    return m.content_digest == digest
+    return digest is None or m.content_digest == digest
 
 
 def swap_in(
@@ -463,13 +546,14 @@ def swap_in(
     """Replace `home` with `staging`; the old home becomes home.previous.
 
     An existing home.previous is deleted only when its content is in a snapshot the
-    store still holds; otherwise it is kept as `home.previous-<time>`, returned.
+    store still holds (moved aside here, removed by :func:`empty_trash`); otherwise it is
+    kept as `home.previous-<time>`, returned.
     """
     previous = rollback_path(home)
     kept: Path | None = None
     if previous.exists():
         if _saved_previous(previous, store, bot):
-            shutil.rmtree(previous)
+            previous.rename(trash_path(home))  # deleted by empty_trash(), after the swap
             _marker(previous).unlink(missing_ok=True)
         else:
             kept = previous.with_name(f"{previous.name}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
@@ -494,11 +578,19 @@ def swap_in(
 
 
 def home_saved_as(
-    home: Path, rules: cap.Rules, cache: Path | None, known: dict[str, str], scratch: Path
+    home: Path,
+    rules: cap.Rules,
+    cache: Path | None,
+    known: dict[str, str],
+    scratch: Path,
+    fingerprint: tuple[str, str] | None = None,
 ) -> tuple[str | None, str | None]:
-    """Which snapshot (of `known`: digest -> id) holds `home`'s content, by its digest."""
+    """Which snapshot holds `home`'s content: by the stat `fingerprint` (fingerprint, id) the last
+    snapshot recorded, else by the content digest among `known` (digest -> id)."""
     try:
         walked = cap.walk(home, rules)
+        if fingerprint is not None and walked.fingerprint() == fingerprint[0]:
+            return fingerprint[1], None
         digest = cap.capture(walked, HashCache(cache, scratch)).digest
     except OSError as exc:
         log.warning("could not digest %s (%s): it is kept as if unsaved", home, exc)

@@ -88,11 +88,37 @@ class SnapshotService:
     def _rules(self) -> cap.Rules:
         return cap.rules(self.policy.exclude, encrypted=catalog.encryption_key(self.policy) is not None)
 
-    def _saved_as(self, bot: str, known: dict[str, str]) -> restoring.SavedAs:
-        """How a restore learns whether the home it moves aside is held by a snapshot."""
+    def _saved_as(self, bot: str, known: dict[str, str], fence: Fence | None) -> restoring.SavedAs:
+        """How a restore learns whether the home it moves aside is held by a snapshot: the
+        fingerprint recorded with the fence still current, else the content digest."""
+        st = self.state(bot)
+        recorded = (st.fence, st.fingerprint)
+        if st.fingerprint is None:
+            persisted, fingerprint, _ = self._persisted_fence(bot)
+            recorded = (persisted, fingerprint)
+        shortcut = None
+        if (
+            fence is not None
+            and recorded[0] is not None
+            and recorded[1] is not None
+            and recorded[0].etag == fence.etag
+            and recorded[0].snapshot_id
+        ):
+            shortcut = (recorded[1], recorded[0].snapshot_id)
         return lambda home: restoring.home_saved_as(
-            home, self._rules(), self._cache(bot), known, self._work(bot) / "digest"
+            home, self._rules(), self._cache(bot), known, self._work(bot) / "digest", shortcut
         )
+
+    def _after_restore(self, st: BotState, res: restoring.RestoreResult) -> None:
+        """The restored home is the snapshot: record its fingerprint, so an idle bot stays idle
+        (when it is the latest and nothing was refused); clear old homes in the background."""
+        st.fingerprint = None
+        if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
+            with contextlib.suppress(OSError):
+                st.fingerprint = cap.walk(self.home(st.name), self._rules()).fingerprint()
+        threading.Thread(
+            target=restoring.empty_trash, args=(self.home(st.name),), name="empty-trash", daemon=True
+        ).start()
 
     def state(self, bot: str) -> BotState:
         with self._guard:
@@ -260,7 +286,7 @@ class SnapshotService:
                 self._work(st.name),
                 key=catalog.encryption_key(self.policy),
                 on_reading=lambda sid: setattr(st, "reading", sid),
-                saved_as=self._saved_as(st.name, known),
+                saved_as=self._saved_as(st.name, known, Fence(etag)),
             )
             st.restore = res.as_dict()
             if res.result == "failed":
@@ -273,7 +299,8 @@ class SnapshotService:
                 log.info("bot %s: the store holds no snapshot: starting fresh", st.name)
             else:
                 log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
-            st.fence, st.fingerprint, st.fenced = res.fence, None, None
+            st.fence, st.fenced = res.fence, None
+            self._after_restore(st, res)
         st.phase, st.gate = "ready", None
         st.last_attempt = time.time()
         self._save(st)
@@ -451,7 +478,10 @@ class SnapshotService:
                 prepared.steps["stop"] = round(time.monotonic() - mark, 3)
                 try:
                     res = restoring.commit(
-                        prepared, self.home(bot), saved_as=self._saved_as(bot, known), store=self.store
+                        prepared,
+                        self.home(bot),
+                        saved_as=self._saved_as(bot, known, prepared.fence),
+                        store=self.store,
                     )
                 except OSError as exc:
                     restoring.discard(prepared.staging)
@@ -462,7 +492,8 @@ class SnapshotService:
                         "error": f"restore stopped, the home is as it was: {pipeline.describe_os_error(exc)}",
                     }
                 out = res.as_dict()
-                st.fence, st.fenced, st.fingerprint, st.gate = res.fence, None, None, None
+                st.fence, st.fenced, st.gate = res.fence, None, None
+                self._after_restore(st, res)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.
                 st.due_now = res.fence is not None and res.id != res.fence.snapshot_id

@@ -205,6 +205,9 @@ class LocalStore:
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._path(key))
 
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.is_dir():

@@ -277,6 +277,9 @@ class S3Store:
         except Exception as exc:
             raise _classify(exc, key) from None
 
+    def local_path(self, key: str) -> Path | None:
+        return None
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
         strip = len(self.prefix) + 1 if self.prefix else 0
