@@ -6,6 +6,7 @@ from typing import Any
 
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.gateways import Gateways
+from flared.snapshots.manifest import InvalidSnapshotId, check_id
 from flared.snapshots.service import SnapshotService
 
 
@@ -21,9 +22,13 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
     def list_snapshots(req: Request) -> dict[str, Any]:
         svc = snapshots
         out: list[dict[str, Any]] = []
+        warnings: list[str] = []
         for bot in bots(req.query.get("bot")):
             out.extend(svc.list(bot))
-        return {"snapshots": out}
+            problem = svc.pointer_problem(bot)
+            if problem:
+                warnings.append(f"{bot}: {problem}")
+        return {"snapshots": out, "warnings": warnings}
 
     def take(req: Request) -> Response:
         body = req.json()
@@ -40,8 +45,11 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
         if len(targets) != 1:
             raise HTTPError(400, 'say which bot to restore: {"bot": NAME}')
         snapshot_id = body.get("id")
-        if snapshot_id is not None and not isinstance(snapshot_id, str):
-            raise HTTPError(400, "id must be a snapshot id string")
+        if snapshot_id is not None:
+            try:
+                check_id(snapshot_id)  # before anything is stopped or read
+            except InvalidSnapshotId as exc:
+                raise HTTPError(400, str(exc)) from None
         result = snapshots.restore(targets[0], snapshot_id)
         return Response(200 if result.get("result") == "restored" else 500, result)
 

@@ -187,6 +187,8 @@ def _snapshot_offline(
 def _render_results(con: Console, data: dict[str, Any]) -> None:
     for r in data["results"]:
         bot, result = r["bot"], r["result"]
+        for left in r.get("left_out") or []:
+            con.print(f"{bot}: [yellow]left out {left['path']}[/yellow]: {left['why']}")
         if result == "ok":
             con.print(
                 f"{bot}: snapshot [bold]{r['id']}[/bold]: {human_bytes(r.get('bytes_uploaded'))} uploaded "
@@ -208,12 +210,13 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     try:
         data = client_for(loaded).request("GET", "/snapshots" + (f"?bot={args.bot}" if args.bot else ""))
     except DaemonNotRunning:
-        from flared.snapshots.catalog import list_snapshots
+        from flared.snapshots.catalog import list_snapshots, pointer_problem
         from flared.snapshots.stores.factory import open_store
 
         store = open_store(loaded.config.store)
         try:
             data = {"snapshots": [s for b in bots for s in list_snapshots(store, b)]}
+            data["warnings"] = [f"{b}: {p}" for b in bots if (p := pointer_problem(store, b))]
         except StoreError as exc:
             raise CommandError(f"cannot list snapshots: {exc}") from None
     except ControlError as exc:
@@ -223,6 +226,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def _render_list(con: Console, data: dict[str, Any]) -> None:
+    for warning in data.get("warnings") or []:
+        con.print(f"[yellow]warning[/yellow]: {warning}")
     snaps = data["snapshots"]
     if not snaps:
         con.print("no snapshots yet")
@@ -274,6 +279,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _render_restore(con: Console, d: dict[str, Any]) -> None:
     for f in d.get("fallback") or []:
         con.print(f"[yellow]skipped {f['id']}[/yellow]: {f['reason']}")
+    for r in d.get("refused") or []:
+        con.print(f"[yellow]refused {r['path']}[/yellow]: {r['why']}")
+    if d.get("kept"):
+        con.print(f"[yellow]kept {d['kept']}[/yellow]: it held state that is in no snapshot")
+    if d.get("repaired"):
+        con.print("latest.json was damaged: it now names the snapshot restored")
     if d.get("result") == "restored":
         con.print(
             f"{d['bot']}: restored [bold]{d['id']}[/bold] in {d.get('seconds')} s (old home kept as home.previous)"

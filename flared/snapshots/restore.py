@@ -346,12 +346,14 @@ def _unpack(blob: Path | int, staging: Path, home: Path, needed: int, unpacked: 
     except pack.PackError as exc:
         if not exc.local:
             raise
+        discard(staging)  # what it holds is no use: say how much is free without it
         free = _free(home.parent)
-        raise LocalFailure(
-            f"{exc}; the snapshot needs about {_mib(unpacked)} unpacked in {home.parent}, {_mib(free)} is free",
-            needed=needed,
-            free=free,
-        ) from None
+        text = str(exc)
+        if "No space left" in text or "quota" in text:
+            text += (
+                f"; the snapshot needs about {_mib(unpacked)} unpacked in {home.parent}, {_mib(free)} is free"
+            )
+        raise LocalFailure(text, needed=needed, free=free) from None
 
 
 def _unpack_in_place(

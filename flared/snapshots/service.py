@@ -426,6 +426,10 @@ class SnapshotService:
     def list(self, bot: str) -> list[dict[str, Any]]:
         return catalog.list_snapshots(self.store, bot)
 
+    def pointer_problem(self, bot: str) -> str | None:
+        """What is wrong with the bot's latest.json, if anything (said beside a listing)."""
+        return catalog.pointer_problem(self.store, bot)
+
     # ------------------------------------------------------------------ on-demand restore
 
     def restore(
