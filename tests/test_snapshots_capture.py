@@ -243,3 +243,25 @@ def test_an_idle_gateways_own_ticking_is_not_a_change(tmp_path: Path) -> None:
     (home / "cron" / "ticker_last_success").write_text("1795502619.73")
     (home / "channel_directory.json").write_text('{"updated_at": "2026-11-24T06:05:00"}')
     assert scan(home).digest == second
+
+
+def test_a_database_held_open_with_a_wal_stays_unchanged_after_our_reads(tmp_path: Path) -> None:
+    """SQLite chowns a WAL it opens as root (its ctime changes): that made every idle snapshot of
+    a gateway's open database take the content path and back the database up again."""
+    home = make_home(tmp_path / "home")
+    holder = sqlite3.connect(home / "state.db", isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("PRAGMA wal_autocheckpoint=0")
+    holder.execute("INSERT INTO messages(body) VALUES ('kept in the WAL')")
+    try:
+        age(home)
+        assert (home / "state.db-wal").stat().st_size > 0
+        rules = cap.rules([], encrypted=False)
+        cache = tmp_path / "cache"
+        before = cap.walk(home, rules).fingerprint()
+        first = scan(home, cache=cache)
+        assert first.backed_up == ["state.db"]
+        assert cap.walk(home, rules).fingerprint() == before
+        assert scan(home, cache=cache).backed_up == []
+    finally:
+        holder.close()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from flared.snapshots.hashcache import DbCopy, HashCache, settled, stat_key
+from flared.snapshots.hashcache import DbCopy, HashCache, db_key, settled, stat_key
 
 log = logging.getLogger("flared.snapshots")
 
@@ -96,9 +96,18 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{prefix}{body}(?:/.*)?$")
 
 
+@lru_cache(maxsize=64)
+def _any_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """All patterns as one regex: one match per path instead of one per pattern."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{_glob_regex(p).pattern})" for p in patterns))
+
+
 def matches(rel: str, patterns: Iterable[str]) -> bool:
     """Whether a home-relative path (or a directory above it) matches any pattern."""
-    return any(_glob_regex(p).match(rel) for p in patterns)
+    rx = _any_regex(tuple(patterns))
+    return rx is not None and rx.match(rel) is not None
 
 
 @dataclass(frozen=True)
@@ -145,17 +154,26 @@ class Walk:
         times are left out: entries added or removed show as paths, and the
         churn of excluded files (logs, pid files, `-shm`) must not count.
         """
-        h = hashlib.sha256(b"flare-fp-v2\0")
-        for rel, st in (*self.entries, *sorted(self.side.items()), *self.secrets):
-            if stat.S_ISDIR(st.st_mode):
-                h.update(f"d {rel}\0{st.st_mode:o}\0".encode("utf-8", "surrogateescape"))
-                continue
-            if not settled(st, self.started_ns, RACY_WINDOW_NS):
+        racy = self.started_ns - RACY_WINDOW_NS
+        targets = self.targets
+        lines = []
+        for rel, st in sorted(self.side.items()):  # no ctime: see hashcache.db_key
+            if st.st_mtime_ns >= racy:
                 return None
-            target = self.targets.get(rel, "")
-            line = f"{rel}\0{st.st_mode:o}\0{stat_key(st)}\0{target}\0"
-            h.update(line.encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
+            lines.append(f"w {rel}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\0")
+        for rel, st in (*self.entries, *self.secrets):
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                lines.append(f"d {rel}\0{mode:o}\0")
+                continue
+            if st.st_mtime_ns >= racy:
+                return None
+            lines.append(
+                f"{rel}\0{mode:o}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                f"\0{targets.get(rel, '')}\0"
+            )
+        body = "".join(lines).encode("utf-8", "surrogateescape")
+        return hashlib.sha256(b"flare-fp-v2\0" + body).hexdigest()
 
 
 def _inside(root_real: str, path: str) -> bool:
@@ -166,6 +184,9 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
     """Stat every entry of `home` once, sorted by name, parents before children."""
     out = Walk(home=home, started_ns=time.time_ns())
     root_real = os.path.realpath(home)
+    secret_rx, exclude_rx = _any_regex(rules_.secret), _any_regex(rules_.exclude)
+    wal_rx = _any_regex(_WAL_PATTERNS)
+    assert wal_rx is not None
     skipped = set(skip)
     stack = [""]
     while stack:
@@ -183,12 +204,12 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if matches(rel, rules_.secret):
+            if secret_rx is not None and secret_rx.match(rel):
                 if stat.S_ISREG(st.st_mode):
                     out.secrets.append((rel, st))
                 continue
-            if matches(rel, rules_.exclude):
-                if stat.S_ISREG(st.st_mode) and matches(rel, _WAL_PATTERNS):
+            if exclude_rx is not None and exclude_rx.match(rel):
+                if stat.S_ISREG(st.st_mode) and wal_rx.match(rel):
                     out.side[rel] = st
                 continue
             mode = st.st_mode
@@ -265,9 +286,9 @@ class Captured:
     backed_up: list[str] = field(default_factory=list)  # databases copied this time
 
 
-def is_sqlite(path: Path) -> bool:
+def is_sqlite(path: str | Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             return f.read(16) == SQLITE_HEADER
     except OSError:
         return False
@@ -300,8 +321,8 @@ def db_size(path: Path) -> int:
         return 0
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
+def _sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -339,8 +360,8 @@ def _copy_database(
     sha = _sha256(tmp)
     os.replace(tmp, dest)
     entry = DbCopy(
-        db=stat_key(st),
-        wal=stat_key(wal) if wal else "",
+        db=db_key(st),
+        wal=db_key(wal) if wal else "",
         sha256=sha,
         copy=dest.name,
         copy_key=stat_key(os.stat(dest)),
@@ -360,25 +381,27 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
     hashed = 0
     copies: set[str] = set()
 
-    def content(rel: str, st: os.stat_result) -> str | None:
+    home_s = str(home)
+
+    def content(rel: str, st: os.stat_result, key: str) -> str | None:
         nonlocal hashed
-        cached = cache.file(st)
+        cached = cache.file(key)
         if cached is not None:
-            cache.keep_file(st, cached)
             return cached
         try:
-            sha = _sha256(home / rel)
+            sha = _sha256(os.path.join(home_s, rel))
         except FileNotFoundError:
             return None
         hashed += st.st_size
-        cache.remember_file(st, sha, settled(st, since, RACY_WINDOW_NS))
+        if settled(st, since, RACY_WINDOW_NS):
+            cache.remember_file(key, sha)
         return sha
 
     secret_shas: dict[str, str] = {}
     for rel, st in walked.secrets:
         if st.st_size == 0:
             continue
-        sha = content(rel, st)
+        sha = content(rel, st, stat_key(st))
         if sha is not None:
             secret_shas.setdefault(sha, rel)
     secret_inodes = {(st.st_dev, st.st_ino): rel for rel, st in walked.secrets}
@@ -418,7 +441,9 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             left_out.append((rel, "a hard link to a file outside the home"))
             continue
         db: DbCopy | None = None
-        if cache.file(st) is None and is_sqlite(home / rel):
+        skey = stat_key(st)
+        path = os.path.join(home_s, rel)
+        if skey not in cache and is_sqlite(path):
             try:
                 db, made = _copy_database(home, rel, st, walked, cache)
             except FileNotFoundError:
@@ -433,10 +458,10 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             source = str(cache.db_dir / db.copy)
             databases.append(rel)
         else:
-            got = content(rel, st)
+            got = content(rel, st, skey)
             if got is None:
                 continue
-            sha, source = got, str(home / rel)
+            sha, source = got, path
         if sha in secret_shas:
             left_out.append((rel, f"it has the content of {secret_shas[sha]}"))
             continue

@@ -27,6 +27,13 @@ def stat_key(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
+def db_key(st: os.stat_result) -> str:
+    """A database's or WAL's key, without ctime: SQLite itself changes a WAL's ctime when a
+    connection opens it as root (it chowns the WAL to the database's owner), and any write
+    changes mtime anyway."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def settled(st: os.stat_result, since_ns: int, racy_ns: int) -> bool:
     """Whether a file was last written long enough ago that a later write must change its key
     (a write in the same clock tick as the one we saw would leave mtime as it was)."""
@@ -82,22 +89,25 @@ class HashCache:
 
     # ------------------------------------------------------------------ files
 
-    def file(self, st: os.stat_result) -> str | None:
-        return self._files.get(stat_key(st))
+    def file(self, key: str) -> str | None:
+        """The content hash of the file with this :func:`stat_key`, if known; a hash looked up
+        is carried into the next save."""
+        sha = self._files.get(key)
+        if sha is not None:
+            self._seen_files[key] = sha
+        return sha
 
-    def remember_file(self, st: os.stat_result, sha256: str, remember: bool) -> None:
-        if remember:
-            self._seen_files[stat_key(st)] = sha256
+    def __contains__(self, key: str) -> bool:
+        return key in self._files
 
-    def keep_file(self, st: os.stat_result, sha256: str) -> None:
-        """A cached hash that was used again: carry it into the next save."""
-        self._seen_files[stat_key(st)] = sha256
+    def remember_file(self, key: str, sha256: str) -> None:
+        self._seen_files[key] = sha256
 
     # ------------------------------------------------------------------ databases
 
     def db_copy(self, rel: str, db: os.stat_result, wal: os.stat_result | None) -> DbCopy | None:
         entry = self._dbs.get(rel)
-        if entry is None or entry.db != stat_key(db) or entry.wal != (stat_key(wal) if wal else ""):
+        if entry is None or entry.db != db_key(db) or entry.wal != (db_key(wal) if wal else ""):
             return None
         try:
             if stat_key(os.stat(self.db_dir / entry.copy)) != entry.copy_key:
