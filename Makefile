@@ -13,7 +13,7 @@ up: setup
 	$(VENV)/flared up -c $(CONFIG)
 
 test:
-	@./scripts/setup --worker
+	@./scripts/setup --test
 	$(VENV)/ruff check flared tests bench
 	$(VENV)/ruff format --check flared tests bench
 	$(VENV)/mypy

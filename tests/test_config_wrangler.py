@@ -1,4 +1,4 @@
-"""`flared render wrangler`: wrangler.toml from the YAML, and the committed one is current."""
+"""`flared render wrangler`: wrangler.toml from the YAML, and what it refuses."""
 
 from __future__ import annotations
 
@@ -13,29 +13,109 @@ from typing import Any
 import pytest
 
 from flared.config.loader import load_config
+from flared.config.models import MIN_COMPATIBILITY_DATE
 from flared.config.wrangler import DO_CLASSES, INSTANCE_TYPES, RenderError, render
 from tests.fixtures.flare import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "{provider: anthropic, model: claude-sonnet-4-5}"
+ACCOUNT = "0123456789abcdef0123456789abcdef"
 
 
-def render_yaml(tmp_path: Path, text: str) -> dict[str, Any]:
+def render_yaml(tmp_path: Path, text: str, *, account: bool = True) -> dict[str, Any]:
     path = tmp_path / "hermes-flare.yaml"
-    path.write_text(textwrap.dedent(text))
+    text = textwrap.dedent(text)
+    if account:
+        text += f"\ncloudflare:\n  account_id: {ACCOUNT}\n" if "cloudflare:" not in text else ""
+    path.write_text(text)
     return tomllib.loads(render(load_config(path, environ={}, check_state_dir=False)))
 
 
-def test_committed_wrangler_toml_is_what_the_committed_yaml_renders() -> None:
-    loaded = load_config(ROOT / "hermes-flare.yaml", environ={}, check_state_dir=False)
-    committed = (ROOT / "wrangler.toml").read_text()
-    assert committed == render(loaded), (
-        "wrangler.toml is stale: run `flared render wrangler > wrangler.toml` and commit it"
+def shipped_render() -> str:
+    """wrangler.toml as the shipped YAML renders it (the Worker's tests run on this)."""
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_ACCOUNT_ID"}
+    res = run_cli(
+        "render",
+        "wrangler",
+        "-c",
+        str(ROOT / "hermes-flare.yaml"),
+        env={**env, "CLOUDFLARE_ACCOUNT_ID": ACCOUNT},
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_the_shipped_yaml_renders_with_an_account_id_only() -> None:
+    cfg = tomllib.loads(shipped_render())
+    assert cfg["account_id"] == ACCOUNT and cfg["vars"]["CF_ACCOUNT_ID"] == ACCOUNT
+    assert cfg["compatibility_date"] >= MIN_COMPATIBILITY_DATE
+    assert not (ROOT / "wrangler.toml").exists() or "wrangler.toml" in (ROOT / ".gitignore").read_text()
+
+
+def test_an_r2_store_without_account_id_is_refused_with_file_line_and_what_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_ACCOUNT_ID"}
+    res = run_cli("render", "wrangler", "-c", str(ROOT / "hermes-flare.yaml"), env=env)
+    assert res.returncode == 2
+    text = (ROOT / "hermes-flare.yaml").read_text().splitlines()
+    line = next(i for i, row in enumerate(text, 1) if "account_id:" in row)
+    assert f"hermes-flare.yaml:{line}:" in res.stderr and "cloudflare.account_id" in res.stderr
+    assert "wrangler whoami" in res.stderr and "CLOUDFLARE_ACCOUNT_ID" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    # No cloudflare section at all: the same refusal.
+    path = tmp_path / "hermes-flare.yaml"
+    path.write_text(f"version: 1\nbots:\n  - {{name: hermes, model: {MODEL}}}\n")
+    res = run_cli("render", "wrangler", "-c", str(path), env=env)
+    assert res.returncode == 2 and "cloudflare.account_id: is not set" in res.stderr
+    # A malformed id is a validation error at its line.
+    path.write_text("version: 1\ncloudflare:\n  account_id: my-account\n")
+    res = run_cli("render", "wrangler", "-c", str(path), env=env)
+    assert res.returncode == 2 and ":3:" in res.stderr and "32 hexadecimal digits" in res.stderr
+
+
+def test_the_compatibility_date_gives_durable_objects_ctx_exports(tmp_path: Path) -> None:
+    """@cloudflare/containers intercepts the Agent's egress through ctx.exports (2025-11-17 on)."""
+    cfg = render_yaml(tmp_path, "version: 1\n")
+    assert cfg["compatibility_date"] == MIN_COMPATIBILITY_DATE == "2025-11-17"
+    path = tmp_path / "old.yaml"
+    path.write_text(f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  compatibility_date: '2025-11-01'\n")
+    res = run_cli("render", "wrangler", "-c", str(path))
+    assert res.returncode == 2 and "ctx.exports" in res.stderr and "old.yaml:4:" in res.stderr
+    # workerd in worker/node_modules must support the date (its version is its newest date).
+    pkg = ROOT / "worker/node_modules/workerd/package.json"
+    if pkg.is_file():
+        newest = json.loads(pkg.read_text())["version"].split(".")[1]
+        assert cfg["compatibility_date"].replace("-", "") <= newest
+
+
+def test_egress_secrets_and_service_tokens_come_from_the_yaml(tmp_path: Path) -> None:
+    cfg = render_yaml(
+        tmp_path,
+        f"""
+        version: 1
+        bots:
+          - name: hermes
+            model: {{provider: anthropic, model: claude-sonnet-4-5, api_key: "${{ANTHROPIC_API_KEY:-}}"}}
+        cloudflare:
+          account_id: {ACCOUNT}
+          egress_secrets: [ANTHROPIC_API_KEY]
+          access:
+            team_domain: example.cloudflareaccess.com
+            aud: abc
+            allowed_service_tokens: [0123abcd.access]
+        """,
+    )
+    assert cfg["vars"]["EGRESS_SECRETS"] == "ANTHROPIC_API_KEY"
+    assert cfg["vars"]["ACCESS_ALLOWED_SERVICE_TOKENS"] == "0123abcd.access"
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  egress_secrets:\n    - NOT_USED\n")
+    res = run_cli("render", "wrangler", "-c", str(path))
+    assert (
+        res.returncode == 2 and "bad.yaml:5:" in res.stderr and "NOT_USED is not a ${NOT_USED}" in res.stderr
     )
 
 
-def test_committed_wrangler_toml_points_at_real_files_and_exports() -> None:
-    cfg = tomllib.loads((ROOT / "wrangler.toml").read_text())
+def test_rendered_wrangler_toml_points_at_real_files_and_exports() -> None:
+    cfg = tomllib.loads(shipped_render())
     assert (ROOT / cfg["main"]).is_file()
     assert "nodejs_compat" in cfg["compatibility_flags"]
     index = (ROOT / cfg["main"]).read_text()
@@ -54,7 +134,7 @@ def test_committed_wrangler_toml_points_at_real_files_and_exports() -> None:
     assert cfg["rules"] == [{"type": "Text", "globs": ["**/*.yaml"], "fallthrough": True}]
 
 
-def test_defaults_without_a_cloudflare_section(tmp_path: Path) -> None:
+def test_defaults_with_only_an_account_id(tmp_path: Path) -> None:
     cfg = render_yaml(
         tmp_path,
         """
@@ -64,7 +144,7 @@ def test_defaults_without_a_cloudflare_section(tmp_path: Path) -> None:
         """.replace("MODEL", MODEL),
     )
     assert cfg["name"] == "hermes-flare"
-    assert "account_id" not in cfg
+    assert cfg["account_id"] == ACCOUNT
     assert cfg["triggers"]["crons"] == ["*/5 * * * *"]
     assert cfg["r2_buckets"] == [{"binding": "SNAPSHOTS", "bucket_name": "hermes-flare-data"}]
     agent, exe = cfg["containers"]
@@ -77,6 +157,7 @@ def test_defaults_without_a_cloudflare_section(tmp_path: Path) -> None:
     # Longest lease lifetime (default 2h) plus a 10 minute margin.
     assert v["SANDBOX_MAX_IDLE_MS"] == str((7200 + 600) * 1000)
     assert v["ACCESS_TEAM_DOMAIN"] == v["ACCESS_AUD"] == v["ACCESS_ALLOWED_EMAILS"] == ""
+    assert v["EGRESS_SECRETS"] == v["ACCESS_ALLOWED_SERVICE_TOKENS"] == ""
 
 
 def test_cloudflare_section_groups_and_access(tmp_path: Path) -> None:
@@ -129,7 +210,7 @@ def test_more_groups_than_agent_instances_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "hermes-flare.yaml"
     path.write_text(
         f"version: 1\nbots:\n  - {{name: a, group: g1, model: {MODEL}}}\n  - {{name: b, group: g2, model: {MODEL}}}\n"
-        "cloudflare:\n  agent: {instance_type: basic, max_instances: 1}\n"
+        f"cloudflare:\n  account_id: {ACCOUNT}\n  agent: {{instance_type: basic, max_instances: 1}}\n"
     )
     with pytest.raises(
         RenderError, match=r"2 bot groups \(g1, g2\) need cloudflare.agent.max_instances >= 2"
@@ -139,17 +220,20 @@ def test_more_groups_than_agent_instances_is_refused(tmp_path: Path) -> None:
 
 def test_unknown_instance_type_is_a_clear_cli_error(tmp_path: Path) -> None:
     path = tmp_path / "hermes-flare.yaml"
-    path.write_text("version: 1\ncloudflare:\n  exec: {instance_type: huge, max_instances: 1}\n")
+    path.write_text(
+        f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  exec: {{instance_type: huge, max_instances: 1}}\n"
+    )
     res = run_cli("render", "wrangler", "-c", str(path))
     assert res.returncode == 2
     assert "cloudflare.exec.instance_type 'huge'" in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_cli_prints_the_render(tmp_path: Path) -> None:
-    res = run_cli("render", "wrangler", "-c", str(ROOT / "hermes-flare.yaml"))
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == (ROOT / "wrangler.toml").read_text()
+def test_cli_prints_the_render() -> None:
+    loaded = load_config(
+        ROOT / "hermes-flare.yaml", environ={"CLOUDFLARE_ACCOUNT_ID": ACCOUNT}, check_state_dir=False
+    )
+    assert shipped_render() == render(loaded)
 
 
 def test_strings_are_escaped(tmp_path: Path) -> None:
@@ -158,8 +242,9 @@ def test_strings_are_escaped(tmp_path: Path) -> None:
         """
         version: 1
         cloudflare:
+          account_id: ACCOUNT
           access: {team_domain: 'a"b.cloudflareaccess.com', aud: "x\\\\y"}
-        """,
+        """.replace("ACCOUNT", ACCOUNT),
     )
     assert cfg["vars"]["ACCESS_TEAM_DOMAIN"] == 'a"b.cloudflareaccess.com'
     assert cfg["vars"]["ACCESS_AUD"] == "x\\y"
@@ -183,6 +268,7 @@ def test_render_needs_no_secrets(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             version: 1
+            cloudflare: {account_id: 0123456789abcdef0123456789abcdef}
             bots:
               - name: hermes
                 group: team

@@ -63,8 +63,16 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def build_contexts() -> dict[str, Path]:
-    """Build context of each image as wrangler.toml configures it."""
-    cfg = tomllib.loads((ROOT / "wrangler.toml").read_text())
+    """Build context of each image as the rendered wrangler.toml configures it."""
+    from flared.config.loader import load_config
+    from flared.config.wrangler import render
+
+    loaded = load_config(
+        ROOT / "hermes-flare.yaml",
+        environ={"CLOUDFLARE_ACCOUNT_ID": "0123456789abcdef0123456789abcdef"},
+        check_state_dir=False,
+    )
+    cfg = tomllib.loads(render(loaded))
     contexts = {}
     for c in cfg["containers"]:
         dockerfile = (ROOT / c["image"]).resolve()
@@ -91,9 +99,10 @@ def test_dockerignore_admits_exactly_what_the_agent_image_copies() -> None:
     rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
     assert rules[0] == "*"
     admitted = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    copies = [args for ins, args in instructions(AGENT) if ins == "COPY"]
+    copies = [args for ins, args in instructions(AGENT) if ins == "COPY" and "--from=" not in args]
+    assert copies
     for args in copies:
-        *sources, _dest = shlex.split(args)
+        *sources, _dest = [p for p in shlex.split(args) if not p.startswith("--")]
         for src in sources:
             assert any(src == a or src.startswith(a + "/") for a in admitted), (
                 f"{src} is excluded by .dockerignore"
@@ -111,11 +120,29 @@ def test_exec_image_tag_is_the_sandbox_sdk_version_in_the_lock_file() -> None:
     assert m.group(1) == locked, f"images/exec uses sandbox {m.group(1)}, the Worker locks {locked}"
 
 
+def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage (the ARGs before the first FROM are stage 0's)."""
+    out: list[list[tuple[str, str]]] = [[]]
+    for ins, args in instructions(dockerfile):
+        if ins == "FROM" and out[-1] and any(i == "FROM" for i, _ in out[-1]):
+            out.append([])
+        out[-1].append((ins, args))
+    return out
+
+
+def default_base(dockerfile: Path) -> str:
+    """The official base the Dockerfile builds FROM unless BASE is passed (a real deploy)."""
+    arg = next(args for ins, args in instructions(dockerfile) if ins == "ARG" and args.startswith("BASE="))
+    return arg.split("=", 1)[1]
+
+
 def test_agent_image_python_and_uv_agree_with_the_project() -> None:
     ins = instructions(AGENT)
-    base = next(args for i, args in ins if i == "FROM")
+    base = default_base(AGENT)
     m = re.fullmatch(r"docker\.io/library/python:(\d+)\.(\d+)\.(\d+)-slim-bookworm", base)
     assert m, f"the Agent base image must be a pinned python slim tag, not {base}"
+    # Every stage builds FROM that base (a local build passes a stand-in as BASE).
+    assert [args.split()[0] for i, args in ins if i == "FROM"] == ["${BASE}", "${BASE}"]
     major, minor = int(m.group(1)), int(m.group(2))
     # The image runs the Python the tests run on (uv.lock resolves for it).
     assert (major, minor) == sys.version_info[:2]
@@ -127,22 +154,36 @@ def test_agent_image_python_and_uv_agree_with_the_project() -> None:
     uv = next(args for i, args in ins if i == "ARG" and args.startswith("UV_VERSION="))
     uv_major, uv_minor = (int(x) for x in uv.split("=", 1)[1].split(".")[:2])
     assert uv_major == 0 and uv_minor >= 5, "scripts/setup accepts uv>=0.5,<1; the image must too"
-    runs = " ".join(args for i, args in ins if i == "RUN")
-    assert "uv sync --frozen --no-dev" in runs, "the image must install exactly what uv.lock pins"
-    assert "squashfs-tools" in runs and "tini" in runs
+    build, final = stages(AGENT)
+    build_runs = " ".join(args for i, args in build if i == "RUN")
+    assert "uv sync --frozen --no-dev" in build_runs, "the image must install exactly what uv.lock pins"
+    final_runs = " ".join(args for i, args in final if i == "RUN")
+    assert "squashfs-tools" in final_runs and "tini" in final_runs
+    # uv and its downloads stay in the build stage: the final image only copies results.
+    assert "uv " not in final_runs and "pip install" not in final_runs
+    env = " ".join(args for i, args in build if i == "ENV")
+    assert "UV_NO_CACHE=1" in env
+    copied = [args for i, args in final if i == "COPY" and "--from=build" in args]
+    assert copied == [
+        "--from=build /opt/hermes-flare/.venv /opt/hermes-flare/.venv",
+        "--from=build /opt/hermes-flare/lib /opt/hermes-flare/lib",
+    ]
 
 
-def test_agent_image_runs_the_committed_supervisord_config_under_tini() -> None:
+def test_agent_image_runs_the_committed_supervisord_config_under_tini_as_hermes() -> None:
     ins = instructions(AGENT)
     copies = [args for i, args in ins if i == "COPY"]
     assert "supervisord/supervisord.conf /etc/hermes-flare/supervisord.conf" in copies
     entry = json.loads(next(args for i, args in ins if i == "ENTRYPOINT"))
     cmd = json.loads(next(args for i, args in ins if i == "CMD"))
-    assert entry == ["/usr/bin/tini", "--", "/usr/local/bin/hermes-flare-entrypoint"]
+    # The entrypoint (root) hands over to `hermes`, then tini runs supervisord.
+    assert entry == ["/usr/local/bin/hermes-flare-entrypoint", "/usr/bin/tini", "--"]
     assert cmd == ["supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
+    env = " ".join(args for i, args in ins if i == "ENV")
+    assert "FLARE_RUN_AS=hermes" in env
     assert next(args for i, args in ins if i == "EXPOSE") == "7979"
     # The port the Worker's Agent class talks to.
-    assert "CONTROL_PORT = 7979" in (ROOT / "worker/src/agent.ts").read_text()
+    assert "CONTROL_PORT = 7979" in (ROOT / "worker/src/agent-env.ts").read_text()
 
 
 def test_config_files_parse() -> None:

@@ -132,6 +132,25 @@ def test_exec_results(worker: FakeWorker) -> None:
     assert p.existing(lease_prefix("default")) == set()
 
 
+def test_exec_carries_the_profiles_network_and_idle_ttl(worker: FakeWorker) -> None:
+    """The Worker starts the lease's Exec container from these (no Internet unless allowed)."""
+    p = provider(worker)
+    lid = new_lease_id("default")
+    offline = SandboxProfile(provider="cloudflare", idle_ttl=3 * 3600)
+    req = ExecRequest(command="true", cwd="/workspace")
+    assert p.exec(lid, {}, offline, req).exit_code == 0
+    assert worker.exec_bodies[-1]["network"] is False
+    assert worker.exec_bodies[-1]["idle_ttl_ms"] == 3 * 3600 * 1000
+    online = SandboxProfile(provider="cloudflare", network=True, idle_ttl=600)
+    other = new_lease_id("default")
+    assert p.exec(other, {}, online, req).exit_code == 0
+    assert (worker.exec_bodies[-1]["network"], worker.exec_bodies[-1]["idle_ttl_ms"]) == (True, 600_000)
+    # A sandbox asked to change its network refuses (409): the command did not run.
+    ran = worker.ran
+    r = p.exec(lid, {}, online, req)
+    assert r.exit_code == NOT_RUN and "409" in r.stderr and worker.ran == ran
+
+
 def test_unavailable_is_retried_because_nothing_ran(worker: FakeWorker) -> None:
     p = provider(worker)
     lid = new_lease_id("default")

@@ -1,7 +1,14 @@
+import { existsSync } from "node:fs";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig, type Plugin } from "vitest/config";
 import { ACCESS_AUD, TEAM_DOMAIN, makeKeySet } from "./test/access-keys.ts";
 import { EXEC_HELPER_HOST, execHelper } from "./test/exec-helper.ts";
+
+/** The wrangler.toml the tests run on: scripts/worker-test renders it from the shipped YAML. */
+const WRANGLER_TOML = process.env.FLARE_WRANGLER_TOML ?? "../wrangler.test.toml";
+if (!existsSync(new URL(WRANGLER_TOML, new URL(".", import.meta.url)))) {
+  throw new Error(`${WRANGLER_TOML} is missing: run ./scripts/worker-test (it renders it with \`flared render wrangler\`)`);
+}
 
 /** Outbound requests the Worker under test makes, answered on the Node side. */
 function outbound(jwks: object): (request: Request) => Promise<Response> {
@@ -30,28 +37,26 @@ export default defineConfig({
       const keys = await makeKeySet();
       return {
         main: "./test/main.ts",
+        // Compatibility date and flags, Durable Object bindings and migrations,
+        // containers, module rules and [vars]: all from the rendered wrangler.toml.
+        wrangler: { configPath: WRANGLER_TOML },
         miniflare: {
-          compatibilityDate: "2025-11-01",
-          compatibilityFlags: ["nodejs_compat"],
           durableObjects: {
-            Agent: { className: "Agent", useSQLite: true },
-            Exec: { className: "Exec", useSQLite: true },
-            Registry: { className: "SandboxRegistry", useSQLite: true },
+            // Lends its real state to tests that construct an Agent themselves.
+            Host: { className: "Host", useSQLite: true },
           },
           bindings: {
-            BOT_GROUPS: JSON.stringify({ hermes: "default", scout: "research" }),
-            SANDBOX_PROFILES: "default",
-            SANDBOX_MAX_IDLE_MS: String(3 * 3600_000),
-            R2_BUCKET_NAME: "test-bucket",
-            CF_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
+            // Secrets (never in wrangler.toml).
             R2_ACCESS_KEY_ID: "test-r2-key-id",
             R2_SECRET_ACCESS_KEY: "test-r2-secret",
             HERMES_FLARE_API_KEY: "sk-test-provider-key",
             API_TOKEN: "test-api-token",
+            TEST_ACCESS_PRIVATE_JWK: JSON.stringify(keys.privateJwk),
+            // Two bot groups, for the fan-out tests (the shipped YAML has one),
+            // and Access for the test team, whose JWKS the outbound service serves.
+            BOT_GROUPS: JSON.stringify({ hermes: "default", scout: "research" }),
             ACCESS_TEAM_DOMAIN: TEAM_DOMAIN,
             ACCESS_AUD,
-            ACCESS_ALLOWED_EMAILS: "",
-            TEST_ACCESS_PRIVATE_JWK: JSON.stringify(keys.privateJwk),
           },
           outboundService: outbound(keys.jwks),
         },

@@ -466,6 +466,11 @@ class AccessConfig(Model):
     team_domain: str = Field(description="e.g. `example.cloudflareaccess.com`.")
     aud: str = Field(description="The Access application's AUD tag.")
     allowed_emails: list[str] = Field(default_factory=list, description="Optional allow-list of emails.")
+    allowed_service_tokens: list[str] = Field(
+        default_factory=list,
+        description="Optional allow-list of Access service tokens by Client ID (their JWTs carry no "
+        "email, only this as `common_name`), e.g. for CI or scripts.",
+    )
 
 
 class ContainerSpec(Model):
@@ -473,14 +478,28 @@ class ContainerSpec(Model):
     max_instances: int = Field(ge=1, description="Upper bound on running instances.")
 
 
+# From this date Durable Objects have `ctx.exports`, which @cloudflare/containers
+# needs to intercept the Agent container's outbound requests.
+MIN_COMPATIBILITY_DATE = "2025-11-17"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class CloudflareConfig(Model):
     """What differs on Cloudflare; `flared render wrangler` turns it into wrangler.toml."""
 
     worker: str = Field(default="hermes-flare", description="Worker name.")
-    account_id: str | None = Field(default=None, description="Cloudflare account id (optional in wrangler).")
+    account_id: str | None = Field(
+        default=None,
+        description="Cloudflare account id (32 hex digits, `wrangler whoami` shows it). Required to "
+        "render wrangler.toml: flared reaches R2 at `https://<account_id>.r2.cloudflarestorage.com`.",
+    )
     bucket: str = Field(default="hermes-flare-data", description="R2 bucket holding snapshots.")
     keepalive: str = Field(default="*/5 * * * *", description="Cron Trigger that keeps the Agent warm.")
-    compatibility_date: str = Field(default="2025-11-01", description="Workers compatibility date.")
+    compatibility_date: str = Field(
+        default=MIN_COMPATIBILITY_DATE,
+        description=f"Workers compatibility date; {MIN_COMPATIBILITY_DATE} or later (Durable Objects "
+        "need `ctx.exports` to intercept the Agent container's outbound requests).",
+    )
     agent: ContainerSpec = Field(
         default_factory=lambda: ContainerSpec(instance_type="standard-1", max_instances=4),
         description="Agent container (one instance per bot group).",
@@ -489,12 +508,47 @@ class CloudflareConfig(Model):
         default_factory=lambda: ContainerSpec(instance_type="basic", max_instances=20),
         description="Exec sandbox containers.",
     )
+    egress_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets (names of `${VAR}`s this YAML uses) injected at egress: the Agent container "
+        "gets a placeholder and the Worker puts the real value into requests to the LLM providers.",
+    )
     access: AccessConfig | None = Field(default=None, description="Cloudflare Access for `/api/*`.")
 
     @field_validator("keepalive")
     @classmethod
     def _cron(cls, v: str) -> str:
         return check_schedule(v)
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        if v and not re.fullmatch(r"[0-9a-f]{32}", v.strip()):
+            raise ValueError("must be 32 hexadecimal digits (`wrangler whoami` shows your account id)")
+        return v.strip() if v else v
+
+    @field_validator("compatibility_date")
+    @classmethod
+    def _date(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            raise ValueError("must be a date like 2025-11-17")
+        if v < MIN_COMPATIBILITY_DATE:
+            raise ValueError(
+                f"must be {MIN_COMPATIBILITY_DATE} or later: before it a Durable Object has no "
+                "ctx.exports and the Agent container's outbound interception fails "
+                "(`ctx.exports is undefined`)"
+            )
+        return v
+
+    @field_validator("egress_secrets")
+    @classmethod
+    def _egress(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a variable name")
+            if name.startswith("FLARE_"):
+                raise ValueError(f"{name}: FLARE_* variables are flared's own, not secrets to inject")
+        return v
 
 
 class ControlConfig(Model):

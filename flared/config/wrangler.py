@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flared.config import yamlpos
 from flared.config.loader import LoadedConfig, find_config, load_config, read_config_text
 from flared.config.models import CloudflareConfig, HermesFlareConfig
 
@@ -38,11 +39,15 @@ SWEEP_MARGIN_S = 600
 
 # `${NAME}` with no default: a secret the Worker supplies at run time.
 _REQUIRED_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Any `${NAME}` or `${NAME:-default}`: what the Worker passes to the container.
+_ANY_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 _KEY_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*:\s*[\[{]?[^:]*$")
 
 
 def _placeholder(key: str) -> str:
     """A value of the right shape for the field a variable fills (it is never used)."""
+    if key == "account_id":  # never invented: render refuses it missing, saying what to set
+        return ""
     if key == "bot_token":
         return "xoxb-render-placeholder"
     if key == "app_token":
@@ -113,12 +118,41 @@ def worker_vars(cfg: HermesFlareConfig, cf: CloudflareConfig) -> dict[str, str]:
         "ACCESS_TEAM_DOMAIN": access.team_domain if access else "",
         "ACCESS_AUD": access.aud if access else "",
         "ACCESS_ALLOWED_EMAILS": ",".join(access.allowed_emails) if access else "",
-        "EGRESS_SECRETS": "",
+        "ACCESS_ALLOWED_SERVICE_TOKENS": ",".join(access.allowed_service_tokens) if access else "",
+        "EGRESS_SECRETS": ",".join(cf.egress_secrets),
     }
 
 
 class RenderError(ValueError):
     """The YAML is valid but cannot become a working wrangler.toml; the message says what to set."""
+
+
+def _refuse(loaded: LoadedConfig, path: tuple[str | int, ...], message: str) -> RenderError:
+    """A render refusal that points at the field: FILE:LINE:COL: path: message."""
+    mark = yamlpos.load(loaded.text).mark(path, prefer_key=True)
+    where = ".".join(str(p) for p in path)
+    return RenderError(f"{loaded.path}:{mark.line}:{mark.col}: {where}: {message}")
+
+
+def _check_deployable(loaded: LoadedConfig, cf: CloudflareConfig) -> None:
+    """What Cloudflare needs that the schema cannot demand (the same YAML also runs locally)."""
+    if not cf.account_id:
+        raise _refuse(
+            loaded,
+            ("cloudflare", "account_id"),
+            "is not set: flared reaches the R2 snapshot store at https://<account_id>.r2.cloudflarestorage.com "
+            "and without it no bot starts. Set `cloudflare.account_id` to your account id (`wrangler whoami` "
+            "shows it), or export CLOUDFLARE_ACCOUNT_ID with `account_id: ${CLOUDFLARE_ACCOUNT_ID:-}` in the YAML",
+        )
+    used = set(_ANY_VAR.findall(loaded.text))
+    for i, name in enumerate(cf.egress_secrets):
+        if name not in used:
+            raise _refuse(
+                loaded,
+                ("cloudflare", "egress_secrets", i),
+                f"{name} is not a ${{{name}}} this YAML uses: only a secret the YAML interpolates reaches "
+                "the container as a placeholder",
+            )
 
 
 def _check(cfg: HermesFlareConfig, cf: CloudflareConfig) -> None:
@@ -140,6 +174,7 @@ def render(loaded: LoadedConfig) -> str:
     """The wrangler.toml this YAML implies."""
     cfg = loaded.config
     cf = cfg.cloudflare or CloudflareConfig()
+    _check_deployable(loaded, cf)
     _check(cfg, cf)
 
     lines = [

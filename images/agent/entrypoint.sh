@@ -1,13 +1,17 @@
 #!/bin/sh
 # Agent container start: write the YAML the Worker passed, trust Cloudflare's
 # container CA when it is mounted, make the state dirs, then exec the command
-# (supervisord). Paths come from the environment so tests can run this
-# outside a container.
+# (tini -> supervisord). When started as root with FLARE_RUN_AS set (the
+# image sets `hermes`), it hands the config and state dirs to that user and
+# drops to it for good before the exec, so nothing keeps running as root.
+# Paths come from the environment so tests can run this outside a container.
 set -eu
 
 config="${HERMES_FLARE_CONFIG:-/etc/hermes-flare/hermes-flare.yaml}"
 state="${FLARE_STATE_DIR:-/var/lib/hermes-flare}"
 ca="${FLARE_CONTAINER_CA:-/etc/cloudflare/certs/cloudflare-containers-ca.crt}"
+run_as="${FLARE_RUN_AS:-}"
+[ "$(id -u)" -eq 0 ] || run_as=""
 
 if [ -n "${FLARE_CONFIG_B64:-}" ]; then
   mkdir -p "$(dirname "$config")"
@@ -29,6 +33,23 @@ if [ -f "$ca" ]; then
   cat /etc/ssl/certs/ca-certificates.crt "$ca" > "$bundle.tmp" 2>/dev/null || cp "$ca" "$bundle.tmp"
   mv "$bundle.tmp" "$bundle"
   export SSL_CERT_FILE="$bundle" REQUESTS_CA_BUNDLE="$bundle"
+fi
+
+if [ -n "$run_as" ]; then
+  uid=$(id -u "$run_as") || { echo "hermes-flare: no user $run_as (FLARE_RUN_AS)" >&2; exit 2; }
+  # flared replaces the YAML on PUT /config (temp file + rename in its dir).
+  chown "$run_as:" "$(dirname "$config")" "$config"
+  # A state dir that arrives owned by someone else (a fresh volume) is handed
+  # over whole; otherwise only what this script just made.
+  if [ "$(stat -c %u "$state")" != "$uid" ]; then
+    chown -R "$run_as:" "$state"
+  else
+    chown "$run_as:" "$state/logs" "$state/supervisor" "$state/supervisor/programs"
+    [ ! -f "$state/ca-bundle.pem" ] || chown "$run_as:" "$state/ca-bundle.pem"
+  fi
+  home=$(getent passwd "$run_as" | cut -d: -f6)
+  export HOME="${home:-$state}" USER="$run_as" LOGNAME="$run_as"
+  exec setpriv --reuid="$run_as" --regid="$run_as" --init-groups --inh-caps=-all --no-new-privs -- "$@"
 fi
 
 exec "$@"

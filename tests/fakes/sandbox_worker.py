@@ -46,6 +46,7 @@ class FakeWorker:
         self.fail_after_run = 0
         self.ran = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.exec_bodies: list[dict[str, Any]] = []
         worker = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,13 +136,29 @@ class FakeWorker:
         command = body.get("command") if isinstance(body, dict) else None
         if not isinstance(command, str) or not command:
             return 400, {"error": "command must be a non-empty string"}, None
+        network = body.get("network", False)
+        if not isinstance(network, bool):
+            return 400, {"error": "network must be a boolean"}, None
         with self.lock:
+            self.exec_bodies.append(body)
+            known = self.sandboxes.get(sid)
+            if known is not None and known.get("network", False) != network:
+                # The contract: a sandbox keeps the network it was created with.
+                return (
+                    409,
+                    {"error": f"sandbox {sid} was created with network {not network}", "started": False},
+                    None,
+                )
             if self.fail_start > 0:
                 self.fail_start -= 1
                 return 503, {"error": "sandbox container unavailable", "started": False}, {"Retry-After": "1"}
             entry = self.sandboxes.get(sid)
             if entry is None:
-                entry = {"data": self.provider.create(sid, self.profile), "created_at": _now()}
+                entry = {
+                    "data": self.provider.create(sid, self.profile),
+                    "created_at": _now(),
+                    "network": network,
+                }
                 self.sandboxes[sid] = entry
             entry["last_used_at"] = _now()
         req = ExecRequest(

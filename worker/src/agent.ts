@@ -3,92 +3,34 @@
  * group. One Durable Object (and one container) per group, named by group.
  *
  * The Worker reaches flared's control API on CONTROL_PORT through this
- * object only, with an internal token the object makes itself: the token is
- * generated in Durable Object storage, handed to the container as
- * FLARE_CONTROL_TOKEN at start, renewed whenever the container stops, and
- * never leaves the Worker and the container. Whatever credential a caller of
- * /api/* presented is stripped before the request reaches flared.
+ * object only, with an internal token the object makes itself: a fresh token
+ * is minted just before each container start, kept in Durable Object storage,
+ * handed to that container as FLARE_CONTROL_TOKEN, and used until the next
+ * start; a stop event handled late never changes it. It never leaves the
+ * Worker and the container. Whatever credential a caller of /api/* presented
+ * is stripped before the request reaches flared.
  */
 import { Container, type OutboundHandler } from "@cloudflare/containers";
 import CONFIG_YAML from "../../hermes-flare.yaml";
 import type { Env } from "./env";
-import { sandboxOutbound, SANDBOX_HOST } from "./sandboxes";
+import {
+  agentEnvVars,
+  commaList,
+  CONTROL_PORT,
+  EGRESS_PLACEHOLDER_PREFIX,
+  IMAGE_STATE_DIR,
+  referencedVars,
+  SANDBOX_HOST,
+  toBase64,
+} from "./agent-env";
+import { sandboxOutbound } from "./sandboxes";
 
 export { CONFIG_YAML };
 
-/** flared's control API in the image (`control.port`, set through FLARE_CONTROL__PORT). */
-export const CONTROL_PORT = 7979;
-/** Where the image keeps state (snapshots restore into it). */
-export const IMAGE_STATE_DIR = "/var/lib/hermes-flare";
+export { agentEnvVars, commaList, CONTROL_PORT, EGRESS_PLACEHOLDER_PREFIX, IMAGE_STATE_DIR, referencedVars, toBase64 };
+
 /** Header the Worker sets so the object knows which group it is. */
 export const GROUP_HEADER = "X-Flare-Group";
-
-/** Placeholder a container sees instead of a secret injected at egress. */
-export const EGRESS_PLACEHOLDER_PREFIX = "flare-egress-";
-
-/** `${NAME}` and `${NAME:-default}` in the YAML: what the container's environment must supply. */
-export function referencedVars(yaml: string): string[] {
-  const names = new Set<string>();
-  for (const m of yaml.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}/g)) {
-    if (m[1]) names.add(m[1]);
-  }
-  return [...names].sort();
-}
-
-export function commaList(value: unknown): string[] {
-  return typeof value === "string"
-    ? value
-        .split(",")
-        .map((s) => s.trim())
-        .filter(Boolean)
-    : [];
-}
-
-/** base64 of UTF-8 text (the YAML travels to the container as FLARE_CONFIG_B64). */
-export function toBase64(text: string): string {
-  const bytes = new TextEncoder().encode(text);
-  let bin = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(bin);
-}
-
-/**
- * The Agent container's environment: the YAML, the group, the internal token,
- * the Cloudflare-specific overrides (FLARE_* env overrides of the YAML, so the
- * same file runs locally and here), and the secrets the YAML interpolates.
- */
-export function agentEnvVars(env: Env, group: string, token: string, yaml: string): Record<string, string> {
-  const vars: Record<string, string> = {
-    FLARE_CONFIG_B64: toBase64(yaml),
-    FLARE_GROUP: group,
-    FLARE_CONTROL_TOKEN: token,
-    FLARE_CONTROL__HOST: "0.0.0.0",
-    FLARE_CONTROL__PORT: String(CONTROL_PORT),
-    FLARE_STATE_DIR: IMAGE_STATE_DIR,
-    FLARE_STORE__URL: `s3://${env.R2_BUCKET_NAME}/snapshots`,
-    FLARE_STORE__REGION: "auto",
-  };
-  if (typeof env.CF_ACCOUNT_ID === "string" && env.CF_ACCOUNT_ID) {
-    vars.FLARE_STORE__ENDPOINT = `https://${env.CF_ACCOUNT_ID}.r2.cloudflarestorage.com`;
-  }
-  if (typeof env.R2_ACCESS_KEY_ID === "string") vars.FLARE_STORE__ACCESS_KEY_ID = env.R2_ACCESS_KEY_ID;
-  if (typeof env.R2_SECRET_ACCESS_KEY === "string") vars.FLARE_STORE__SECRET_ACCESS_KEY = env.R2_SECRET_ACCESS_KEY;
-  // Every sandbox profile runs on Exec containers here, never in the Agent.
-  for (const profile of commaList(env.SANDBOX_PROFILES)) {
-    vars[`FLARE_SANDBOXES__${profile.toUpperCase()}__PROVIDER`] = "cloudflare";
-    vars[`FLARE_SANDBOXES__${profile.toUpperCase()}__ENDPOINT`] = `http://${SANDBOX_HOST}`;
-  }
-  const atEgress = new Set(commaList(env.EGRESS_SECRETS));
-  for (const name of referencedVars(yaml)) {
-    if (name in vars || name.startsWith("FLARE_")) continue;
-    const value = env[name];
-    if (typeof value !== "string") continue;
-    vars[name] = atEgress.has(name) ? `${EGRESS_PLACEHOLDER_PREFIX}${name}` : value;
-  }
-  return vars;
-}
 
 /** Headers never forwarded to flared: the caller's credentials and Cloudflare's. */
 const STRIPPED = ["authorization", "cookie", "cf-access-jwt-assertion", "cf-access-client-id", "cf-access-client-secret"];
@@ -111,26 +53,33 @@ export function randomToken(): string {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Storage keys shared by the Agent and its test double. */
+/** Storage keys of the Agent object. */
 export const TOKEN_KEY = "control-token";
 export const GROUP_KEY = "group";
 
-/** The token and group of this object, creating the token on first use. */
-export async function agentIdentity(
-  storage: DurableObjectStorage,
-  requestedGroup: string | null,
-): Promise<{ token: string; group: string }> {
-  let token = await storage.get<string>(TOKEN_KEY);
-  if (!token) {
-    token = randomToken();
-    await storage.put(TOKEN_KEY, token);
-  }
+/** The group this object serves: fixed by the first request that names one. */
+export async function agentGroup(storage: DurableObjectStorage, requestedGroup: string | null): Promise<string> {
   let group = await storage.get<string>(GROUP_KEY);
   if (!group) {
     group = requestedGroup ?? "default";
     await storage.put(GROUP_KEY, group);
   }
-  return { token, group };
+  return group;
+}
+
+/**
+ * A non-JSON error from @cloudflare/containers (the container could not start,
+ * the connection to it broke) as the JSON error every /api/* answer is, with
+ * the library's own text: flared itself always answers JSON.
+ */
+export async function containerErrorAsJson(res: Response, group: string): Promise<Response> {
+  if (res.ok || (res.headers.get("Content-Type") ?? "").includes("application/json")) return res;
+  const text = (await res.text()).trim();
+  const status = res.status >= 500 ? 503 : res.status;
+  return Response.json(
+    { error: `the Agent container of group ${group}: ${text.slice(0, 1000) || `HTTP ${res.status}`}`, container: true },
+    { status },
+  );
 }
 
 /** Inject a secret at egress: replace its placeholder in the request headers with the real value. */
@@ -171,14 +120,47 @@ export class Agent extends Container<Env> {
   // traffic (onActivityExpired below keeps it), and let the cron keep it up.
   override sleepAfter = "1h";
   override enableInternet = true;
+  // Decided here, not per request: when this object restarts while its
+  // container runs, the library re-applies interception from its constructor,
+  // before any fetch. HTTPS to EGRESS_HOSTS goes through egressOutbound only
+  // when a secret is injected at egress; the image then trusts Cloudflare's CA.
+  override interceptHttps = commaList(this.env.EGRESS_SECRETS).length > 0;
+
+  /** The token of the container about to be started (cleared once it has started). */
+  private pendingToken: string | undefined;
 
   override async fetch(request: Request): Promise<Response> {
-    const { token, group } = await agentIdentity(this.ctx.storage, request.headers.get(GROUP_HEADER));
-    this.envVars = agentEnvVars(this.env, group, token, CONFIG_YAML);
-    // HTTPS to EGRESS_HOSTS goes through egressOutbound only when a secret is
-    // injected at egress; the image then trusts Cloudflare's container CA.
-    this.interceptHttps = commaList(this.env.EGRESS_SECRETS).length > 0;
-    return this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
+    const group = await agentGroup(this.ctx.storage, request.headers.get(GROUP_HEADER));
+    const token = await this.tokenFor(group);
+    const res = await this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
+    return containerErrorAsJson(res, group);
+  }
+
+  /**
+   * The token of the running container, or, when none runs, a fresh one the
+   * next start (inside containerFetch) hands over. Concurrent requests before
+   * that start share one pending token, and the library's pending onStop runs
+   * at start without touching it.
+   */
+  private async tokenFor(group: string): Promise<string> {
+    if (this.ctx.container?.running) {
+      const token = await this.ctx.storage.get<string>(TOKEN_KEY);
+      if (token) return token;
+      // A container whose token this object lost (storage wiped): nobody can
+      // talk to it; stop it so the next request starts one with a known token.
+      await this.stop();
+    }
+    if (this.pendingToken === undefined) {
+      const token = randomToken();
+      this.pendingToken = token;
+      this.envVars = agentEnvVars(this.env, group, token, CONFIG_YAML);
+      await this.ctx.storage.put(TOKEN_KEY, token);
+    }
+    return this.pendingToken;
+  }
+
+  override onStart(): void {
+    this.pendingToken = undefined;
   }
 
   /**
@@ -202,9 +184,11 @@ export class Agent extends Container<Env> {
     return Promise.resolve();
   }
 
-  override async onStop(): Promise<void> {
-    // A new container gets a new internal token.
-    await this.ctx.storage.delete(TOKEN_KEY);
+  override onStop(params: { exitCode: number; reason: string }): void {
+    // The token stays until the next start replaces it: a stop handled late
+    // (the library runs pending onStop calls at the next start) must not
+    // invalidate the token that start hands over.
+    console.log(`Agent container stopped: exit code ${params.exitCode} (${params.reason})`);
   }
 }
 

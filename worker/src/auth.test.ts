@@ -111,4 +111,19 @@ describe("Cloudflare Access JWT", () => {
     const other = await signed({ email: "intruder@example.com" });
     expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": other }), listed)).toMatchObject({ ok: false, status: 403 });
   });
+  it("admits an Access service token by its common name (its JWT has no email)", async () => {
+    const clientId = "0123abcd4567ef89.access";
+    const token = await signed({ email: undefined, common_name: clientId, sub: "" });
+    const emailsOnly = { ...E, ACCESS_ALLOWED_EMAILS: "ops@example.com" } as Env;
+    expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": token }), emailsOnly)).toMatchObject({ ok: false, status: 403 });
+    const both = { ...emailsOnly, ACCESS_ALLOWED_SERVICE_TOKENS: `other.access, ${clientId}` } as Env;
+    expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": token }), both)).toEqual({ ok: true, via: "access", serviceToken: clientId });
+    // People still need their email on the list; a service token not listed is refused.
+    expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": await signed({}) }), both)).toMatchObject({ ok: true, email: "ops@example.com" });
+    const stranger = await signed({ email: undefined, common_name: "stranger.access" });
+    expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": stranger }), both)).toMatchObject({ ok: false, status: 403 });
+    // A person's JWT cannot pass as a service token by also carrying a listed common_name.
+    const sneaky = await signed({ email: "intruder@example.com", common_name: clientId });
+    expect(await authenticate(req({ "Cf-Access-Jwt-Assertion": sneaky }), both)).toMatchObject({ ok: false, status: 403 });
+  });
 });

@@ -16,13 +16,22 @@ import type { Env } from "./env";
 export const QUERY_TOKEN_PARAMS = ["token", "access_token", "api_token", "api_key", "key", "auth"];
 
 export type AuthResult =
-  | { ok: true; via: "bearer" | "access"; email?: string }
+  | { ok: true; via: "bearer" | "access"; email?: string; serviceToken?: string }
   | { ok: false; status: 400 | 401 | 403 | 503; error: string };
 
 export interface AccessSettings {
   teamDomain: string;
   aud: string;
   allowedEmails: string[];
+  /** Client IDs of Access service tokens (the `common_name` claim of their JWTs). */
+  allowedServiceTokens: string[];
+}
+
+function list(value: string | undefined, lower: boolean): string[] {
+  return (value ?? "")
+    .split(",")
+    .map((e) => (lower ? e.trim().toLowerCase() : e.trim()))
+    .filter(Boolean);
 }
 
 /** The Access settings from the Worker's vars, or null when Access is off. */
@@ -33,10 +42,8 @@ export function accessSettings(env: Env): AccessSettings | null {
   return {
     teamDomain: team.replace(/^https?:\/\//, "").replace(/\/+$/, ""),
     aud,
-    allowedEmails: (env.ACCESS_ALLOWED_EMAILS ?? "")
-      .split(",")
-      .map((e) => e.trim().toLowerCase())
-      .filter(Boolean),
+    allowedEmails: list(env.ACCESS_ALLOWED_EMAILS, true),
+    allowedServiceTokens: list(env.ACCESS_ALLOWED_SERVICE_TOKENS, false),
   };
 }
 
@@ -77,7 +84,21 @@ function jwksFor(teamDomain: string): ReturnType<typeof createRemoteJWKSet> {
   return jwks;
 }
 
-/** Verify an Access JWT: signature (team JWKS), `iss`, `aud`, expiry, and the email allow-list. */
+/**
+ * Whether a verified Access identity is on the allow-lists. A person's JWT
+ * carries `email`; a service token's (a machine: CI, a script) has no email
+ * but `common_name`, the token's Client ID. Both lists empty: anyone the
+ * Access policy admits.
+ */
+export function accessAllowed(payload: JWTPayload, access: AccessSettings): boolean {
+  if (access.allowedEmails.length === 0 && access.allowedServiceTokens.length === 0) return true;
+  const email = typeof payload.email === "string" ? payload.email.toLowerCase() : "";
+  if (email && access.allowedEmails.includes(email)) return true;
+  const commonName = typeof payload.common_name === "string" ? payload.common_name : "";
+  return !email && commonName !== "" && access.allowedServiceTokens.includes(commonName);
+}
+
+/** Verify an Access JWT: signature (team JWKS), `iss`, `aud`, expiry, and the allow-lists. */
 export async function verifyAccessJwt(
   jwt: string,
   access: AccessSettings,
@@ -104,11 +125,8 @@ export async function verifyAccessJwt(
       clockTolerance: 30,
       requiredClaims: ["exp"],
     });
-    if (access.allowedEmails.length > 0) {
-      const email = typeof payload.email === "string" ? payload.email.toLowerCase() : "";
-      if (!email || !access.allowedEmails.includes(email)) {
-        return { ok: false, status: 403, error: "this Access identity is not in the allowed emails" };
-      }
+    if (!accessAllowed(payload, access)) {
+      return { ok: false, status: 403, error: "this Access identity is not in the allowed emails or service tokens" };
     }
     return { ok: true, payload };
   } catch (err) {
@@ -163,7 +181,9 @@ export async function authenticate(req: Request, env: Env): Promise<AuthResult> 
     const v = await verifyAccessJwt(jwt, access);
     if (v.ok) {
       const email = typeof v.payload.email === "string" ? v.payload.email : undefined;
-      return email ? { ok: true, via: "access", email } : { ok: true, via: "access" };
+      if (email) return { ok: true, via: "access", email };
+      const cn = typeof v.payload.common_name === "string" ? v.payload.common_name : undefined;
+      return cn ? { ok: true, via: "access", serviceToken: cn } : { ok: true, via: "access" };
     }
     return { ok: false, status: v.status, error: v.error };
   }

@@ -30,6 +30,8 @@ export interface Env {
   ACCESS_AUD?: string;
   /** Comma-separated emails allowed through Access (empty = any the policy admits). */
   ACCESS_ALLOWED_EMAILS?: string;
+  /** Comma-separated Client IDs of Access service tokens allowed (their JWTs carry no email). */
+  ACCESS_ALLOWED_SERVICE_TOKENS?: string;
   /** Comma-separated secret names injected at egress instead of entering the container. */
   EGRESS_SECRETS?: string;
 

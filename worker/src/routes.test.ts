@@ -143,28 +143,61 @@ describe("proxied routes", () => {
     await api("/api/status?group=research");
     const res = await api("/api/containers/research/restart", { method: "POST" });
     expect(await res.json()).toEqual({ group: "research", restarting: true });
-    expect((await T.Agent.getByName("research").state()).starts).toBe(1);
+    expect((await T.Agent.getByName("research").probe()).starts).toBe(1);
     await api("/api/status?group=research");
-    expect((await T.Agent.getByName("research").state()).starts).toBe(2);
+    expect((await T.Agent.getByName("research").probe()).starts).toBe(2);
     expect((await api("/api/containers/nope/restart", { method: "POST" })).status).toBe(404);
     expect((await SELF.fetch("https://worker.test/api/containers/research/restart", { method: "POST" })).status).toBe(401);
   });
 
-  it("an Agent that cannot start is a 503 with a message, and other groups still answer", async () => {
-    await T.Agent.getByName("research").setDown(true);
+  it("an Agent that cannot start answers with the container's own error text, and other groups still answer", async () => {
+    const fault = "image pull failed: manifest unknown (test fault)";
+    await T.Agent.getByName("research").setStartFault(fault);
     const res = await api("/api/status");
     expect(res.status).toBe(502);
     const body = (await res.json()) as { groups: Record<string, { error?: string; flared?: unknown }> };
-    expect(body.groups.research!.error).toContain("not reachable");
+    expect(body.groups.research!.error).toContain(fault);
+    expect(body.groups.research!.error).not.toContain("non-JSON");
     expect(body.groups.default!.flared).toBeDefined();
-    expect((await api("/api/logs?bot=scout")).status).toBe(503);
+    const logs = await api("/api/logs?bot=scout");
+    expect(logs.status).toBe(503);
+    expect(logs.headers.get("Content-Type")).toContain("application/json");
+    expect(((await logs.json()) as { error: string }).error).toContain(fault);
+  });
+});
+
+describe("errors keep their text", () => {
+  it("a non-JSON answer from one group is reported with its text", async () => {
+    await T.Agent.getByName("research").setPlainError("Traceback: flared exploded (test fault)");
+    const res = await api("/api/status");
+    expect(res.status).toBe(502);
+    const body = (await res.json()) as { groups: Record<string, { error?: string }> };
+    expect(body.groups.research!.error).toContain("Traceback: flared exploded (test fault)");
+    expect(body.groups.research!.error).not.toContain("non-JSON");
+  });
+});
+
+describe("the Worker's configuration", () => {
+  it("is the rendered wrangler.toml's: vars and the R2 binding of the shipped YAML", async () => {
+    expect(E).toMatchObject({
+      R2_BUCKET_NAME: "hermes-flare-data",
+      CF_ACCOUNT_ID: "0123456789abcdef0123456789abcdef",
+      SANDBOX_PROFILES: "default",
+      SANDBOX_MAX_IDLE_MS: "7800000",
+      EGRESS_SECRETS: "",
+      ACCESS_ALLOWED_EMAILS: "",
+      ACCESS_ALLOWED_SERVICE_TOKENS: "",
+    });
+    expect(E.SNAPSHOTS).toBeDefined();
+    await E.SNAPSHOTS!.put("probe", "x");
+    expect(await (await E.SNAPSHOTS!.get("probe"))!.text()).toBe("x");
   });
 });
 
 describe("the Agent container's environment", () => {
   it("carries the YAML, group, token, Cloudflare overrides and the YAML's secrets, and not the API token", async () => {
     await api("/api/status?group=default");
-    const st = await T.Agent.getByName("default").state();
+    const st = await T.Agent.getByName("default").probe();
     const vars = st.envVars!;
     expect(atob(vars.FLARE_CONFIG_B64!)).toBe(CONFIG_YAML);
     expect(vars).toMatchObject({
@@ -173,7 +206,7 @@ describe("the Agent container's environment", () => {
       FLARE_CONTROL__HOST: "0.0.0.0",
       FLARE_CONTROL__PORT: "7979",
       FLARE_STATE_DIR: "/var/lib/hermes-flare",
-      FLARE_STORE__URL: "s3://test-bucket/snapshots",
+      FLARE_STORE__URL: "s3://hermes-flare-data/snapshots",
       FLARE_STORE__ENDPOINT: "https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com",
       FLARE_STORE__ACCESS_KEY_ID: "test-r2-key-id",
       FLARE_STORE__SECRET_ACCESS_KEY: "test-r2-secret",

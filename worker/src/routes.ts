@@ -121,7 +121,8 @@ async function fanOut(c: C, path: string, body?: string): Promise<Response> {
         try {
           parsed = JSON.parse(text);
         } catch {
-          parsed = { error: `flared answered ${res.status} with a non-JSON body` };
+          // Keep the text: it says what went wrong (never replace it with a generic note).
+          parsed = { error: `group ${g} answered ${res.status}: ${text.trim().slice(0, 1000) || "(empty body)"}` };
         }
         return [g, res.ok, parsed] as const;
       } catch (err) {

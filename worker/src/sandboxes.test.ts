@@ -3,23 +3,26 @@
  * Worker's handler, each file on a fresh registry and fresh sandboxes; the
  * Exec containers are the bubblewrap-backed double (test/doubles.ts).
  */
-import { env, reset } from "cloudflare:test";
+import { env, reset, runInDurableObject } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
+import { ContainerDouble, withContainer } from "../test/container-double";
 import type { TestEnv } from "../test/doubles";
 import type { Env } from "./env";
 import { registry } from "./registry";
 import {
+  Exec,
   handleSandboxRequest,
   isStartFailure,
   limitOutput,
   parseExecRequest,
   sandboxOutbound,
+  SLEEP_MARGIN_S,
   sweepStale,
   TRUNCATION_MARKER,
   validSandboxId,
 } from "./sandboxes";
 
-const T = env as unknown as TestEnv;
+const T = env as unknown as TestEnv & { Host: DurableObjectNamespace };
 const E = env as unknown as Env;
 const TOKEN = "contract-test-token";
 
@@ -162,6 +165,36 @@ describe("sandbox handler details", () => {
     expect((await T.Exec.getByName("fl-default-newaaaaaaaaa").stats()).destroyed).toBe(false);
   });
 
+  it("an exec carries its lease profile's settings: no network unless allowed, sleepAfter past the idle_ttl", async () => {
+    const run = (id: string, extra: object) =>
+      handleSandboxRequest(
+        new Request(`http://x/internal/sandboxes/${id}/exec`, {
+          method: "POST",
+          headers: { Authorization: `Bearer ${TOKEN}` },
+          body: JSON.stringify({ command: "true", cwd: "/workspace", ...extra }),
+        }),
+        E,
+        TOKEN,
+      );
+    const offline = "fl-default-offlineaaaaa";
+    expect((await run(offline, { idle_ttl_ms: 3 * 3600_000 })).status).toBe(200);
+    // The profile's idle_ttl (3 h) plus a margin, not the SDK's 10 minutes.
+    expect(await T.Exec.getByName(offline).stats()).toMatchObject({ network: false, sleepAfter: `${3 * 3600 + SLEEP_MARGIN_S}s` });
+    const online = "fl-default-onlineaaaaaa";
+    expect((await run(online, { network: true, idle_ttl_ms: 600_000 })).status).toBe(200);
+    expect(await T.Exec.getByName(online).stats()).toMatchObject({ network: true, sleepAfter: `${600 + SLEEP_MARGIN_S}s` });
+    // A sandbox keeps the network it was created with.
+    const flip = await run(offline, { network: true });
+    expect(flip.status).toBe(409);
+    expect((await T.Exec.getByName(offline).stats()).execs).toBe(1);
+    // Without an idle_ttl (an older flared): the longest lease any profile allows.
+    const old = "fl-default-olderaaaaaaa";
+    expect((await run(old, {})).status).toBe(200);
+    expect((await T.Exec.getByName(old).stats()).sleepAfter).toBe(`${Number(E.SANDBOX_MAX_IDLE_MS) / 1000 + SLEEP_MARGIN_S}s`);
+    expect(() => parseExecRequest({ command: "x", cwd: "/", network: "yes" })).toThrow("network must be a boolean");
+    expect(() => parseExecRequest({ command: "x", cwd: "/", idle_ttl_ms: -1 })).toThrow("idle_ttl_ms");
+  });
+
   it("validates ids and bodies", () => {
     expect(validSandboxId("fl-default-k3v9q2m7x1ab")).toBe(true);
     for (const bad of ["", "-a", "a-", "A", "a_b", "a".repeat(64), "a/b"]) expect(validSandboxId(bad)).toBe(false);
@@ -185,5 +218,25 @@ describe("sandbox handler details", () => {
     expect(isStartFailure(Object.assign(new Error("x"), { name: "ContainerUnavailableError" }))).toBe(true);
     expect(isStartFailure(new Error("outer", { cause: new Error("Maximum number of running container instances exceeded") }))).toBe(true);
     expect(isStartFailure(new Error("Network connection lost"))).toBe(false);
+  });
+});
+
+describe("the real Exec class", () => {
+  it("starts its container without Internet unless the lease's profile allows it", async () => {
+    for (const network of [false, true]) {
+      await runInDurableObject(T.Host.getByName(`exec-${network}`), async (_host, state) => {
+        const box = new ContainerDouble(async () => new Response("{}"));
+        const exec = new Exec(withContainer(state as unknown as ConstructorParameters<typeof Exec>[0], box), E);
+        expect(await exec.setNetwork(network)).toBe(true);
+        await exec.start();
+        expect(box.starts.map((s) => s.enableInternet)).toEqual([network]);
+        // A second object on the same storage (after an eviction) remembers it.
+        box.exit(0);
+        const again = new Exec(withContainer(state as unknown as ConstructorParameters<typeof Exec>[0], box), E);
+        await state.blockConcurrencyWhile(async () => {});
+        await again.start();
+        expect(box.starts.map((s) => s.enableInternet)).toEqual([network, network]);
+      });
+    }
   });
 });

@@ -15,7 +15,7 @@ import type { Env } from "./env";
 import { registry } from "./registry";
 import { constantTimeEqual, bearerToken } from "./auth";
 
-export const SANDBOX_HOST = "sandboxes.flare.internal";
+export { SANDBOX_HOST } from "./agent-env";
 export const DEFAULT_OUTPUT_LIMIT = 1024 * 1024;
 export const TRUNCATION_MARKER = "\n[flare: output truncated]\n";
 /** Longer commands would exceed Linux's single-argument limit in the wrapper. */
@@ -24,8 +24,51 @@ export const MAX_TIMEOUT_MS = 6 * 3600_000;
 /** Seconds the client should wait before retrying an exec whose container could not start. */
 export const RETRY_AFTER_SECONDS = 1;
 
-/** The Exec sandbox container class (Sandbox SDK); the image is images/exec/Dockerfile. */
-export class Exec extends Sandbox<Env> {}
+/** Storage key of an Exec sandbox's network setting, fixed at its first exec. */
+export const NETWORK_KEY = "flare-network";
+/** How long an Exec container outlives the idle_ttl of its lease before it may sleep. */
+export const SLEEP_MARGIN_S = 60;
+/** Longest idle_ttl an exec request may ask for (a week). */
+export const MAX_IDLE_TTL_MS = 7 * 24 * 3600_000;
+
+/**
+ * The Exec sandbox container class (Sandbox SDK); the image is
+ * images/exec/Dockerfile. No network unless the lease's profile allows it
+ * (`sandboxes.<profile>.network`): the SDK's default is Internet on.
+ */
+export class Exec extends Sandbox<Env> {
+  override enableInternet = false;
+
+  constructor(ctx: ConstructorParameters<typeof Sandbox<Env>>[0], env: Env) {
+    super(ctx, env);
+    void this.ctx.blockConcurrencyWhile(async () => {
+      const network = await this.ctx.storage.get<boolean>(NETWORK_KEY);
+      if (network !== undefined) this.enableInternet = network;
+    });
+  }
+
+  /**
+   * RPC, before every exec: the lease profile's network setting. The first
+   * call fixes it for the sandbox's life (its container starts with it); a
+   * later, different value is refused rather than silently ignored.
+   */
+  async setNetwork(network: boolean): Promise<boolean> {
+    const stored = await this.ctx.storage.get<boolean>(NETWORK_KEY);
+    if (stored === undefined) {
+      await this.ctx.storage.put(NETWORK_KEY, network);
+      this.enableInternet = network;
+      return true;
+    }
+    return stored === network;
+  }
+}
+
+/** The Sandbox SDK's `sleepAfter` for a lease: never sleep while flared may still use it. */
+export function sleepAfterFor(idleTtlMs: number | null, env: Env): string {
+  const fallback = Number(env.SANDBOX_MAX_IDLE_MS ?? "");
+  const ms = idleTtlMs ?? (Number.isFinite(fallback) && fallback > 0 ? fallback : 7_800_000);
+  return `${Math.ceil(ms / 1000) + SLEEP_MARGIN_S}s`;
+}
 
 const ID_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -40,6 +83,10 @@ export interface ExecRequest {
   timeout_ms: number;
   stdin: string | null;
   output_limit: number;
+  /** The lease profile's `network`; absent means no network. */
+  network: boolean;
+  /** The lease profile's `idle_ttl` in ms; absent means the longest any profile allows. */
+  idle_ttl_ms: number | null;
 }
 
 export interface ExecResponse {
@@ -66,10 +113,16 @@ function positiveInt(v: unknown, name: string, fallback: number, max: number): n
   return v;
 }
 
+function parseNetwork(v: unknown): boolean {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== "boolean") throw new BadRequest("network must be a boolean");
+  return v;
+}
+
 /** Validate an exec body; throws BadRequest with a message fit for the client. */
 export function parseExecRequest(body: unknown): ExecRequest {
   if (!isRecord(body)) throw new BadRequest("body must be a JSON object");
-  const { command, cwd, env, stdin } = body;
+  const { command, cwd, env, stdin, network } = body;
   if (typeof command !== "string" || command.length === 0) {
     throw new BadRequest("command must be a non-empty string");
   }
@@ -98,6 +151,8 @@ export function parseExecRequest(body: unknown): ExecRequest {
     timeout_ms: positiveInt(body.timeout_ms, "timeout_ms", 120_000, MAX_TIMEOUT_MS),
     stdin: typeof stdin === "string" ? stdin : null,
     output_limit: positiveInt(body.output_limit, "output_limit", DEFAULT_OUTPUT_LIMIT, 64 * 1024 * 1024),
+    network: parseNetwork(network),
+    idle_ttl_ms: body.idle_ttl_ms === undefined || body.idle_ttl_ms === null ? null : positiveInt(body.idle_ttl_ms, "idle_ttl_ms", 0, MAX_IDLE_TTL_MS),
   };
 }
 
@@ -164,9 +219,12 @@ function describe(err: unknown): string {
 }
 
 async function execIn(env: Env, id: string, req: ExecRequest): Promise<Response> {
-  const sandbox = getSandbox(env.Exec, id);
+  const sandbox = getSandbox(env.Exec, id, { sleepAfter: sleepAfterFor(req.idle_ttl_ms, env) });
   // Recorded before the container exists: a crash after this leaves a record, not a leak.
   await registry(env).touch(id);
+  if (!(await sandbox.setNetwork(req.network))) {
+    return json({ error: `sandbox ${id} was created with network ${!req.network}; its profile now says ${req.network}`, started: false }, 409);
+  }
   let stdinPath: string | null = null;
   const started = Date.now();
   try {

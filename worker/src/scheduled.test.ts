@@ -24,7 +24,7 @@ describe("scheduled()", () => {
       ["research", "in-step"],
     ]);
     for (const g of ["default", "research"]) {
-      expect(await T.Agent.getByName(g).state()).toMatchObject({ starts: 1, pushes: 0 });
+      expect(await T.Agent.getByName(g).probe()).toMatchObject({ starts: 1, pushes: 0 });
     }
   });
 
@@ -41,8 +41,8 @@ describe("scheduled()", () => {
     expect(put[0]!.headers["content-type"]).toBe("application/yaml");
     expect(put[0]!.authorization).toBe(`Bearer ${await agent.controlToken()}`);
     for (let i = 0; i < 3; i++) await runScheduled(E, FAST);
-    expect((await agent.state()).pushes).toBe(1);
-    expect((await T.Agent.getByName("research").state()).pushes).toBe(0);
+    expect((await agent.probe()).pushes).toBe(1);
+    expect((await T.Agent.getByName("research").probe()).pushes).toBe(0);
   });
 
   it("finishes within its bound when a group's container hangs, and still serves the others", async () => {
@@ -68,7 +68,7 @@ describe("scheduled()", () => {
   });
 
   it("an unreachable Agent is reported, not thrown", async () => {
-    await T.Agent.getByName("default").setDown(true);
+    await T.Agent.getByName("default").setStartFault("container failed to start (test fault)");
     const report = await runScheduled(E, FAST);
     expect(report.groups[0]).toMatchObject({ group: "default", action: "unreachable" });
   });
@@ -87,6 +87,6 @@ describe("scheduled()", () => {
     const ctx = createExecutionContext();
     await worker.scheduled!(createScheduledController({ scheduledTime: Date.now(), cron: "*/5 * * * *" }), E, ctx);
     await waitOnExecutionContext(ctx);
-    expect((await T.Agent.getByName("research").state()).pushes).toBe(1);
+    expect((await T.Agent.getByName("research").probe()).pushes).toBe(1);
   });
 });

@@ -1,21 +1,21 @@
 /**
- * Test doubles at the Durable Object boundary: workerd cannot run containers
- * without Docker, so the Agent and Exec classes are replaced by objects with
- * the same methods the Worker calls on them.
+ * Test doubles at the container boundary.
  *
- * - FakeAgent: what `Agent.fetch` does up to the container (identity, env,
- *   the control request with the internal token, using the real helpers),
- *   then a small in-memory flared control API in place of the container:
- *   /healthz with the digest of the config it runs, PUT /config, and an echo
- *   of every other request so tests see exactly what flared would receive.
+ * - Agent: the real Agent class (worker/src/agent.ts) whose `ctx.container`
+ *   is a ContainerDouble (test/container-double.ts); inside that "container"
+ *   runs a small in-memory flared control API: /healthz with the digest of
+ *   the YAML it was started with (or was pushed), PUT /config, and an echo of
+ *   every other request so tests see exactly what flared would receive. Like
+ *   flared on TCP it accepts only the token the container was started with.
  * - FakeExec: the Sandbox SDK methods the Worker uses (exec, writeFile,
  *   destroy), carried out by real bash in bubblewrap on the Node side
  *   (test/exec-helper.ts); `setFault("unavailable")` makes it fail the way a
  *   container that cannot be admitted does.
  */
 import { DurableObject } from "cloudflare:workers";
-import { agentEnvVars, agentIdentity, CONFIG_YAML, GROUP_HEADER, toControlRequest, TOKEN_KEY } from "../src/agent";
+import { Agent as RealAgent } from "../src/agent";
 import type { Env } from "../src/env";
+import { ContainerDouble, type StartRecord, withContainer } from "./container-double";
 
 export async function sha256Hex(text: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
@@ -35,29 +35,23 @@ export interface SeenRequest {
   body: string;
 }
 
-export class FakeAgent extends DurableObject<Env> {
-  override async fetch(request: Request): Promise<Response> {
-    const { token, group } = await agentIdentity(this.ctx.storage, request.headers.get(GROUP_HEADER));
-    if ((await this.ctx.storage.get<boolean>("down")) === true) {
-      throw new Error("container failed to start (test fault)");
-    }
-    if (!(await this.ctx.storage.get<boolean>("running"))) {
-      // "Start the container" with the environment the real Agent would pass.
-      const envVars = agentEnvVars(this.env, group, token, CONFIG_YAML);
-      await this.ctx.storage.put({
-        running: true,
-        starts: ((await this.ctx.storage.get<number>("starts")) ?? 0) + 1,
-        envVars,
-        digest: await sha256Hex(fromBase64(envVars.FLARE_CONFIG_B64 ?? "")),
-      });
-    }
-    const delay = (await this.ctx.storage.get<number>("delayMs")) ?? 0;
-    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
-    return this.flared(toControlRequest(request, token), token);
-  }
+/** flared's control API inside the container double (state per container start). */
+class InMemoryFlared {
+  seen: SeenRequest[] = [];
+  pushes = 0;
+  digest: string | undefined;
+  delayMs = 0;
+  /** When set, every answer is this text with status 500 (not JSON). */
+  plainError: string | null = null;
+  private startsSeen = 0;
 
-  /** The in-memory flared: checks the internal token like flared does on TCP. */
-  private async flared(req: Request, token: string): Promise<Response> {
+  async handle(req: Request, started: StartRecord, starts: number): Promise<Response> {
+    if (starts !== this.startsSeen) {
+      // A new container: flared reads the YAML it was given.
+      this.startsSeen = starts;
+      this.digest = await sha256Hex(fromBase64(started.env.FLARE_CONFIG_B64 ?? ""));
+    }
+    if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     const url = new URL(req.url);
     const body = req.method === "GET" || req.method === "HEAD" ? "" : await req.text();
     const seen: SeenRequest = {
@@ -68,55 +62,79 @@ export class FakeAgent extends DurableObject<Env> {
       headers: Object.fromEntries(req.headers),
       body,
     };
-    const log = (await this.ctx.storage.get<SeenRequest[]>("seen")) ?? [];
-    log.push(seen);
-    await this.ctx.storage.put("seen", log);
+    this.seen.push(seen);
+    if (this.plainError !== null) return new Response(this.plainError, { status: 500, headers: { "Content-Type": "text/plain" } });
     if (url.pathname === "/healthz") {
-      return Response.json({ ok: true, config_digest: await this.ctx.storage.get("digest"), group: await this.ctx.storage.get("group") });
+      return Response.json({ ok: true, config_digest: this.digest, group: started.env.FLARE_GROUP });
     }
-    if (req.headers.get("Authorization") !== `Bearer ${token}`) {
+    if (req.headers.get("Authorization") !== `Bearer ${started.env.FLARE_CONTROL_TOKEN}`) {
       return Response.json({ error: "missing or wrong bearer token" }, { status: 401 });
     }
     if (url.pathname === "/config" && req.method === "PUT") {
-      const digest = await sha256Hex(body);
-      await this.ctx.storage.put("digest", digest);
-      await this.ctx.storage.put("pushes", ((await this.ctx.storage.get<number>("pushes")) ?? 0) + 1);
-      return Response.json({ applied: true, config_digest: digest });
+      this.digest = await sha256Hex(body);
+      this.pushes++;
+      return Response.json({ applied: true, config_digest: this.digest });
     }
     if (url.pathname === "/bots/nobody/restart") {
       return Response.json({ error: "no bot named 'nobody'" }, { status: 404 });
     }
     return Response.json({ flared: seen });
   }
+}
 
-  async restart(): Promise<{ restarting: boolean }> {
-    const running = (await this.ctx.storage.get<boolean>("running")) === true;
-    await this.ctx.storage.put("running", false);
-    return { restarting: running };
+/**
+ * The real Agent with a container double. Named `Agent` on purpose: the
+ * library keys its outbound handlers (`Agent.outboundByHost`) by class name.
+ */
+export class Agent extends RealAgent {
+  readonly box: ContainerDouble;
+  readonly flared: InMemoryFlared;
+
+  constructor(ctx: ConstructorParameters<typeof RealAgent>[0], env: Env) {
+    const flared = new InMemoryFlared();
+    const box: ContainerDouble = new ContainerDouble((req, _port, started) => flared.handle(req, started, box.starts.length));
+    super(withContainer(ctx, box), env);
+    this.box = box;
+    this.flared = flared;
   }
-  async controlToken(): Promise<string> {
-    return (await this.ctx.storage.get<string>(TOKEN_KEY)) ?? "";
-  }
+
+  // Test controls and probes (RPC).
   async seen(): Promise<SeenRequest[]> {
-    return (await this.ctx.storage.get<SeenRequest[]>("seen")) ?? [];
+    return this.flared.seen;
   }
-  async state(): Promise<{ starts: number; pushes: number; digest: string | undefined; envVars: Record<string, string> | undefined }> {
-    const s = this.ctx.storage;
+  async probe(): Promise<{ starts: number; pushes: number; digest: string | undefined; envVars: Record<string, string> | undefined; running: boolean }> {
     return {
-      starts: (await s.get<number>("starts")) ?? 0,
-      pushes: (await s.get<number>("pushes")) ?? 0,
-      digest: await s.get<string>("digest"),
-      envVars: await s.get<Record<string, string>>("envVars"),
+      starts: this.box.starts.length,
+      pushes: this.flared.pushes,
+      digest: this.flared.digest,
+      envVars: this.box.starts.at(-1)?.env,
+      running: this.box.running,
     };
   }
   async setDigest(digest: string): Promise<void> {
-    await this.ctx.storage.put({ running: true, digest });
+    this.flared.digest = digest;
   }
   async setDelay(ms: number): Promise<void> {
-    await this.ctx.storage.put("delayMs", ms);
+    this.flared.delayMs = ms;
   }
-  async setDown(down: boolean): Promise<void> {
-    await this.ctx.storage.put("down", down);
+  async setPlainError(text: string | null): Promise<void> {
+    this.flared.plainError = text;
+  }
+  /** The next container start fails with this message (null: starts work again). */
+  async setStartFault(message: string | null): Promise<void> {
+    this.box.startFault = message;
+  }
+  /** The container's process exits on its own (this object learns it from monitor()). */
+  async exitContainer(code: number): Promise<void> {
+    this.box.exit(code);
+  }
+  /** A request from inside the container, through the library's outbound interception. */
+  async fromContainer(url: string, init?: { method?: string; headers?: Record<string, string>; body?: string }): Promise<{ status: number; body: string }> {
+    const res = await this.box.fromInside(url, init);
+    return { status: res.status, body: await res.text() };
+  }
+  async intercepted(): Promise<{ http: string[]; https: string[]; all: boolean }> {
+    return { http: [...this.box.http.keys()].sort(), https: [...this.box.https.keys()].sort(), all: this.box.all !== null };
   }
 }
 
@@ -143,7 +161,14 @@ export class FakeExec extends DurableObject<Env> {
   }
 
   // Sandbox SDK surface used by the Worker (through getSandbox).
-  async configure(_configuration: unknown): Promise<void> {}
+  async configure(configuration: { sleepAfter?: string | number }): Promise<void> {
+    if (configuration.sleepAfter !== undefined) await this.ctx.storage.put("sleepAfter", configuration.sleepAfter);
+  }
+  async setNetwork(network: boolean): Promise<boolean> {
+    const stored = await this.ctx.storage.get<boolean>("network");
+    if (stored === undefined) await this.ctx.storage.put("network", network);
+    return stored === undefined || stored === network;
+  }
   async exec(command: string, options: { env?: Record<string, string>; timeout?: number } = {}) {
     await this.ctx.storage.put("execs", ((await this.ctx.storage.get<number>("execs")) ?? 0) + 1);
     const r = await this.helper("/exec", { command, env: options.env ?? {}, timeoutMs: options.timeout ?? 120_000 });
@@ -166,17 +191,19 @@ export class FakeExec extends DurableObject<Env> {
   async setFault(fault: "unavailable" | "undestroyable" | null): Promise<void> {
     await this.ctx.storage.put("fault", fault);
   }
-  async stats(): Promise<{ execs: number; destroyed: boolean }> {
+  async stats(): Promise<{ execs: number; destroyed: boolean; sleepAfter: string | number | undefined; network: boolean | undefined }> {
     return {
       execs: (await this.ctx.storage.get<number>("execs")) ?? 0,
       destroyed: (await this.ctx.storage.get<boolean>("destroyed")) ?? false,
+      sleepAfter: await this.ctx.storage.get<string | number>("sleepAfter"),
+      network: await this.ctx.storage.get<boolean>("network"),
     };
   }
 }
 
 /** The test Worker's env: the real bindings with the doubles' extra methods visible. */
 export type TestEnv = Omit<Env, "Agent" | "Exec"> & {
-  Agent: DurableObjectNamespace<FakeAgent>;
+  Agent: DurableObjectNamespace<Agent>;
   Exec: DurableObjectNamespace<FakeExec>;
   TEST_ACCESS_PRIVATE_JWK: string;
 };

@@ -90,6 +90,10 @@ class CloudflareProvider:
             "timeout_ms": max(1, int(req.timeout * 1000)),
             "stdin": req.stdin,
             "output_limit": int(req.output_limit),
+            # The Worker applies these to the lease's Exec container: Internet
+            # only when the profile allows it, no sleep while the lease may idle.
+            "network": profile.network,
+            "idle_ttl_ms": max(1, int(profile.idle_ttl * 1000)),
         }
         path = f"/internal/sandboxes/{quote(lease_id)}/exec"
         started = time.monotonic()
@@ -130,7 +134,7 @@ class CloudflareProvider:
                 )
             if answer.status == 200:
                 return _result(answer.body, started)
-            if answer.status in {400, 401, 403, 404, 413, 429}:
+            if answer.status in {400, 401, 403, 404, 409, 413, 429}:
                 return _failure(
                     NOT_RUN,
                     f"sandbox service refused the command ({answer.status}: {_error(answer)})",
