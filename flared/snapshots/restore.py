@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -129,9 +130,17 @@ def trash_path(home: Path) -> Path:
 
 
 def empty_trash(home: Path) -> None:
-    """Delete old homes already known to be in a snapshot (slow for big trees: not on the swap's path)."""
-    for p in home.parent.glob(f".{home.name}.trash-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    """Delete old homes already known to be in a snapshot, in a detached `rm` that outlives a CLI
+    process: deleting a big tree is no reason to keep anyone waiting."""
+    trash = [str(p) for p in home.parent.glob(f".{home.name}.trash-*")]
+    if trash:
+        subprocess.Popen(
+            ["rm", "-rf", "--", *trash],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _marker(previous: Path) -> Path:

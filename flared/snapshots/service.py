@@ -111,14 +111,12 @@ class SnapshotService:
 
     def _after_restore(self, st: BotState, res: restoring.RestoreResult) -> None:
         """The restored home is the snapshot: record its fingerprint, so an idle bot stays idle
-        (when it is the latest and nothing was refused); clear old homes in the background."""
+        (when it is the latest and nothing was refused); old homes are deleted in the background."""
         st.fingerprint = None
         if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
             with contextlib.suppress(OSError):
                 st.fingerprint = cap.walk(self.home(st.name), self._rules()).fingerprint()
-        threading.Thread(
-            target=restoring.empty_trash, args=(self.home(st.name),), name="empty-trash", daemon=True
-        ).start()
+        restoring.empty_trash(self.home(st.name))
 
     def state(self, bot: str) -> BotState:
         with self._guard:
