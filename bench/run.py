@@ -35,7 +35,7 @@ number of pairs beside it. Commands are timed as the user waits (the wall
 clock of the `flared` process) and in-process, side by side.
 """
 #: A script that runs longer than this is stopped (its section says so).
-TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "1200"))
+TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "1800"))
 
 
 def available() -> list[str]:

@@ -467,7 +467,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             continue
         entries.append(Entry(rel, "f", st, sha256=sha, source=source, database=db is not None))
 
-    for rel, why in left_out[len(walked.left_out) :]:
+    for rel, why in left_out:
         log.warning("snapshot leaves out %s: %s", rel, why)
     cache.save(copies)
     sizes = {e.sha256: e.st.st_size for e in entries if e.kind == "f" and e.st.st_size > 0}
