@@ -173,7 +173,21 @@ def floor_restore(store: Store, key: str, work: Path) -> float:
     took = time.perf_counter() - t0
     blob.unlink()
     shutil.rmtree(dest, ignore_errors=True)
+    os.sync()  # untimed: the next run must not pay for this one's deletes (ext4 with discard)
     return took
+
+
+def settled(home: Path, took: float) -> float:
+    settle(home)
+    return took
+
+
+def settle(home: Path) -> None:
+    """Untimed, after a flared restore: wait for the old home's background delete, flush the disk."""
+    deadline = time.monotonic() + 300
+    while any(home.parent.glob(f".{home.name}.trash-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.sync()
 
 
 # ---------------------------------------------------------------------- the three ways to ask
@@ -401,8 +415,8 @@ def offline_phase(case: Case, key: str, template: Path, store: Store, tmp: Path)
         got = rounds(
             floor,
             {
-                "in": lambda: inproc_way.restore_runs.add(*inproc.restore()),
-                "cli": lambda: offline_way.restore_runs.add(*cli_restore(cfg)),
+                "in": lambda: settled(home, inproc_way.restore_runs.add(*inproc.restore())),
+                "cli": lambda: settled(home, offline_way.restore_runs.add(*cli_restore(cfg))),
             },
             n,
         )
@@ -454,7 +468,7 @@ def daemon_phase(case: Case, key: str, template: Path, store: Store, tmp: Path) 
         def restore() -> float:
             took = way.restore_runs.add(*cli_restore(cfg))
             flare.wait_running(BOT, timeout=120)
-            return took
+            return settled(home, took)
 
         way.restore = rounds(lambda: floor_restore(store, blob_key, work), {"cli": restore}, DAEMON_PAIRS)[
             "cli"

@@ -137,8 +137,8 @@ class HashCache:
                 if p.name not in keep_copies:
                     with contextlib.suppress(OSError):
                         p.unlink()
-        if self.dir is None:
-            return
+        if self.dir is None or (self._seen_files == self._files and self._seen_dbs == self._dbs):
+            return  # nothing new to remember
         data = {
             "version": VERSION,
             "files": self._seen_files,

@@ -427,8 +427,14 @@ def _download_and_unpack(
         got = store.get_file(blob_key(bot, sid), blob, size=manifest.packed_size, progress=progress)
     except NotFound:
         raise RestoreError("its blob is missing") from None
-    size = blob.stat().st_size
     step("download")
+    needed = manifest.packed_size * (2 if manifest.encrypted else 1) + manifest.raw_size
+    if got.sha256 is None and not manifest.encrypted:
+        # Fetched in ranges, not hashed on the way: hash it while unsquashfs reads it.
+        size = _unpack_in_place(blob, manifest, staging, home, needed, step)
+        blob.unlink()
+        return size
+    size = blob.stat().st_size
     if size != manifest.packed_size or (got.sha256 or file_sha256(blob)) != manifest.blob_sha256:
         raise RestoreError("its blob is damaged: size or sha256 differs from the manifest")
     if manifest.encrypted:
@@ -438,7 +444,6 @@ def _download_and_unpack(
         blob.unlink()
         blob = plain
     step("verify")
-    needed = manifest.packed_size * (2 if manifest.encrypted else 1) + manifest.raw_size
     _unpack(blob, staging, home, needed, manifest.raw_size)
     blob.unlink()
     step("unpack")

@@ -502,9 +502,7 @@ class SnapshotService:
                 self._save(st)
                 return out
             finally:
-                st.phase = (
-                    "ready" if st.fence is not None else ("restore failed" if phase == "restoring" else phase)
-                )
+                st.phase = "ready" if st.fence is not None else phase
                 if st.fence is not None:
                     self._ready(st)
                 if stopped and self.gateways is not None:
