@@ -21,10 +21,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from flared.config import yamlpos
 from flared.config.checks import cross_checks
 from flared.config.models import HermesFlareConfig
+from flared.config.where import DEFAULT_NAME as DEFAULT_NAME
+from flared.config.where import ENV_CONFIG as ENV_CONFIG
+from flared.config.where import find_config as find_config
 from flared.config.yamlpos import Mark, dotted
 
-ENV_CONFIG = "HERMES_FLARE_CONFIG"
-DEFAULT_NAME = "hermes-flare.yaml"
 _VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -41,6 +42,8 @@ class Issue:
     def __str__(self) -> str:
         if self.line == 0:  # about the file as a whole
             return f"{self.file}: {self.message}"
+        if self.path == "(file)":  # a syntax error: a place in the text, not a field
+            return f"{self.file}:{self.line}:{self.col}: {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,16 +83,6 @@ class LoadedConfig:
         return Path(self.config.state_dir)
 
 
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``-c`` first, then ``$HERMES_FLARE_CONFIG``, then ``./hermes-flare.yaml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        return Path(env)
-    return Path(DEFAULT_NAME)
-
-
 def digest_text(text: str) -> str:
     """What `flared status` and the Worker compare: sha256 of the file's bytes."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -115,9 +108,11 @@ def load_config(
 
     issues: list[Issue] = []
 
+    sources: dict[yamlpos.Path, list[tuple[str, str]]] = {}  # value -> the ${VAR}s it came from
+
     def add(p: yamlpos.Path, message: str, *, key: bool = False) -> None:
         m = located.mark(p, prefer_key=key)
-        issues.append(Issue(shown, m.line, m.col, dotted(p), message))
+        issues.append(Issue(shown, m.line, m.col, dotted(p), message + _var_note(p, sources)))
 
     for p, m in located.duplicates:
         issues.append(Issue(shown, m.line, m.col, dotted(p), "duplicate key (the later value would win)"))
@@ -125,7 +120,7 @@ def load_config(
         add((), "the file must be a mapping of sections such as `bots:` and `store:`")
         raise ConfigError(issues)
 
-    data, used_vars, failed_vars = _interpolate(located.data, env, add)
+    data, used_vars, failed_vars = _interpolate(located.data, env, add, sources)
     overrides = _env_overrides(env)
     data = _deep_merge(data, overrides)
 
@@ -179,9 +174,16 @@ def read_config_text(cfg_path: Path, shown: str) -> str:
 
 
 def _interpolate(
-    value: Any, env: Mapping[str, str], add: Any
+    value: Any,
+    env: Mapping[str, str],
+    add: Any,
+    sources: dict[yamlpos.Path, list[tuple[str, str]]] | None = None,
 ) -> tuple[Any, set[yamlpos.Path], set[yamlpos.Path]]:
-    """Fill `${VAR}` / `${VAR:-default}` in strings; `$${` is a literal `${`."""
+    """Fill `${VAR}` / `${VAR:-default}` in strings; `$${` is a literal `${`.
+
+    ``sources`` gets, per filled value, which variables it came from, so an
+    error about the value can name the variable rather than only the line.
+    """
     used: set[yamlpos.Path] = set()
     failed: set[yamlpos.Path] = set()
 
@@ -201,6 +203,8 @@ def _interpolate(
                 return m.group(0)[1:]
             used.add(p)
             if name in env and (env[name] != "" or default is None):
+                if sources is not None:
+                    sources.setdefault(p, []).append((name, env[name]))
                 return env[name]
             if default is not None:
                 return default
@@ -255,6 +259,19 @@ def _deep_merge(base: Any, over: Any) -> Any:
             out[k] = _deep_merge(base.get(k), v) if k in base else v
         return out
     return over
+
+
+_SECRETISH = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+
+
+def _var_note(p: yamlpos.Path, sources: dict[yamlpos.Path, list[tuple[str, str]]]) -> str:
+    """`` (from $VAR="value")`` for a value filled from the environment (never a secret's value)."""
+    found = sources.get(p)
+    if not found:
+        return ""
+    secret = any(_SECRETISH.search(str(part)) for part in p)
+    shown = [f"${n}" if secret or len(v) > 60 else f"${n}={v!r}" for n, v in found]
+    return f" (from {', '.join(shown)} in the environment)"
 
 
 def _from_env(loc: yamlpos.Path, overrides: dict[str, Any]) -> str:

@@ -201,9 +201,25 @@ class SandboxProfile(Model):
     idle_ttl: Duration = Field(default=600.0, description="Destroy a lease unused for this long.")
     max_lifetime: Duration = Field(default=7200.0, description="Destroy a lease this old, used or not.")
     max_leases: int = Field(
-        default=4, ge=1, le=1000, description="Concurrent leases allowed for this profile."
+        default=4,
+        ge=1,
+        le=1000,
+        description="Live leases of this profile, all bots together. At the limit the least recently "
+        "used idle lease is destroyed (its files with it) before anyone waits.",
     )
-    acquire_timeout: Duration = Field(default=30.0, description="How long an acquire waits for capacity.")
+    max_leases_per_bot: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Live leases one bot may hold in this profile, so one bot cannot take every lease "
+        "from another. Default: `max_leases` split evenly among the enabled bots that use the profile "
+        "(at least 1 each).",
+    )
+    acquire_timeout: Duration = Field(
+        default=30.0,
+        description="How long a command waits for a lease when every one it may take is running a "
+        "command; it says so at once, then fails with the profile and its limits.",
+    )
     command_timeout: Duration = Field(default=120.0, description="Default wall-clock limit of one command.")
     output_limit: Size = Field(
         default=1024**2, description="Stdout/stderr kept per command; the rest is cut."

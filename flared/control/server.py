@@ -2,14 +2,15 @@
 
 The unix socket lives in the state dir with mode 0600, so only the daemon's
 user reaches it; on TCP every request needs the control token. Gateways'
-`flare` plugins use per-bot tokens that only open their own bot's routes.
+`flare` plugins use per-bot tokens that only open their own bot's routes,
+and on the unix socket a gateway gets nothing else (who is admin and who is
+a bot is decided in :mod:`flared.control.auth`, which any server calls).
 The routes themselves live in :mod:`flared.api`, one module per capability.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from flared.control.tokens import verify_bot_token
+from flared.control.auth import Caller, ProcessTree, authenticate, bearer, peer_of
 
 log = logging.getLogger("flared.control")
 
@@ -41,7 +42,14 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     is_admin: bool = False
     bot_token_bot: str | None = None
-    anonymous: bool = False  # TCP caller without a valid token
+    anonymous: bool = False  # no credentials this route accepts (see control/auth.py)
+    auth_error: str | None = None
+    auth_status: int = 401
+
+    def apply(self, caller: Caller) -> None:
+        """Take what :func:`flared.control.auth.authenticate` decided."""
+        self.is_admin, self.bot_token_bot, self.anonymous = caller.admin, caller.bot, caller.anonymous
+        self.auth_error, self.auth_status = caller.reason, caller.status
 
     def json(self) -> Any:
         if not self.body:
@@ -117,7 +125,9 @@ class Router:
                 continue
             if not (req.is_admin or r.public or (r.bot_access and req.bot_token_bot)):
                 if req.anonymous:
-                    return Response(401, {"error": "missing or wrong bearer token"})
+                    return Response(
+                        req.auth_status, {"error": req.auth_error or "missing or wrong bearer token"}
+                    )
                 return Response(403, {"error": "not authorized for this endpoint"})
             req.params = m.groupdict()
             try:
@@ -152,19 +162,18 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             headers=headers,
         )
-        bearer = headers.get("authorization", "")
-        token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
-        if srv.trusted:
-            req.is_admin = not token.startswith("flb_")
-        elif token and srv.admin_token and hmac.compare_digest(token.encode(), srv.admin_token.encode()):
-            req.is_admin = True
-        if token.startswith("flb_"):
-            req.bot_token_bot = verify_bot_token(srv.state_dir, token)
-            if req.bot_token_bot is None:
-                self._send(Response(401, {"error": "invalid bot token"}))
-                return
-        if not srv.trusted and not req.is_admin and req.bot_token_bot is None:
-            req.anonymous = True
+        caller = authenticate(
+            token=bearer(headers.get("authorization")),
+            state_dir=srv.state_dir,
+            admin_token=srv.admin_token,
+            unix=srv.trusted,
+            peer=peer_of(self.connection) if srv.trusted else None,
+            tree=srv.tree,
+        )
+        req.apply(caller)
+        if caller.reject_all:
+            self._send(Response(caller.status, {"error": caller.reason}))
+            return
         try:
             resp = srv.router.dispatch(req)
         except Exception:
@@ -189,6 +198,7 @@ class _ServerMixin:
     state_dir: Path
     admin_token: str | None
     trusted: bool
+    tree: ProcessTree | None
 
 
 class UnixControlServer(_ServerMixin, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -215,8 +225,11 @@ class ControlServer:
         socket_path: Path,
         tcp: tuple[str, int] | None = None,
         admin_token: str | None = None,
+        tree: ProcessTree | None = None,
     ) -> None:
+        """``tree`` tells gateways (bot rights only) from the admin on the unix socket."""
         self.router = router
+        self.tree = tree
         self.state_dir = state_dir
         self.socket_path = socket_path
         self.tcp = tcp
@@ -245,6 +258,7 @@ class ControlServer:
         srv.state_dir = self.state_dir
         srv.admin_token = self.admin_token
         srv.trusted = trusted
+        srv.tree = self.tree
         t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True)
         t.start()
         self._servers.append(srv)

@@ -106,6 +106,13 @@ def take_snapshot(job: SnapshotJob) -> SnapshotResult:
     return result
 
 
+def announce(progress: object, name: str, total: int | None = None) -> None:
+    """Tell a progress callback that takes named steps (the control API's board) what begins."""
+    step = getattr(progress, "step", None)
+    if callable(step):
+        step(name, total)
+
+
 def describe_os_error(exc: OSError) -> str:
     """An OSError in words a user acts on: what, where, and for a full disk what to do."""
     where = f": {exc.filename}" if exc.filename else ""
@@ -192,6 +199,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             )
         sid = new_id()
         blob = job.work / f"{sid}.sqsh"
+        announce(job.progress, "packing")
         for attempt in range(1, PACK_ATTEMPTS + 1):
             try:
                 pack.pack(captured, blob, job.policy.compression, scratch=job.work)
@@ -223,6 +231,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         sha = file_sha256(blob)
         step("checksum")
         job.on_in_flight(sid)
+        announce(job.progress, "uploading", size)
         info = store.put_file(
             blob_key(bot, sid),
             blob,

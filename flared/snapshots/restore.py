@@ -47,7 +47,7 @@ from flared.snapshots.manifest import (
     now_iso,
     valid_id,
 )
-from flared.snapshots.pipeline import WRITER, clean_work, describe_os_error
+from flared.snapshots.pipeline import WRITER, announce, clean_work, describe_os_error
 from flared.snapshots.stores import (
     NotFound,
     PreconditionFailed,
@@ -338,6 +338,9 @@ def _unpack_one(
                 free=free,
             )
     step("manifest")
+    announce(
+        progress, "unpacking" if store.local_path(blob_key(bot, sid)) else "downloading", manifest.packed_size
+    )
     try:
         in_place = None if manifest.encrypted else store.local_path(blob_key(bot, sid))
         if in_place is not None:
