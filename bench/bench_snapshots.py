@@ -500,7 +500,11 @@ def idle_cell(r: Runs) -> str:
         return "-"
     uploaded = sum(int(x.get("bytes_uploaded") or 0) for x in r.results)
     spread = f"{secs(min(r.walls))}-{secs(max(r.walls))}, {len(r.walls)} runs"
-    return f"{secs(statistics.median(r.walls))} ({spread}), {uploaded} B{' ✓' if idle_ok(r) else ' ✗'}"
+    read = max(int(x.get("hashed_bytes") or 0) for x in r.results)
+    copied = sorted({c for x in r.results for c in x.get("copied") or []})
+    seen = f"; read up to {read / 1024:.0f} KiB" if read else ""
+    seen += f", copied {', '.join(copied)}" if copied else ""
+    return f"{secs(statistics.median(r.walls))} ({spread}), {uploaded} B uploaded{seen}{' ✓' if idle_ok(r) else ' ✗'}"
 
 
 def steps_text(r: Runs) -> str:

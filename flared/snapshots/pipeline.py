@@ -69,6 +69,8 @@ class SnapshotResult:
     fingerprint: str | None = None
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step: where the time went
     left_out: list[dict[str, str]] = field(default_factory=list)  # beyond the rules: path and why
+    hashed_bytes: int = 0  # file contents read to hash them (0: every hash came from the cache)
+    copied: list[str] = field(default_factory=list)  # databases backed up this time (not reused)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -196,6 +198,8 @@ def _take(job: SnapshotJob) -> SnapshotResult:
                 fingerprint=fp,
                 steps=steps,
                 left_out=left_out,
+                hashed_bytes=captured.hashed_bytes,
+                copied=captured.backed_up,
             )
         sid = new_id()
         blob = job.work / f"{sid}.sqsh"
@@ -294,6 +298,8 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             fence=Fence(new_etag, generation, sid),
             fingerprint=fp,
             left_out=left_out,
+            hashed_bytes=captured.hashed_bytes,
+            copied=captured.backed_up,
         )
     except StoreError as exc:
         return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
