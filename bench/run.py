@@ -28,11 +28,12 @@ DOC = ROOT / "docs" / "benchmarks.md"
 HEAD = """# Benchmarks
 
 Measured by `make bench` (`bench/run.py`), which runs every `bench/bench_*.py`
-and writes each one's section below. Every comparison is measured
-interleaved (A B A B …) in the same run on the same machine; a figure is the
-median of the per-pair ratios, with the smallest and largest ratio and the
-number of pairs beside it. Commands are timed as the user waits (the wall
-clock of the `flared` process) and in-process, side by side.
+and writes each one's section below, all from the same run on the same
+machine. Comparisons are measured interleaved (A B A B …) with
+`bench/common.py`; such a figure is the median of the per-pair ratios, with
+the smallest and largest ratio and the number of pairs beside it. Commands
+are timed as the user waits (the wall clock of the `flared` process) and
+in-process, side by side. Each section says how it was measured.
 """
 #: A script that runs longer than this is stopped (its section says so).
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "1800"))
