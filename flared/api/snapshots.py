@@ -17,6 +17,7 @@ from typing import Any
 
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.gateways import Gateways
+from flared.snapshots.manifest import InvalidSnapshotId, check_id
 from flared.snapshots.service import SnapshotService
 
 log = logging.getLogger("flared.snapshots")
@@ -104,9 +105,13 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
     def list_snapshots(req: Request) -> dict[str, Any]:
         svc = snapshots
         out: list[dict[str, Any]] = []
+        warnings: list[str] = []
         for bot in bots(req.query.get("bot")):
             out.extend(svc.list(bot))
-        return {"snapshots": out}
+            problem = svc.pointer_problem(bot)
+            if problem:
+                warnings.append(f"{bot}: {problem}")
+        return {"snapshots": out, "warnings": warnings}
 
     def take(req: Request) -> Response:
         body = req.json()
@@ -128,8 +133,11 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
         if len(targets) != 1:
             raise HTTPError(400, 'say which bot to restore: {"bot": NAME}')
         snapshot_id = body.get("id")
-        if snapshot_id is not None and not isinstance(snapshot_id, str):
-            raise HTTPError(400, "id must be a snapshot id string")
+        if snapshot_id is not None:
+            try:
+                check_id(snapshot_id)  # before anything is stopped or read
+            except InvalidSnapshotId as exc:
+                raise HTTPError(400, str(exc)) from None
         rec = board.start(targets[0], "restore")
         result: dict[str, Any] = {"result": "failed"}
         try:

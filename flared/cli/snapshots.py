@@ -250,6 +250,8 @@ def _snapshot_offline(
 def _render_results(out: Out, data: dict[str, Any]) -> None:
     for r in data["results"]:
         bot, result = r["bot"], r["result"]
+        for left in r.get("left_out") or []:
+            out.print(f"{bot}: {out.style('left out ' + str(left['path']), 'yellow')}: {left['why']}")
         if result == "ok":
             out.print(
                 f"{bot}: snapshot {out.style(str(r['id']), 'bold')}: {human_bytes(r.get('bytes_uploaded'))} "
@@ -269,7 +271,7 @@ def _render_results(out: Out, data: dict[str, Any]) -> None:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     remote = connect(args)
     if remote is None:
-        from flared.snapshots.catalog import list_snapshots
+        from flared.snapshots.catalog import list_snapshots, pointer_problem
         from flared.snapshots.stores import StoreError
         from flared.snapshots.stores.factory import open_store
 
@@ -277,7 +279,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         bots = _bots(loaded, args.bot)
         store = open_store(loaded.config.store)
         try:
-            data = {"snapshots": [s for b in bots for s in list_snapshots(store, b)]}
+            warnings = [f"{b}: {p}" for b in bots if (p := pointer_problem(store, b))]
+            data = {"snapshots": [s for b in bots for s in list_snapshots(store, b)], "warnings": warnings}
         except StoreError as exc:
             raise CommandError(f"cannot list snapshots: {exc}") from None
     else:
@@ -295,6 +298,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def _render_list(out: Out, data: dict[str, Any]) -> None:
+    for warning in data.get("warnings") or []:
+        out.print(f"{out.style('warning', 'yellow')}: {warning}")
     snaps = data["snapshots"]
     if not snaps:
         out.print("no snapshots yet")
@@ -340,6 +345,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _render_restore(out: Out, d: dict[str, Any]) -> None:
     for f in d.get("fallback") or []:
         out.print(f"{out.style('skipped ' + str(f['id']), 'yellow')}: {f['reason']}")
+    for r in d.get("refused") or []:
+        out.print(f"{out.style('refused ' + str(r['path']), 'yellow')}: {r['why']}")
+    if d.get("kept"):
+        out.print(f"{out.style('kept ' + str(d['kept']), 'yellow')}: it held state that is in no snapshot")
+    if d.get("repaired"):
+        out.print("latest.json was damaged: it now names the snapshot restored")
     if d.get("result") == "restored":
         out.print(
             f"{d['bot']}: restored {out.style(str(d['id']), 'bold')} in {d.get('seconds')} s "

@@ -99,7 +99,9 @@ class StoreConfig(Model):
     access_key_id: SecretStr | None = secret("S3/R2 access key id, e.g. `${R2_ACCESS_KEY_ID}`.")
     secret_access_key: SecretStr | None = secret("S3/R2 secret access key, e.g. `${R2_SECRET_ACCESS_KEY}`.")
     multipart_threshold: Size = Field(
-        default=16 * 1024**2, description="Blobs larger than this upload in parts."
+        default=64 * 1024**2,
+        description="Blobs larger than this move in parts (parallel upload, ranged downloads); "
+        "smaller ones in one request, hashed while they stream.",
     )
     multipart_chunksize: Size = Field(default=16 * 1024**2, description="Size of each upload/download part.")
     max_concurrency: int = Field(default=8, ge=1, le=64, description="Parallel parts per transfer.")
