@@ -35,6 +35,7 @@ from typing import Any
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
 from flared.hermes.home import gateway_program, render_home
+from flared.hermes.liveness import startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -92,27 +93,40 @@ class Failure:
         }
 
 
-def judge(watch: RunWatch, proc: dict[str, Any]) -> tuple[RunWatch, str | None]:
+def judge(
+    watch: RunWatch, proc: dict[str, Any], startup_failed_at: float | None = None
+) -> tuple[RunWatch, str | None]:
     """Pure: one look at a program's process info -> (what to remember, verdict).
 
-    The verdict is ``"fatal"`` (it exited 78), ``"loop"`` (``LOOP_AFTER``
+    The verdict is ``"fatal"`` (it exited 78, or Hermes recorded
+    ``startup_failed`` during the run that ended), ``"loop"`` (``LOOP_AFTER``
     runs in a row ended within ``FAST_EXIT_S``) or None. supervisord's
     ``stop`` moves whenever a run ends; the run's start is ``start`` when it
     has not been restarted yet, else the start seen at the previous look.
+
+    Hermes' own record matters because supervisord forgets the exit status of
+    a run that ended within ``startsecs`` (and of any run once it respawns):
+    it then reports 0, and a fatal exit would look like a crash loop.
+    ``startup_failed_at`` is when `gateway_state.json` last said so (epoch s).
     """
     start, stop = float(proc.get("start") or 0), float(proc.get("stop") or 0)
     now = float(proc.get("now") or time.time())
     state = str(proc.get("statename") or "")
     code = proc.get("exitstatus")
+
+    def failed_at_start(run_start: float) -> bool:
+        # supervisord's times are whole seconds; Hermes' are not
+        return startup_failed_at is not None and startup_failed_at >= run_start - 1
+
     if not watch.seen:  # first look (or flared restarted): judge only what is visible now
         ended = state in {"EXITED", "BACKOFF", "FATAL"}
-        first = "fatal" if ended and code == FATAL_CONFIG_EXIT else None
-        return RunWatch(start, stop, 0, True), first
+        fatal = ended and (code == FATAL_CONFIG_EXIT or failed_at_start(start))
+        return RunWatch(start, stop, 0, True), "fatal" if fatal else None
     verdict: str | None = None
     fast = watch.fast_exits
     if stop > watch.stop and state != "STOPPED":  # a run ended by itself since the last look
         run_start = start if start <= stop else watch.start
-        if code == FATAL_CONFIG_EXIT:
+        if code == FATAL_CONFIG_EXIT or failed_at_start(run_start):
             verdict = "fatal"
         elif run_start and stop - run_start < FAST_EXIT_S:
             fast += 1
@@ -434,7 +448,8 @@ class Gateways:
 
     def _judge(self, bot: str, proc: dict[str, Any]) -> None:
         name = program_name(bot)
-        watch, verdict = judge(self._watches.get(name, RunWatch()), proc)
+        paths = BotPaths.of(self.live.config.state_dir, bot)
+        watch, verdict = judge(self._watches.get(name, RunWatch()), proc, startup_failed_at(paths.home))
         self._watches[name] = watch
         if proc.get("statename") == "RUNNING" and watch.fast_exits == 0 and bot in self._loops:
             now = float(proc.get("now") or time.time())
@@ -442,18 +457,18 @@ class Gateways:
                 del self._loops[bot]
         if verdict is None or bot in self.failures:
             return
-        paths = BotPaths.of(self.live.config.state_dir, bot)
         error = gateway_error(paths.home, paths.gateway_log)
         code = proc.get("exitstatus")
         program = self._render_cache.get(bot, (None, None))[1]
         now = time.time()
         if verdict == "fatal":
+            code = code or None  # 0 here means supervisord did not keep it (see judge)
             failure = Failure("fatal", code, error, now, None, program, watch.fast_exits)
             log.error(
-                "bot %s: gateway exited %s (fatal config): %s; not restarting until its config "
+                "bot %s: gateway %s (fatal config): %s; not restarting until its config "
                 "changes or `flared restart --bot %s`",
                 bot,
-                code,
+                f"exited {code}" if code else "failed to start",
                 error or "see its log",
                 bot,
             )

@@ -3,7 +3,9 @@ crash loops and exit 78 are judged from supervisord's process info (pure); readi
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from flared.gateways import (
     judge,
     readiness,
 )
+from flared.hermes.liveness import startup_failed_at
 from tests.fixtures.flare import FlareUp, bot
 
 
@@ -103,6 +106,32 @@ def test_judge_first_look_does_not_count_history_but_sees_a_fatal_exit() -> None
     assert v == "fatal"
     _, v = judge(RunWatch(seen=True, start=1, stop=2), proc("FATAL", 1000, 1001, code=1))
     assert v == "loop"
+
+
+def test_judge_a_startup_failure_recorded_by_hermes_is_fatal_though_supervisord_lost_the_code() -> None:
+    # Hermes exited 78 within startsecs: supervisord keeps no exit status (reports 0)
+    # and respawns; three such runs used to be judged a crash loop.
+    w, _ = judge(RunWatch(), proc("STARTING", 1000))
+    w, v = judge(w, proc("STARTING", 1002, 1001, code=0), startup_failed_at=1000.4)
+    assert v == "fatal"
+    _, v = judge(RunWatch(), proc("BACKOFF", 1000, 1001, code=0), startup_failed_at=1000.7)
+    assert v == "fatal"  # first look
+    # A record from an earlier run says nothing about this one.
+    w, _ = judge(RunWatch(), proc("RUNNING", 1000))
+    w, v = judge(w, proc("STARTING", 1005, 1004, code=1), startup_failed_at=900.0)
+    assert v is None
+
+
+def test_startup_failed_at_reads_hermes_record(tmp_path: Path) -> None:
+    assert startup_failed_at(tmp_path) is None
+    (tmp_path / "gateway_state.json").write_text(
+        json.dumps({"gateway_state": "startup_failed", "updated_at": "2026-11-26T22:29:34.741000+00:00"})
+    )
+    assert startup_failed_at(tmp_path) == datetime(2026, 11, 26, 22, 29, 34, 741000, tzinfo=UTC).timestamp()
+    (tmp_path / "gateway_state.json").write_text(json.dumps({"gateway_state": "running", "updated_at": "x"}))
+    assert startup_failed_at(tmp_path) is None
+    (tmp_path / "gateway_state.json").write_text("{not json")
+    assert startup_failed_at(tmp_path) is None
 
 
 def test_backoff_is_exponential_and_capped() -> None:

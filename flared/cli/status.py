@@ -238,7 +238,8 @@ def _bot_notes(out: Out, b: dict[str, Any], snap: dict[str, Any]) -> list[str]:
         failure = b.get("failure") or {}
         what = "gateway failed"
         if failure.get("kind") == "fatal":
-            what += f" (exit {failure.get('exit_code')}; waits for a config change or a restart)"
+            how = f"exit {failure['exit_code']}" if failure.get("exit_code") else "at start-up"
+            what += f" ({how}; waits for a config change or a restart)"
         elif failure.get("kind") == "loop":
             what += f" (kept exiting; retry in {human_age(failure.get('retry_in_s'))})"
         notes.append(out.style(f"{what}: {b.get('error') or b.get('detail')}", "red"))

@@ -39,3 +39,14 @@ def gateway_liveness(home: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         out["plugin"] = json.loads((home / "state" / "flare-plugin.json").read_text())
     return out
+
+
+def startup_failed_at(home: Path) -> float | None:
+    """When Hermes last wrote ``gateway_state: startup_failed`` (epoch seconds), if it did."""
+    try:
+        st = json.loads((home / "gateway_state.json").read_text())
+        if st.get("gateway_state") != "startup_failed":
+            return None
+        return datetime.fromisoformat(str(st["updated_at"])).timestamp()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
