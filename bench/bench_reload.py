@@ -89,23 +89,27 @@ def main() -> None:
                 == f"{600 + POLICY_EDITS - 1}s"
             )
 
+            def bot_status(name: str) -> dict[str, Any]:
+                """In-process, so the poller's own start-up does not compete with the gateway's."""
+                return next(b for b in client.request("GET", "/status")["bots"] if b["name"] == name)
+
             restarts: list[float] = []
             for i in range(MODEL_EDITS):
-                old_pid = flare.bot_status("beta")["pid"]
-                alpha_pid = flare.bot_status("alpha")["pid"]
+                old_pid = bot_status("beta")["pid"]
+                alpha_pid = bot_status("alpha")["pid"]
                 data["bots"][1]["model"]["model"] = f"model-{i}"
                 t0 = time.monotonic()
                 write(flare, data)
 
                 def new_gateway_answers(old: int = old_pid) -> bool:
-                    st = flare.bot_status("beta")
+                    st = bot_status("beta")
                     return (
                         st["state"] == "RUNNING" and st["pid"] not in (None, old) and healthy(ports["beta"])
                     )
 
-                wait(new_gateway_answers, 60, "the restarted gateway answering", 0.02)
+                wait(new_gateway_answers, 60, "the restarted gateway answering", 0.05)
                 restarts.append(time.monotonic() - t0)
-                assert flare.bot_status("alpha")["pid"] == alpha_pid, "an unchanged bot restarted"
+                assert bot_status("alpha")["pid"] == alpha_pid, "an unchanged bot restarted"
 
             baseline: list[float] = []
             for _ in range(BASELINE_RUNS):

@@ -1,4 +1,10 @@
-"""Shared bench helpers: machine facts, process sampling, markdown tables."""
+"""Shared bench helpers: machine facts, process sampling, markdown tables, A/B pairs.
+
+Every comparison is measured interleaved (A B A B …) with :func:`interleave` or
+:func:`rounds`, and reported with :meth:`Paired.spread`: the median of the
+per-pair ratios, their min and max, and the number of pairs. Each
+`bench_<name>.py` prints its own markdown section; `run.py` collects them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,3 +79,99 @@ def pct(values: Sequence[float], p: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+# ---------------------------------------------------------------------- A/B comparisons
+
+
+def quick() -> bool:
+    """`BENCH_QUICK=1` (or `bench/run.py --quick`): fewer pairs and smaller inputs, for development."""
+    return os.environ.get("BENCH_QUICK", "") not in {"", "0"}
+
+
+def pairs_wanted(default: int, quick_default: int = 2) -> int:
+    """How many A/B pairs to run: `BENCH_PAIRS` when set, else the script's default."""
+    env = os.environ.get("BENCH_PAIRS")
+    if env:
+        return max(1, int(env))
+    return quick_default if quick() else default
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Paired:
+    """A measure and its baseline taken A B A B …, so load from other processes hits both alike.
+
+    The figure is the median of the per-pair ratios (measure / baseline), with the
+    smallest and largest ratio beside it and the number of pairs.
+    """
+
+    a: list[float] = field(default_factory=list)  # the measure
+    b: list[float] = field(default_factory=list)  # its baseline, same pair index
+
+    def add(self, a: float, b: float) -> None:
+        self.a.append(a)
+        self.b.append(b)
+
+    @property
+    def n(self) -> int:
+        return len(self.a)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [x / y if y > 0 else float("inf") for x, y in zip(self.a, self.b, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def a_median(self) -> float:
+        return statistics.median(self.a)
+
+    @property
+    def b_median(self) -> float:
+        return statistics.median(self.b)
+
+    def spread(self, digits: int = 2) -> str:
+        """`0.31x (0.28-0.35, 5 pairs)`"""
+        r = self.ratios
+        return f"{self.ratio:.{digits}f}x ({min(r):.{digits}f}-{max(r):.{digits}f}, {self.n} pairs)"
+
+
+def interleave(measure: Callable[[], float], baseline: Callable[[], float], pairs: int) -> Paired:
+    """Run baseline, measure, baseline, measure … `pairs` times; each callable returns seconds."""
+    out = Paired()
+    for _ in range(pairs):
+        b = baseline()
+        a = measure()
+        out.add(a, b)
+    return out
+
+
+def rounds(
+    baseline: Callable[[], float], measures: dict[str, Callable[[], float]], n: int
+) -> dict[str, Paired]:
+    """Several measures against one baseline: each round runs the baseline, then each measure once,
+    and each measure is paired with its round's baseline (still A B A B for every measure)."""
+    out = {name: Paired() for name in measures}
+    for _ in range(n):
+        b = baseline()
+        for name, fn in measures.items():
+            out[name].add(fn(), b)
+    return out
+
+
+def secs(seconds: float) -> str:
+    """Seconds as people read them: ms below one second."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**not met**"

@@ -10,8 +10,11 @@ only wires them together and runs the loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import gc
 import http.client
+import json
 import logging
 import os
 import signal
@@ -27,9 +30,11 @@ from flared import __version__
 from flared.api import build_router
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
+from flared.config.redact import redact_text
+from flared.control.auth import ProcessTree, parent_if_supervisord
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer
-from flared.gateways import Gateways
+from flared.gateways import Gateways, failure_hint, gateway_error, readiness
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
 from flared.operator.audit import audit_path, tail
@@ -43,10 +48,12 @@ from flared.supervisor import Layout, SupervisorClient, SupervisorError
 log = logging.getLogger("flared")
 
 RECONCILE_EVERY = 2.0
+TRIM_EVERY = 60.0  # seconds between handing freed heap back to the OS
 
 
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, supervisor_socket: Path | None = None) -> None:
+        limit_malloc_arenas()
         self.started_at = time.time()
         self.last_tick: datetime | None = None
         self._stop = threading.Event()
@@ -84,8 +91,13 @@ class Daemon:
             publish_socket(loaded.path, socket_path(loaded))
         self.watcher = watch_config(loaded.path, self.reloader.from_disk, self._stop)
         self.cron.start()
+        release_memory()
+        trimmed = time.monotonic()
         while not self._stop.is_set():
             self._tick()
+            if time.monotonic() - trimmed >= TRIM_EVERY:
+                release_memory(collect=False)
+                trimmed = time.monotonic()
             self._wake.wait(RECONCILE_EVERY)
             self._wake.clear()
         self.shutdown()
@@ -108,8 +120,14 @@ class Daemon:
             socket_path=socket_path(loaded),
             tcp=(c.host, c.port) if c.port else None,
             admin_token=token,
+            tree=ProcessTree(self._supervised_programs, supervisord=parent_if_supervisord()),
         )
         self.control.start()
+
+    def _supervised_programs(self) -> tuple[int | None, dict[int, str]]:
+        """supervisord's pid and its programs by pid: who a unix-socket client is (control/auth.py)."""
+        pid = int(self.supervisor.supervisor.getPID())
+        return pid, {int(p["pid"]): str(p["name"]) for p in self.supervisor.processes() if p.get("pid")}
 
     def start_services(self) -> None:
         self.leases.start()
@@ -150,46 +168,119 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
+    def shutdown_all(self) -> int:
+        """`flared stop`: supervisord stops the gateways (SIGINT), then flared (final snapshots)."""
+        pid = os.getppid()
+        threading.Timer(0.2, self._supervisord_shutdown).start()  # answer the caller first
+        return pid
+
+    def _supervisord_shutdown(self) -> None:
+        try:
+            self.supervisor.supervisor.shutdown()
+        except Exception as exc:  # supervisord already going away
+            log.warning("asking supervisord to shut down: %s", exc)
+
     def shutdown(self) -> None:
+        started = time.time()
         try:
             self.snapshots.shutdown(final_snapshots=self.live.config.snapshots.on_shutdown)
         except Exception:
             log.exception("final snapshots failed")
+        with contextlib.suppress(Exception):
+            write_stop_record(self.live.loaded.state_dir, self._final_snapshots(started))
         with contextlib.suppress(Exception):
             self.leases.stop()
         if self.control is not None:
             self.control.stop()
         log.info("flared stopped")
 
+    def _final_snapshots(self, since: float) -> list[dict[str, Any]]:
+        """What each bot's final snapshot did, for `flared up` and `flared stop` to print."""
+        out = []
+        for bot in self.gateways.enabled_bots():
+            st = _safe(functools.partial(self.snapshots.status, bot.name), None) or {}
+            last = st.get("last") or {}
+            if not self.live.config.snapshots.on_shutdown:
+                out.append({"bot": bot.name, "result": "off", "reason": "snapshots.on_shutdown is false"})
+            elif last.get("trigger") == "shutdown" and _after(last.get("at"), since):
+                out.append(dict(last))
+            else:
+                why = st.get("fenced") or st.get("gate") or f"not taken ({st.get('phase') or 'unknown'})"
+                out.append({"bot": bot.name, "result": "skipped", "reason": why})
+        return out
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
         cfg, gw = self.live.config, self.gateways
         procs = {p["name"]: p for p in _safe(self.supervisor.processes, [])}
+        here = {b.name for b in gw.enabled_bots()}  # this container's group
+        now = time.time()
         bots = []
-        for bot in cfg.bots:
+        for index, bot in enumerate(cfg.bots):
             name = program_name(bot.name)
             p = procs.get(name)
+            paths = BotPaths.of(cfg.state_dir, bot.name)
+            hermes = gateway_liveness(paths.home)
+            if p is None or hermes.get("heartbeat_pid") != p.get("pid"):
+                hermes["heartbeat_age_s"] = None  # a previous run's heartbeat says nothing now
+            snap = _safe(functools.partial(self.snapshots.status, bot.name), None)
+            failure = gw.failure_of(bot.name)
+            enabled = bot.name in here
+            held = bot.name in gw.held
+            ready, detail = readiness(
+                enabled=enabled,
+                phase=(snap or {}).get("phase"),
+                held=held,
+                failure=failure,
+                proc=p,
+                liveness=hermes,
+                has_api=bot.api is not None,
+            )
+            if failure is not None:
+                state = "FAILED"
+            elif p is not None:
+                state = str(p["statename"])
+            elif not enabled:
+                state = "DISABLED" if not bot.enabled else "ELSEWHERE"
+            elif held:
+                state = "HELD"
+            else:
+                state = "STARTING" if bot.name in gw.ready else "WAITING"
+            error = gw.boot_errors.get(bot.name)
+            if failure is not None:
+                error = failure.error or f"the gateway exited {failure.exit_code}"
+            elif p and p["statename"] in {"FATAL", "BACKOFF"} and p.get("spawnerr"):
+                error = p["spawnerr"]
+            elif ready == "failed":
+                error = gateway_error(paths.home, paths.gateway_log) or detail
             entry: dict[str, Any] = {
                 "name": bot.name,
                 "enabled": bot.enabled,
                 "group": bot.group,
                 "sandbox": bot.sandbox,
                 "program": name,
-                "state": p["statename"] if p else ("starting" if bot.name in gw.ready else "waiting"),
+                "state": state,
+                "readiness": ready,
+                "detail": detail,
                 "pid": (p.get("pid") or None) if p else None,
                 "uptime_s": (p["now"] - p["start"]) if p and p.get("pid") else None,
                 "restarts": gw.restarts.get(name, 0),
                 "ready": bot.name in gw.ready,
-                "held": bot.name in gw.held,
-                "error": gw.boot_errors.get(bot.name),
-                "hermes": gateway_liveness(BotPaths.of(cfg.state_dir, bot.name).home),
+                "held": held,
+                "error": redact_text(error, cfg) if error else None,
+                "hint": None,
+                "log": str(paths.gateway_log),
+                "failure": failure.as_dict(now) if failure is not None else None,
+                "hermes": hermes,
             }
-            if p and p["statename"] in {"FATAL", "BACKOFF"} and p.get("spawnerr"):
-                entry["error"] = p["spawnerr"]
+            if ready == "failed":
+                entry["hint"] = failure_hint(
+                    bot.name, error, self.live.loaded.path, index, failure.kind if failure else "fatal"
+                )
             if bot.api is not None:
                 entry["api"] = f"http://{bot.api.host}:{bot.api.port}/v1"
-            entry["snapshots"] = _safe(functools.partial(self.snapshots.status, bot.name), None)
+            entry["snapshots"] = snap
             bots.append(entry)
         loaded, errors = self.live.loaded, self.live.errors
         out: dict[str, Any] = {
@@ -220,6 +311,52 @@ class Daemon:
             out["config"]["last_reload"] = self.live.last_reload
         out["cron"] = _safe(self.cron.status, None)
         return out
+
+
+STOP_RECORD = "last-stop.json"
+
+
+def _after(iso: Any, since: float) -> bool:
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp() >= since - 1
+    except ValueError:
+        return False
+
+
+def write_stop_record(state_dir: Path, finals: list[dict[str, Any]]) -> None:
+    """``<state_dir>/last-stop.json``: when flared stopped and what its final snapshots did."""
+    path = state_dir / STOP_RECORD
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(
+        json.dumps(
+            {"stopped_at": datetime.now(UTC).isoformat(), "pid": os.getpid(), "final_snapshots": finals}
+        )
+    )
+    os.replace(tmp, path)
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Fewer glibc malloc arenas than the default eight per core.
+
+    Every thread that allocates gets an arena, and what an arena frees it
+    mostly keeps: the control API's workers, snapshots and leases would
+    otherwise each grow flared's RSS a little for good. Python objects come
+    from their own allocator, so the arenas see little contention. Must run
+    before the first thread starts.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+
+
+def release_memory(*, collect: bool = True) -> None:
+    """Hand freed heap back to the OS: after start-up (about 2 MiB) and then now and then."""
+    if collect:
+        gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _safe(fn: Callable[[], Any], default: Any) -> Any:

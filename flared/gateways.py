@@ -1,26 +1,41 @@
 """The bots' gateways under supervisord: which should run now, and making it so.
 
-A bot's gateway may run once its state is restored (``ready``) and while no
-restore holds it (``held``). Each tick compares the programs the config
-implies with what supervisord runs (:func:`flared.reconcile.plan`, pure) and
-applies the difference through XML-RPC. This class owns that bookkeeping;
-it never touches snapshots or the store.
+A bot's gateway may run once its state is restored (``ready``), while no
+restore holds it (``held``) and while it has not failed. Each tick compares
+the programs the config implies with what supervisord runs
+(:func:`flared.reconcile.plan`, pure) and applies the difference through
+XML-RPC. This class owns that bookkeeping; it never touches snapshots or the
+store.
+
+A gateway that fails fast is taken out of supervisord's hands: Hermes exits
+78 on a fatal config problem (e.g. the API port is taken) *after* more than
+``startsecs``, so supervisord counts every start a success and restarts it
+forever. :func:`judge` (pure) reads each run's start, stop and exit status;
+exit 78 waits for a config change or an explicit restart, other fast exits
+are retried after an exponential, capped delay. Either way `flared status`
+shows the gateway's own last error line and what to edit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
 import logging
 import os
+import re
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
 from flared.hermes.home import gateway_program, render_home
+from flared.hermes.liveness import startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -31,6 +46,213 @@ log = logging.getLogger("flared")
 
 #: States in which a found gateway counts as live (flared restarted under it).
 LIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
+
+#: Hermes' exit status for a fatal config problem (EX_CONFIG): restarting cannot help.
+FATAL_CONFIG_EXIT = 78
+#: A run shorter than this counts toward a crash loop (Hermes needs 3-6 s to come up).
+FAST_EXIT_S = 30.0
+#: Running this long forgets earlier fast exits.
+STABLE_S = 60.0
+#: Consecutive fast exits before flared stops restarting and backs off.
+LOOP_AFTER = 3
+#: The first back-off delay; it doubles with each loop, up to the cap.
+BACKOFF_FIRST_S = 10.0
+BACKOFF_CAP_S = 300.0
+
+
+@dataclass(frozen=True)
+class RunWatch:
+    """What flared has seen of one program's runs (supervisord keeps no history)."""
+
+    start: float = 0.0  # supervisord's start time of the run seen last
+    stop: float = 0.0  # its last stop time seen
+    fast_exits: int = 0
+    seen: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A gateway flared stopped restarting, and why."""
+
+    kind: str  # "fatal" (exit 78: waits for a change or a restart) | "loop" (retried at retry_at)
+    exit_code: int | None
+    error: str | None  # the gateway's own last error line
+    since: float
+    retry_at: float | None = None
+    program: str | None = None  # the program text that failed: a different one is a config change
+    fast_exits: int = 0
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "since_s": round(now - self.since, 1),
+            "retry_in_s": round(max(0.0, self.retry_at - now), 1) if self.retry_at is not None else None,
+            "fast_exits": self.fast_exits,
+        }
+
+
+def judge(
+    watch: RunWatch, proc: dict[str, Any], startup_failed_at: float | None = None
+) -> tuple[RunWatch, str | None]:
+    """Pure: one look at a program's process info -> (what to remember, verdict).
+
+    The verdict is ``"fatal"`` (it exited 78, or Hermes recorded
+    ``startup_failed`` during the run that ended), ``"loop"`` (``LOOP_AFTER``
+    runs in a row ended within ``FAST_EXIT_S``) or None. supervisord's
+    ``stop`` moves whenever a run ends; the run's start is ``start`` when it
+    has not been restarted yet, else the start seen at the previous look.
+
+    Hermes' own record matters because supervisord forgets the exit status of
+    a run that ended within ``startsecs`` (and of any run once it respawns):
+    it then reports 0, and a fatal exit would look like a crash loop.
+    ``startup_failed_at`` is when `gateway_state.json` last said so (epoch s).
+    """
+    start, stop = float(proc.get("start") or 0), float(proc.get("stop") or 0)
+    now = float(proc.get("now") or time.time())
+    state = str(proc.get("statename") or "")
+    code = proc.get("exitstatus")
+
+    def failed_at_start(run_start: float) -> bool:
+        # supervisord's times are whole seconds; Hermes' are not
+        return startup_failed_at is not None and startup_failed_at >= run_start - 1
+
+    if not watch.seen:  # first look (or flared restarted): judge only what is visible now
+        ended = state in {"EXITED", "BACKOFF", "FATAL"}
+        fatal = ended and (code == FATAL_CONFIG_EXIT or failed_at_start(start))
+        return RunWatch(start, stop, 0, True), "fatal" if fatal else None
+    verdict: str | None = None
+    fast = watch.fast_exits
+    if stop > watch.stop and state != "STOPPED":  # a run ended by itself since the last look
+        run_start = start if start <= stop else watch.start
+        if code == FATAL_CONFIG_EXIT or failed_at_start(run_start):
+            verdict = "fatal"
+        elif run_start and stop - run_start < FAST_EXIT_S:
+            fast += 1
+            if fast >= LOOP_AFTER:
+                verdict = "loop"
+        else:
+            fast = 0
+    if state == "FATAL" and verdict is None:
+        verdict = "loop"  # supervisord gave up on its own (exits within startsecs)
+    if state == "RUNNING" and start and now - start >= STABLE_S:
+        fast = 0
+    return replace(watch, start=start, stop=stop, fast_exits=fast), verdict
+
+
+def backoff_delay(loops: int) -> float:
+    """Seconds to wait after the ``loops``-th crash loop in a row (1-based)."""
+    return float(min(BACKOFF_FIRST_S * 2 ** max(loops - 1, 0), BACKOFF_CAP_S))
+
+
+_HERMES_ADVICE = re.compile(
+    r"\.?\s+(?:Set|Edit|Change|Fix)\b.*\bconfig\.yaml\b.*$", re.IGNORECASE | re.DOTALL
+)
+_LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL) [\w.]+: ")
+
+
+def clean_error(text: str) -> str:
+    """Hermes' message without its advice to edit config.yaml (flared writes that file)."""
+    return _HERMES_ADVICE.sub("", text.strip()).strip()
+
+
+def gateway_error(home: Path, log_file: Path) -> str | None:
+    """The gateway's own last error: gateway_state.json first, else the log's last ERROR line."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        st = json.loads((home / "gateway_state.json").read_text())
+        if st.get("exit_reason"):
+            return clean_error(str(st["exit_reason"]))
+        for name, p in (st.get("platforms") or {}).items():
+            if p.get("state") == "fatal" and p.get("error_message"):
+                return clean_error(f"{name}: {p['error_message']}")
+    for line in reversed(tail_lines(log_file, 200)):
+        if " ERROR " in f" {line}" or line.startswith(("ERROR", "CRITICAL")) or "Traceback" in line:
+            return clean_error(_LOG_PREFIX.sub("", line))
+    return None
+
+
+def tail_lines(path: Path, n: int, block: int = 65536) -> list[str]:
+    """The last ``n`` lines of a file, reading at most ``block`` bytes."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - block))
+            data = fh.read()
+    except OSError:
+        return []
+    return [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()][-n:]
+
+
+def failure_hint(bot: str, error: str | None, config_path: Path, bot_index: int, kind: str) -> str:
+    """What to do about a failed gateway, naming hermes-flare.yaml (never Hermes' config.yaml)."""
+    port = re.search(r"[Pp]ort (\d+) already in use", error or "")
+    then = (
+        f"then `flared restart --bot {bot}`"
+        if kind == "fatal"
+        else f"it is retried by itself, or now with `flared restart --bot {bot}`"
+    )
+    if port:
+        return (
+            f"another process holds port {port.group(1)}: stop it, or set bots[{bot_index}].api.port "
+            f"in {config_path}; {then}"
+        )
+    return (
+        f"flared writes the gateway's config.yaml from {config_path}: fix bots[{bot_index}] there; "
+        f"a change to the file retries the gateway, {then}"
+        if kind == "fatal"
+        else f"see the gateway's log; {then}"
+    )
+
+
+def readiness(
+    *,
+    enabled: bool,
+    phase: str | None,
+    held: bool,
+    failure: Failure | None,
+    proc: dict[str, Any] | None,
+    liveness: dict[str, Any],
+    has_api: bool,
+) -> tuple[str, str]:
+    """Pure: (``ready`` | ``starting`` | ``failed`` | ``stopped``, what it waits for or why).
+
+    RUNNING is not ready: Hermes takes seconds to bring up its API after
+    supervisord counts it started. Ready means Hermes itself says
+    ``running`` (and its ``api_server`` is connected) for *this* process:
+    the files a previous run left behind do not count.
+    """
+    if not enabled:
+        return "stopped", "disabled in the config"
+    if failure is not None:
+        return "failed", failure.error or f"exited {failure.exit_code}"
+    if phase in {"restore failed"}:
+        return "failed", "restore failed"
+    if phase in {"booting", "restoring", "waiting for store"}:
+        return "starting", phase
+    if held:
+        return "starting", "held for a restore"
+    if proc is None:
+        return "starting", "being added to supervisord"
+    state = proc.get("statename")
+    if state == "FATAL":
+        return "failed", str(proc.get("spawnerr") or "supervisord gave up starting it")
+    if state in {"STOPPED", "STOPPING", "EXITED"}:
+        return "starting", state.lower()
+    if state != "RUNNING":
+        return "starting", str(state or "").lower()
+    if liveness.get("pid") != proc.get("pid"):
+        return "starting", "Hermes is starting"
+    gstate = liveness.get("gateway_state")
+    platforms = liveness.get("platforms") or {}
+    if gstate == "startup_failed":
+        return "failed", "Hermes reported startup_failed"
+    if has_api and platforms.get("api_server") == "fatal":
+        return "failed", "the API server could not start"
+    if gstate in {"running", "degraded"} and (not has_api or platforms.get("api_server") == "connected"):
+        return "ready", "" if gstate == "running" else "some platforms are retrying"
+    return "starting", f"Hermes is {gstate or 'starting'}"
 
 
 class Gateways:
@@ -53,6 +275,9 @@ class Gateways:
         self.held: set[str] = set()  # bots whose gateway is stopped on purpose (restore)
         self.boot_errors: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
+        self.failures: dict[str, Failure] = {}  # bots whose gateway flared stopped restarting
+        self._loops: dict[str, int] = {}  # crash loops in a row per bot (the back-off level)
+        self._watches: dict[str, RunWatch] = {}
         self._pids: dict[str, int] = {}
         self._render_cache: dict[str, tuple[Any, str]] = {}
         self._observed: list[dict[str, Any]] = []
@@ -76,7 +301,16 @@ class Gateways:
             self.reconcile()
 
     def restart(self, bot: str) -> None:
+        """Restart a bot's gateway now; a failed one is tried again at once."""
         name = program_name(bot)
+        with self.lock:
+            failed = self.failures.pop(bot, None)
+            self._loops.pop(bot, None)
+            self._watches.pop(name, None)
+            if failed is not None:
+                log.info("bot %s: restarting its failed gateway on request", bot)
+                self.reconcile()
+                return
         self.supervisor.stop(name)
         self.supervisor.start(name)
 
@@ -94,6 +328,8 @@ class Gateways:
             self.ready.discard(bot)
             self.held.discard(bot)
             self.boot_errors.pop(bot, None)
+            self.failures.pop(bot, None)
+            self._loops.pop(bot, None)
 
     def log_file(self, bot: str) -> Path:
         """Where the bot's gateway writes its log."""
@@ -125,10 +361,14 @@ class Gateways:
             if bot.name not in self.ready or bot.name in self.held:
                 continue
             try:
-                desired[program_name(bot.name)] = self._rendered_program(bot)
+                text = self._rendered_program(bot)
             except Exception as exc:  # one bot's render problem must not stop the others
                 self.boot_errors[bot.name] = f"cannot render Hermes home: {exc}"
                 log.error("bot %s: cannot render its Hermes home: %s", bot.name, exc)
+                continue
+            if self._still_failed(bot.name, text):
+                continue
+            desired[program_name(bot.name)] = text
         if self.live.config.operator is not None:
             # The operator bot's program: its failures never touch the bots.
             desired[OPERATOR_PROGRAM] = operator_program(self.live.loaded).render()
@@ -168,16 +408,87 @@ class Gateways:
             apply(self.supervisor, self.layout, actions)
             return actions
 
+    def _still_failed(self, bot: str, program: str) -> bool:
+        """Whether a failed gateway stays out of supervisord this tick."""
+        failure = self.failures.get(bot)
+        if failure is None:
+            return False
+        if failure.kind == "fatal":
+            if failure.program is not None and failure.program != program:
+                log.info("bot %s: its config changed: starting the failed gateway again", bot)
+                del self.failures[bot]
+                return False
+            return True
+        if failure.retry_at is not None and time.time() >= failure.retry_at:
+            log.info("bot %s: back-off over: starting its gateway again", bot)
+            del self.failures[bot]
+            return False
+        return True
+
     def track_restarts(self) -> None:
-        """Count PID changes; reuses the process list the reconcile just read (one XML-RPC call per tick)."""
-        for p in self._observed or self.supervisor.processes():
+        """Count PID changes and judge each gateway's runs (:func:`judge`).
+
+        Reuses the process list the reconcile just read (one XML-RPC call per tick).
+        """
+        procs = self._observed or self.supervisor.processes()
+        seen = set()
+        for p in procs:
             name, pid = p["name"], int(p.get("pid") or 0)
+            seen.add(name)
+            if name.startswith(GATEWAY_PREFIX):
+                self._judge(name.removeprefix(GATEWAY_PREFIX), p)
             if not pid:
                 continue
             prev = self._pids.get(name)
             if prev and prev != pid:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
             self._pids[name] = pid
+        for name in set(self._watches) - seen:
+            del self._watches[name]  # removed on purpose (reload, restore, failure)
+
+    def _judge(self, bot: str, proc: dict[str, Any]) -> None:
+        name = program_name(bot)
+        paths = BotPaths.of(self.live.config.state_dir, bot)
+        watch, verdict = judge(self._watches.get(name, RunWatch()), proc, startup_failed_at(paths.home))
+        self._watches[name] = watch
+        if proc.get("statename") == "RUNNING" and watch.fast_exits == 0 and bot in self._loops:
+            now = float(proc.get("now") or time.time())
+            if now - float(proc.get("start") or now) >= STABLE_S:
+                del self._loops[bot]
+        if verdict is None or bot in self.failures:
+            return
+        error = gateway_error(paths.home, paths.gateway_log)
+        code = proc.get("exitstatus")
+        program = self._render_cache.get(bot, (None, None))[1]
+        now = time.time()
+        if verdict == "fatal":
+            code = code or None  # 0 here means supervisord did not keep it (see judge)
+            failure = Failure("fatal", code, error, now, None, program, watch.fast_exits)
+            log.error(
+                "bot %s: gateway %s (fatal config): %s; not restarting until its config "
+                "changes or `flared restart --bot %s`",
+                bot,
+                f"exited {code}" if code else "failed to start",
+                error or "see its log",
+                bot,
+            )
+        else:
+            loops = self._loops[bot] = self._loops.get(bot, 0) + 1
+            delay = backoff_delay(loops)
+            failure = Failure("loop", code, error, now, now + delay, program, watch.fast_exits)
+            log.error(
+                "bot %s: gateway keeps exiting (last status %s, %d fast exits): %s; retrying in %.0f s",
+                bot,
+                code,
+                watch.fast_exits,
+                error or "see its log",
+                delay,
+            )
+        self.failures[bot] = failure
+        self.wake()
+
+    def failure_of(self, bot: str) -> Failure | None:
+        return self.failures.get(bot)
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flared.config.handoff import ENV_FILE_VAR
 from flared.reconcile import (
     Action,
     AddGroup,
@@ -59,6 +60,11 @@ class Layout:
         return self.root / "supervisor.sock"
 
     @property
+    def handoff(self) -> Path:
+        """flared's secrets, written by whatever starts supervisord (see :mod:`flared.config.handoff`)."""
+        return self.root / "flared.env"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "supervisord.pid"
 
@@ -82,6 +88,8 @@ class ProgramSpec:
     startsecs: int = 2
     startretries: int = 10
     autorestart: str = "true"
+    #: Exit statuses supervisord treats as expected (with ``autorestart=unexpected``: not restarted).
+    exitcodes: tuple[int, ...] = (0,)
     user: str | None = None
 
     def render(self) -> str:
@@ -98,6 +106,8 @@ class ProgramSpec:
             "killasgroup=true",
             f"priority={self.priority}",
         ]
+        if self.exitcodes != (0,):
+            lines.append("exitcodes=" + ",".join(str(c) for c in self.exitcodes))
         if self.directory:
             lines.append("directory=" + _escape(self.directory))
         if self.user:
@@ -142,7 +152,7 @@ def render_supervisord_conf(
     flared = ProgramSpec(
         name="flared",
         command=flared_cmd,
-        environment=flared_env or {},
+        environment={ENV_FILE_VAR: str(layout.handoff), **(flared_env or {})},
         log_file=str(layout.logs / "flared.log"),
         stopsignal="TERM",
         stopwaitsecs=stopwaitsecs,

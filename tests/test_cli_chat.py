@@ -65,9 +65,58 @@ def test_json_and_session(served: tuple[Path, FakeLLM]) -> None:
     cfg, fake = served
     out = run_cli("chat", "-c", str(cfg), "--json", "--bot", "solo", "--session", "s-1", "hi")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"bot": "solo", "reply": "hello from solo", "session_id": None}
+    assert json.loads(out.stdout) == {"bot": "solo", "reply": "hello from solo", "session_id": "s-1"}
     assert fake.requests[-1].headers["X-Hermes-Session-Id"] == "s-1"
     assert fake.requests[-1].body["stream"] is False
+
+
+def test_each_chat_without_session_is_a_new_conversation(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    ids = []
+    for _ in range(2):
+        out = run_cli("chat", "-c", str(cfg), "hello")
+        assert out.returncode == 0, out.stderr
+        ids.append(fake.requests[-1].headers["X-Hermes-Session-Id"])
+        assert f"(continue with --session {ids[-1]})" in out.stderr
+    assert ids[0] != ids[1] and all(i.startswith("cli-") for i in ids)
+
+
+def test_blank_lines_around_the_answer_are_not_printed(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    fake.script(llm.Reply(text="\n\n  The answer.\n\nSecond paragraph.\n\n", when=lambda r: True))
+    out = run_cli("chat", "-c", str(cfg), "hi")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "The answer.\n\nSecond paragraph.\n"
+
+
+def test_an_http_error_exits_1_and_json_says_it_on_stdout(served: tuple[Path, FakeLLM]) -> None:
+    cfg, fake = served
+    fake.script(llm.Reply(status=500, error="model overloaded", when=lambda r: True))
+    out = run_cli("chat", "-c", str(cfg), "--json", "hi")
+    assert out.returncode == 1
+    data = json.loads(out.stdout)
+    assert data["reply"] is None and data["error"] == "bot 'solo' answered 500: model overloaded"
+    assert "flared chat: bot 'solo' answered 500: model overloaded" in out.stderr
+
+
+def test_sse_errors_from_hermes_are_read() -> None:
+    from flared.cli.chat import sse_events
+
+    stream = [
+        b'data: {"choices": [{"delta": {"role": "assistant"}, "finish_reason": null}]}\n',
+        b"\n",
+        b"event: hermes.tool.progress\n",
+        b'data: {"tool": "terminal", "label": "ls", "status": "running"}\n',
+        b"\n",
+        b'data: {"choices": [{"delta": {}, "finish_reason": "error"}], "error": '
+        b'{"message": "No Anthropic credentials found", "type": "agent_error"}}\n',
+        b"\n",
+        b"data: [DONE]\n",
+    ]
+    assert list(sse_events(stream)) == [
+        ("tool", {"tool": "terminal", "label": "ls", "status": "running"}),
+        ("error", "No Anthropic credentials found"),
+    ]
 
 
 def test_refused_key_is_explained(served: tuple[Path, FakeLLM]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flared.cli import main
+from flared.config import yamlpos
 from flared.config.loader import ConfigError, load_config
 from flared.config.units import format_duration, parse_duration, parse_size
 
@@ -163,3 +164,75 @@ def test_repo_default_config_is_valid() -> None:
     bot = loaded.config.bots[0]
     assert bot.api is not None and bot.slack is None
     assert loaded.config.sandboxes["default"].provider == "local"
+
+
+# --------------------------------------------------------------------------- empty files and bounds
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n\t\n", "# only a comment\n   # and another\n"])
+def test_empty_whitespace_or_comment_only_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    p = write(tmp_path, text)
+    assert main(["validate", "-c", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}: the file is empty (or holds only comments)" in err
+    assert "bots: []" in err  # what to do instead
+
+
+def test_no_bots_section_is_refused_and_an_explicit_empty_list_is_fine(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "log_level: debug\n"))
+    (issue,) = info.value.issues
+    assert (issue.line, issue.path) == (1, "(top level)") and "no `bots:` section" in issue.message
+    assert load_config(write(tmp_path, "bots: []\n")).config.bots == []
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        ("bots: []\nx: " + "[" * 100 + "]" * 100 + "\n", (2, 67), "nested more than 64 levels"),
+        ("bots: &b [*b]\n", (1, 7), "a cycle"),
+        ("bots: []\na: &a {x: {<<: *a}}\n", (2, 4), "merge key refers to the mapping that contains it"),
+        ("bots: []\n? [a, b]\n: 1\n", (2, 3), "mapping keys must be plain scalars"),
+        ("bots: []\nx: [" + ",".join(["1"] * 20_001) + "]\n", (2, 39995), "more than 20,000 values"),
+    ],
+)
+def test_yaml_bounds_are_refused_with_a_position(
+    tmp_path: Path, text: str, where: tuple[int, int], says: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    (issue,) = info.value.issues
+    assert (issue.line, issue.col) == where, issue
+    assert says in issue.message
+
+
+def test_alias_bomb_stops_at_the_limit_at_the_alias(tmp_path: Path) -> None:
+    laughs = 'bots: []\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, laughs))
+    (issue,) = info.value.issues
+    assert issue.line == 6 and "more than 20,000 values once aliases" in issue.message  # `f: &f [*e, ...]`
+
+
+def test_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    p = tmp_path / "hermes-flare.yaml"
+    with p.open("w") as fh:
+        fh.write("bots: []\n")
+        fh.truncate(50 * 1024 * 1024)  # sparse: 50 MB of NULs after the first line
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    (issue,) = info.value.issues
+    assert issue.line == 2 and "larger than 1024 KiB" in issue.message
+
+
+def test_merge_keys_keep_yaml_precedence_and_are_not_duplicates(tmp_path: Path) -> None:
+    text = "bots: []\nx-base: &b {a: 1, b: 2}\nx-other: &o {b: 3, c: 4}\nx-use: {<<: [*b, *o], a: 9}\n"
+    loc = yamlpos.load(text)
+    assert loc.data["x-use"] == {"a": 9, "b": 2, "c": 4}  # own keys, then earlier sources
+    assert loc.duplicates == []
+    twice = yamlpos.load("bots: []\nbots: []\n")
+    assert [p for p, _ in twice.duplicates] == [("bots",)]

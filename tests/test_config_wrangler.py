@@ -25,6 +25,8 @@ ACCOUNT = "0123456789abcdef0123456789abcdef"
 def render_yaml(tmp_path: Path, text: str, *, account: bool = True) -> dict[str, Any]:
     path = tmp_path / "hermes-flare.yaml"
     text = textwrap.dedent(text)
+    if "bots:" not in text:  # a file must say which bots it runs, even none
+        text += "\nbots: []\n"
     if account:
         text += f"\ncloudflare:\n  account_id: {ACCOUNT}\n" if "cloudflare:" not in text else ""
     path.write_text(text)
@@ -77,7 +79,9 @@ def test_the_compatibility_date_gives_durable_objects_ctx_exports(tmp_path: Path
     cfg = render_yaml(tmp_path, "version: 1\n")
     assert cfg["compatibility_date"] == MIN_COMPATIBILITY_DATE == "2025-11-17"
     path = tmp_path / "old.yaml"
-    path.write_text(f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  compatibility_date: '2025-11-01'\n")
+    path.write_text(
+        f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  compatibility_date: '2025-11-01'\nbots: []\n"
+    )
     res = run_cli("render", "wrangler", "-c", str(path))
     assert res.returncode == 2 and "ctx.exports" in res.stderr and "old.yaml:4:" in res.stderr
     # workerd in worker/node_modules must support the date (its version is its newest date).
@@ -107,7 +111,9 @@ def test_egress_secrets_and_service_tokens_come_from_the_yaml(tmp_path: Path) ->
     assert cfg["vars"]["EGRESS_SECRETS"] == "ANTHROPIC_API_KEY"
     assert cfg["vars"]["ACCESS_ALLOWED_SERVICE_TOKENS"] == "0123abcd.access"
     path = tmp_path / "bad.yaml"
-    path.write_text(f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  egress_secrets:\n    - NOT_USED\n")
+    path.write_text(
+        f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  egress_secrets:\n    - NOT_USED\nbots: []\n"
+    )
     res = run_cli("render", "wrangler", "-c", str(path))
     assert (
         res.returncode == 2 and "bad.yaml:5:" in res.stderr and "NOT_USED is not a ${NOT_USED}" in res.stderr
@@ -222,6 +228,7 @@ def test_unknown_instance_type_is_a_clear_cli_error(tmp_path: Path) -> None:
     path = tmp_path / "hermes-flare.yaml"
     path.write_text(
         f"version: 1\ncloudflare:\n  account_id: {ACCOUNT}\n  exec: {{instance_type: huge, max_instances: 1}}\n"
+        "bots: []\n"
     )
     res = run_cli("render", "wrangler", "-c", str(path))
     assert res.returncode == 2

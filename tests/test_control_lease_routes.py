@@ -136,13 +136,31 @@ def test_bad_requests_are_400(served: Served, body: dict[str, Any], message: str
 
 
 def test_capacity_is_429_with_the_agent_readable_message(served: Served) -> None:
+    import threading
+    import time
+
     c = served.client()
-    for i in range(3):
-        c.request("POST", "/leases", {"bot": "alpha", "session": f"s{i}"})
+    held = c.request("POST", "/leases", {"bot": "alpha", "session": "s0"})
+    t = threading.Thread(target=served.manager.exec, args=(held["id"], "sleep 2"))
+    t.start()
+    time.sleep(0.3)
+    # Asked not to wait: at once, why (alpha holds its share, 3 leases split over 2 bots).
+    with pytest.raises(ControlError) as err:
+        c.request("POST", "/exec", {"bot": "alpha", "session": "s9", "command": "true", "wait": False})
+    assert err.value.status == 429 and err.value.body["waiting"] is True
+    assert "waiting for a sandbox: bot 'alpha' has 1 leases of profile 'default'" in err.value.body["error"]
+    assert "max_leases_per_bot 1: max_leases 3 split over 2 bot(s)" in err.value.body["error"]
+    # Waiting, up to acquire_timeout.
     with pytest.raises(ControlError) as err:
         c.request("POST", "/exec", {"bot": "alpha", "session": "s9", "command": "true"})
-    assert err.value.status == 429
-    assert "sandbox capacity reached: 3 leases in use" in err.value.body["error"]
+    assert err.value.status == 429 and "waiting" not in err.value.body
+    assert "sandbox capacity reached: bot 'alpha' has 1 leases in use" in err.value.body["error"]
+    # The other bot's share is untouched.
+    assert c.request("POST", "/exec", {"bot": "beta", "session": "b", "command": "echo b"})["stdout"] == "b\n"
+    with pytest.raises(ControlError) as err:
+        c.request("POST", "/exec", {"bot": "beta", "command": "true", "wait": "no"})
+    assert err.value.status == 400
+    t.join()
 
 
 def test_not_json_body(served: Served) -> None:

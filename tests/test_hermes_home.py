@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flared.config.loader import load_config
-from flared.hermes.home import gateway_program, render_home
+from flared.hermes.home import UnsafeHome, gateway_program, render_home
 from flared.hermes.paths import BotPaths
 
 
@@ -74,7 +77,77 @@ def test_gateway_program(tmp_path: Path) -> None:
     text = spec.render()
     assert "gateway run --no-supervise --external-supervisor" in text
     assert 'HERMES_GATEWAY_MAX_STARTS="0"' in text and 'TIRITH_ENABLED="false"' in text
-    assert "stopsignal=INT" in text and "autorestart=true" in text
+    assert "stopsignal=INT" in text and "autorestart=unexpected" in text and "exitcodes=78" in text
     assert f'HERMES_HOME="{tmp_path / "state" / "bots" / "hermes" / "home"}"' in text
     assert "HERMES_GATEWAY_LOCK_DIR" in text
     assert "sk-" not in text  # secrets live in .env, not in supervisord's files
+
+
+# ---------------------------------------------------------------- links (issue 13 item 7)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", ".env"])
+def test_a_symlinked_file_is_refused_and_its_target_untouched(tmp_path: Path, name: str) -> None:
+    cfg = loaded(tmp_path)
+    home = BotPaths.of(tmp_path / "state", "hermes").home
+    home.mkdir(parents=True)
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("secret_of_someone_else: 42\n")
+    outside.chmod(0o644)
+    (home / name).symlink_to(outside)
+    with pytest.raises(UnsafeHome, match=re.escape(name) + " is a symbolic link"):
+        render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    assert outside.read_text() == "secret_of_someone_else: 42\n"
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+    assert (home / name).is_symlink()  # left as found, for whoever looks into it
+    other = "config.yaml" if name == ".env" else ".env"
+    if (home / other).exists():
+        assert "secret_of_someone_else" not in (home / other).read_text()
+
+
+def test_a_symlinked_home_a_fifo_or_a_hard_link_is_refused(tmp_path: Path) -> None:
+    cfg = loaded(tmp_path)
+    bot = cfg.bots[0]  # type: ignore[attr-defined]
+    paths = BotPaths.of(tmp_path / "state", "hermes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    paths.root.mkdir(parents=True)
+    paths.home.symlink_to(elsewhere)
+    with pytest.raises(UnsafeHome, match="home is a symbolic link"):
+        render_home(cfg, bot)
+    assert list(elsewhere.iterdir()) == []
+    paths.home.unlink()
+    paths.home.mkdir()
+    os.mkfifo(paths.home / "config.yaml")  # reading it would block the reconcile forever
+    with pytest.raises(UnsafeHome, match=r"config\.yaml is not a regular file"):
+        render_home(cfg, bot)
+    (paths.home / "config.yaml").unlink()
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("model: {}\n")
+    os.link(shared, paths.home / "config.yaml")
+    with pytest.raises(UnsafeHome, match=r"config\.yaml has another name"):
+        render_home(cfg, bot)
+    assert shared.read_text() == "model: {}\n"
+
+
+def test_a_refused_home_shows_in_status_and_others_still_run(tmp_path: Path) -> None:
+    from flared.config.live import LiveConfig
+    from flared.gateways import Gateways
+    from flared.supervisor import Layout
+
+    p = tmp_path / "hermes-flare.yaml"
+    p.write_text(
+        f"state_dir: {tmp_path / 'state'}\nbots:\n"
+        "  - {name: a, model: {provider: custom, base_url: 'http://127.0.0.1:9/v1', model: m}}\n"
+        "  - {name: b, model: {provider: custom, base_url: 'http://127.0.0.1:9/v1', model: m}}\n"
+    )
+    live = LiveConfig(load_config(p, environ={}))
+    gw = Gateways(live, None, Layout(tmp_path / "state"))  # type: ignore[arg-type]
+    home = BotPaths.of(tmp_path / "state", "a").home
+    home.mkdir(parents=True)
+    (home / "config.yaml").symlink_to(tmp_path / "hermes-flare.yaml")
+    gw.ready |= {"a", "b"}
+    desired = gw.desired_programs()
+    assert set(desired) == {"gateway-b"}
+    assert "config.yaml is a symbolic link" in gw.boot_errors["a"]
+    assert "remove it" in gw.boot_errors["a"]

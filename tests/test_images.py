@@ -352,3 +352,31 @@ def test_the_entrypoint_trusts_the_container_ca_when_mounted(tmp_path: Path) -> 
     assert res.stdout == f"{bundle}|{bundle}|unset"
     assert bundle.read_text().endswith(ca.read_text())
     assert (tmp_path / "c.yaml").read_text() == "version: 1\n# new\n"
+
+
+def test_the_entrypoint_hands_the_secrets_to_flared_in_a_file(tmp_path: Path) -> None:
+    """Issue 13 item 6: tini, supervisord and the gateways start without the container's secrets."""
+    from flared.config import handoff
+
+    (tmp_path / "c.yaml").write_text("version: 1\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
+        "FLARE_STATE_DIR": str(tmp_path / "state"),
+        "FLARE_CONTROL_TOKEN": "tok-entrypoint-secret",
+        "SLACK_BOT_TOKEN": "xoxb-entrypoint-secret",
+        "MULTI": "line one\nline two = x",
+    }
+    res = subprocess.run(["sh", str(ENTRYPOINT), "env", "-0"], env=env, capture_output=True)
+    assert res.returncode == 0, res.stderr
+    seen = handoff.decode(res.stdout)
+    assert "entrypoint-secret" not in res.stdout.decode() and "MULTI" not in seen
+    assert seen["PATH"] == env["PATH"] and seen["FLARE_STATE_DIR"] == env["FLARE_STATE_DIR"]
+    path = tmp_path / "state/supervisor/flared.env"
+    assert path.stat().st_mode & 0o777 == 0o600
+    got = handoff.read(path)
+    assert got["FLARE_CONTROL_TOKEN"] == "tok-entrypoint-secret" and got["MULTI"] == env["MULTI"]
+    # The shell's list of inheritable variables is flared's.
+    text = ENTRYPOINT.read_text()
+    listed = text.split("for name in ", 1)[1].split("; do", 1)[0].replace("\\\n", " ").split()
+    assert sorted(listed) == sorted(handoff.BASE_VARS)

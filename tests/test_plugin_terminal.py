@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,16 +58,19 @@ def test_rendered_selection_cannot_run_locally() -> None:
 # ---------------------------------------------------------------------------- fixtures
 
 
+def _config(tmp_path: Path, **profile: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "state_dir": str(tmp_path / "state"),
+        "sandboxes": {"default": {"mode": "per-session", **profile}},
+        "bots": [{"name": "alpha", "model": MODEL}],
+    }
+
+
 @pytest.fixture
 def flared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     """A lease manager behind a real control socket, and a gateway-like environment for bot alpha."""
-    data = {
-        "version": 1,
-        "state_dir": str(tmp_path / "state"),
-        "sandboxes": {"default": {"mode": "per-session"}},
-        "bots": [{"name": "alpha", "model": MODEL}],
-    }
-    (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(_config(tmp_path)))
     loaded = load_config(tmp_path / "hermes-flare.yaml")
     manager = LeaseManager(loaded)
     manager.start()
@@ -180,22 +185,61 @@ def test_execute_code_runs_in_the_lease(flared: SimpleNamespace) -> None:
     assert [x["session"] for x in flared.manager.list()] == ["code"]
 
 
-def test_capacity_failure_reaches_the_agent_as_text(
-    flared: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flared.sandboxes.manager import CapacityReached
+def test_a_conversation_takes_no_lease_until_it_runs_a_command(flared: SimpleNamespace) -> None:
+    """Issue 13 item 11: Hermes probes the backend when it builds a session's system prompt;
+    that probe is answered without a lease, and the first real command takes one."""
+    from agent import prompt_builder
 
     terminal.install(None)
+    prompt_builder._clear_backend_probe_cache()
+    try:
+        with _session("slack:D1:new-conversation"):
+            hints = prompt_builder.build_environment_hints()
+            assert flared.manager.list() == []
+            assert "Working directory: /workspace" in hints and "OS: Linux" in hints
+            assert run_terminal("echo first")["output"].strip() == "first"
+    finally:
+        prompt_builder._clear_backend_probe_cache()
+    assert [x["session"] for x in flared.manager.list()] == ["slack:D1:new-conversation"]
 
-    def full(*a: Any, **k: Any) -> Any:
-        raise CapacityReached("sandbox capacity reached: 4 leases in use (profile 'default' allows 4)")
 
-    monkeypatch.setattr(flared.manager, "acquire", full)
+def test_a_command_that_must_wait_says_so_at_once(
+    flared: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 11: the wait is announced before it starts; the agent reads why it was slow."""
+    told: list[tuple[float, str]] = []
+    started = time.monotonic()
+    monkeypatch.setattr(terminal, "announce", lambda msg: told.append((time.monotonic() - started, msg)))
+    t = _one_lease_held(flared, 2, max_leases=1)
+    with _session("waiter"):
+        out = run_terminal("echo ran")
+    t.join()
+    assert out["exit_code"] == 0 and out["output"].strip().endswith("ran"), out
+    assert out["output"].startswith("[flare] waiting for a sandbox: all 1 leases of profile 'default'"), out
+    assert "(max_leases 1)" in out["output"] and "waited" in out["output"]
+    assert len(told) == 1 and told[0][0] < 1.0, told  # at once, while `sleep 2` still ran
+
+
+def _one_lease_held(flared: SimpleNamespace, seconds: float, **profile: Any) -> threading.Thread:
+    """Apply ``profile``, install the plugin, and keep a lease busy for ``seconds`` in the background."""
+    config = _config(flared.tmp, **profile)
+    flared.manager.update(load_config(flared.tmp / "hermes-flare.yaml", text=yaml.safe_dump(config)))
+    terminal.install(None)
+    holder = flared.manager.acquire("alpha", "holder")
+    t = threading.Thread(target=flared.manager.exec, args=(holder["id"], f"sleep {seconds}"))
+    t.start()
+    time.sleep(0.3)
+    return t
+
+
+def test_capacity_failure_reaches_the_agent_as_text(flared: SimpleNamespace) -> None:
+    t = _one_lease_held(flared, 3, max_leases=1, acquire_timeout="0.5s")
     with _session("busy"):
         out = run_terminal("echo hi")
-    assert out["exit_code"] != 0 and "sandbox capacity reached: 4 leases in use" in out["output"] + str(
-        out.get("error")
-    )
+    t.join()
+    text = out["output"] + str(out.get("error"))
+    assert out["exit_code"] != 0 and "sandbox capacity reached: 1 leases in use" in text, out
+    assert "profile 'default' allows 1" in text and "hi" not in out["output"].split("\n")[-1]
 
 
 # ---------------------------------------------------------------------------- fail closed
@@ -219,7 +263,7 @@ def _assert_blocked(marker: Path) -> None:
             res = execute_code(f"open({str(marker)!r}, 'w').write('x')\nprint('RAN')", enabled_tools=[])
         except RuntimeError as exc:
             res = str(exc)
-    assert "RAN" not in res and not marker.exists()
+    assert "RAN" not in res and not marker.exists(), res
 
 
 def test_without_the_plugin_commands_fail_and_nothing_runs(flared: SimpleNamespace) -> None:

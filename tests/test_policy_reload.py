@@ -185,9 +185,9 @@ def test_state_dir_and_control_are_refused(changes: dict[str, Any], path: str) -
 
 def test_refusal_is_reported_with_file_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "hermes-flare.yaml"
-    path.write_text(f"version: 1\nstate_dir: {tmp_path / 'a'}\n")
+    path.write_text(f"version: 1\nstate_dir: {tmp_path / 'a'}\nbots: []\n")
     old = load_config(path)
-    path.write_text(f"version: 1\nstate_dir: {tmp_path / 'b'}\n")
+    path.write_text(f"version: 1\nstate_dir: {tmp_path / 'b'}\nbots: []\n")
     new = load_config(path)
     (issue,) = refusal_issues(new, diff(old.config, new.config))
     assert (issue.line, issue.col, issue.path) == (2, 1, "state_dir")

@@ -109,9 +109,15 @@ def test_reload_restarts_only_the_changed_bot_and_refuses_bad_edits(tmp_path: Pa
         assert "snapshots.every" in json.loads(out.stdout)["errors"][0]["path"]
         st = flare.status()
         assert st["config"]["digest"] == applied
-        assert st["config"]["file_errors"] and "snapshots.every" in st["config"]["file_errors"][0]
+        assert (
+            st["config"]["error"] and "snapshots.every" in st["config"]["error"][0]
+        )  # the daemon's, said once
         flare.config_path.write_text("bots: [\n  - name: alpha\n    model: {")  # half-written, state_dir lost
-        wait_for(lambda: "(file)" in " ".join(flare.status()["config"]["error"] or []), 5, "syntax error")
+        wait_for(
+            lambda: "YAML syntax error" in " ".join(flare.status()["config"]["error"] or []),
+            5,
+            "syntax error",
+        )
         assert flare.cli("reload", "--json").returncode == 2
         assert flare.status()["config"]["digest"] == applied
         assert "config not applied" in (flare.state_dir / "logs" / "flared.log").read_text()

@@ -84,8 +84,9 @@ def test_contract_examples_are_well_formed() -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_contract_example(example: Path, tmp_path: Path) -> None:
+def test_contract_example(example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = json.loads(example.read_text())
+    monkeypatch.setenv("FLARE_CONTROL_TOKEN", TOKEN)  # the server holds its token, as the Worker does
     with FakeWorker(tmp_path / "worker") as w:
         if doc["name"] == "exec-unavailable":
             w.fail_start = 1

@@ -48,3 +48,39 @@ def test_exec_through_the_daemon_and_plugin_status(tmp_path: Path) -> None:
         assert [x["id"] for x in json.loads(r.stdout)] == [leases[0]["id"]]
         r = exec_cli(flare, "--bot", "alpha", "--json", "--", "true")
         assert json.loads(r.stdout)["lease"] == leases[0]["id"]
+
+
+def test_exec_that_must_wait_says_so_at_once(tmp_path: Path) -> None:
+    """Issue 13 item 11: `flared exec` prints why it waits (profile, limit) before it waits."""
+    import os
+    import sys
+
+    profile = {"mode": "per-session", "max_leases": 1, "acquire_timeout": "30s"}
+    with FlareUp(tmp_path, [bot("alpha")], sandboxes={"default": profile}) as flare:
+        flare.wait_running("alpha")
+        base = [sys.executable, "-m", "flared", "exec", "-c", str(flare.config_path)]
+        holder = subprocess.Popen([*base, "--session", "s1", "--", "sleep 3"], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not any(x["busy"] for x in flare.status()["leases"]):
+            assert time.monotonic() < deadline, flare.read_logs()
+            time.sleep(0.1)
+        started = time.monotonic()
+        waiter = subprocess.Popen(
+            [*base, "--session", "s2", "--", "echo ok"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
+        )
+        assert waiter.stderr is not None
+        first = waiter.stderr.readline()
+        told = time.monotonic() - started
+        out, _ = waiter.communicate(timeout=60)
+        holder.wait(30)
+        assert first.startswith("flared exec: waiting for a sandbox: all 1 leases of profile 'default'"), (
+            first
+        )
+        assert "(max_leases 1)" in first and "up to 30s" in first
+        assert told < 2.5, f"said so after {told:.1f}s"  # the holder's `sleep 3` was still running
+        assert out == "ok\n" and waiter.returncode == 0

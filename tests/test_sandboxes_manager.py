@@ -118,19 +118,121 @@ def test_max_lifetime_kills_a_running_command(manager_for: Any) -> None:
     assert time.monotonic() - started < 5 and r.exit_code != 0
 
 
+def busy(m: LeaseManager, bot: str, session: str, seconds: float) -> threading.Thread:
+    """Run ``sleep`` in the bot's session lease in the background; returns once it is running."""
+    lease = m.acquire(bot, session)
+    t = threading.Thread(target=m.exec, args=(lease["id"], f"sleep {seconds}"), kwargs={"bot": bot})
+    t.start()
+    deadline = time.monotonic() + 5
+    while m.get(lease["id"]).busy == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return t
+
+
 def test_capacity_waits_then_fails_with_a_readable_message(manager_for: Any) -> None:
     m = manager_for({"mode": "per-session", "max_leases": 2, "acquire_timeout": "0.5s"})
-    m.acquire("hermes", "s1")
-    held = m.acquire("hermes", "s2")
+    running = [busy(m, "hermes", s, 2) for s in ("s1", "s2")]  # no idle lease to reclaim
     started = time.monotonic()
-    with pytest.raises(CapacityReached, match="sandbox capacity reached: 2 leases in use"):
+    with pytest.raises(CapacityReached, match="sandbox capacity reached: 2 leases in use") as err:
         m.acquire("hermes", "s3")
+    assert "profile 'default' allows 2" in str(err.value) and "running commands" in str(err.value)
     assert 0.4 < time.monotonic() - started < 3
-    # a release while waiting lets the waiter in
-    threading.Timer(0.3, m.release, args=(held["id"],)).start()
-    got = m.acquire("hermes", "s3")
-    assert got["created"]
+    # a command that ends lets the waiter in: its now idle lease is reclaimed
+    got = m.acquire("hermes", "s3") if not running[0].join(5) else None
+    assert got is not None and got["created"]
     assert len(m.list()) == 2
+    for t in running:
+        t.join()
+
+
+def test_at_capacity_the_least_recently_used_idle_lease_is_reclaimed(manager_for: Any) -> None:
+    """Issue 13 item 11: idle leases make room before anyone waits (each held a conversation for idle_ttl)."""
+    m = manager_for({"mode": "per-session", "max_leases": 2, "acquire_timeout": "30s"})
+    old, recent = m.acquire("hermes", "old"), m.acquire("hermes", "recent")
+    m.exec(old["id"], "echo old > f")
+    m.exec(recent["id"], "echo recent > f")  # used last: kept
+    started = time.monotonic()
+    new = m.acquire("hermes", "new")
+    assert time.monotonic() - started < 2 and new["created"]
+    assert {x["session"] for x in m.list()} == {"recent", "new"}
+    assert m.exec(recent["id"], "cat f").stdout == "recent\n"
+    with pytest.raises(LeaseNotFound):
+        m.exec(old["id"], "true")
+
+
+def test_one_bot_cannot_take_every_lease_from_another(manager_for: Any) -> None:
+    """With two bots and max_leases 4, each may hold 2: a busy bot waits for its own, never takes the other's."""
+    bots = [{"name": "a", "model": MODEL}, {"name": "b", "model": MODEL}]
+    m = manager_for({"mode": "per-session", "max_leases": 4, "acquire_timeout": "0.5s"}, bots)
+    running = [busy(m, "a", s, 3) for s in ("a1", "a2")]
+    with pytest.raises(CapacityReached, match="bot 'a' has 2 leases") as err:
+        m.acquire("a", "a3")
+    assert "max_leases_per_bot" in str(err.value) or "share" in str(err.value)
+    started = time.monotonic()
+    got = [m.acquire("b", s) for s in ("b1", "b2")]  # b's share is there at once
+    assert time.monotonic() - started < 1 and all(g["created"] for g in got)
+    # b's third conversation reclaims b's own idle lease, not one of a's running ones
+    m.acquire("b", "b3")
+    assert sorted(x["session"] for x in m.list()) == ["a1", "a2", "b2", "b3"]
+    for t in running:
+        t.join()
+
+
+def test_max_leases_per_bot_is_a_setting(manager_for: Any) -> None:
+    bots = [{"name": "a", "model": MODEL}, {"name": "b", "model": MODEL}]
+    m = manager_for(
+        {"mode": "per-session", "max_leases": 4, "max_leases_per_bot": 3, "acquire_timeout": "0.3s"}, bots
+    )
+    running = [busy(m, "a", s, 2) for s in ("a1", "a2", "a3")]
+    with pytest.raises(CapacityReached, match="max_leases_per_bot 3"):
+        m.acquire("a", "a4")
+    for t in running:
+        t.join()
+
+
+def test_a_command_that_must_wait_says_so_at_once(manager_for: Any) -> None:
+    m = manager_for({"mode": "per-session", "max_leases": 1, "acquire_timeout": "10s"})
+    running = busy(m, "hermes", "s1", 1.5)
+    told: list[tuple[float, str]] = []
+    started = time.monotonic()
+    with pytest.raises(CapacityReached, match="waiting for a sandbox") as err:
+        m.acquire("hermes", "s2", wait=False)
+    assert time.monotonic() - started < 0.5  # no wait at all when asked not to
+    assert "profile 'default'" in str(err.value) and "max_leases 1" in str(err.value)
+    lease = m.acquire("hermes", "s2", on_wait=lambda msg: told.append((time.monotonic() - started, msg)))
+    assert lease["created"] and time.monotonic() - started >= 1.0  # it did wait for s1's command
+    assert len(told) == 1 and told[0][0] < 0.5, told  # and said so at once
+    assert "profile 'default'" in told[0][1] and "max_leases 1" in told[0][1]
+    running.join()
+
+
+def test_a_killed_command_never_reports_exit_0(manager_for: Any) -> None:
+    """The flake seen once: a lease destroyed (max_lifetime) under a running command reported 0.
+
+    The destroy took the command off the provider's running list before its
+    exec had reaped it; the orphan reaper then reaped the killed bwrap (it
+    reaps bwrap zombies that are not running commands) and Popen.wait() got
+    ECHILD, which Python reports as exit status 0.
+    """
+    m = manager_for({"mode": "per-session", "command_timeout": "30s"}, reap_every=3600)
+    provider = None
+    codes = []
+    for i in range(5):
+        lease = m.acquire("hermes", f"s{i}")
+        provider = m._providers["local"]
+        t = threading.Thread(target=lambda lid=lease["id"]: codes.append(m.exec(lid, "sleep 20")))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not provider._running.get(lease["id"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        m.release(lease["id"])  # what the reaper does at max_lifetime
+        for _ in range(200):  # and then, on the same tick, it reaps orphaned bwrap zombies
+            provider.reap_orphans()
+        t.join(10)
+    assert len(codes) == 5
+    assert all(r.exit_code != 0 for r in codes), [(r.exit_code, r.stderr) for r in codes]
+    assert all("destroyed" in r.stderr for r in codes), [r.stderr for r in codes]
 
 
 def test_per_command_capacity_is_concurrency(manager_for: Any) -> None:

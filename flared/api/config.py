@@ -8,6 +8,7 @@ fails leaves the file and the running system untouched.
 
 from __future__ import annotations
 
+from flared.config.yamlpos import MAX_BYTES
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.policy.reload import Reloader
 
@@ -18,9 +19,7 @@ def register(router: Router, reloader: Reloader) -> None:
             text = req.body.decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "the body must be the YAML file as UTF-8 text") from None
-        if not text.strip():
-            raise HTTPError(400, "empty body: send the whole hermes-flare.yaml")
         status, result = reloader.push(text)
         return Response(status, result)
 
-    router.add("PUT", "/config", put_config)
+    router.add("PUT", "/config", put_config, max_body=MAX_BYTES)  # a bigger file is refused anyway

@@ -3,7 +3,10 @@
 ``GET /leases``, ``POST /leases`` (acquire), ``POST /leases/{id}/exec``,
 ``DELETE /leases/{id}``, and ``POST /exec`` (acquire + exec in one round
 trip, what the Hermes terminal backend uses). Every route also takes a
-per-bot ``flb_`` token, which sees and uses only that bot's leases.
+per-bot ``flb_`` token, which sees and uses only that bot's leases. With
+``"wait": false`` an acquire that would wait for capacity answers 429
+``{"error": <why, with the profile and its limits>, "waiting": true}`` at
+once, so the caller can say so before it asks again and waits.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flared.control.server import HTTPError, Request, Response, Router
-from flared.sandboxes.manager import BadLeaseRequest, CapacityReached, LeaseManager, LeaseNotFound
+from flared.sandboxes.manager import BadLeaseRequest, CapacityReached, LeaseManager, LeaseNotFound, MustWait
 from flared.sandboxes.types import SandboxError
 
 MAX_TIMEOUT = 24 * 3600.0
@@ -28,7 +31,8 @@ def register(router: Router, leases: LeaseManager) -> None:
         body = _object(req)
         bot = _bot(req, body)
         session = _opt_str(body, "session")
-        result = _guard(lambda: leases.acquire(bot, session))
+        wait = _wait(body)
+        result = _guard(lambda: leases.acquire(bot, session, wait=wait))
         return Response(201 if result.get("created") else 200, result)
 
     def exec_in(req: Request) -> dict[str, Any]:
@@ -43,7 +47,8 @@ def register(router: Router, leases: LeaseManager) -> None:
         bot = _bot(req, body)
         session = _opt_str(body, "session")
         kw = _exec_args(body)
-        lease, result = _guard(lambda: leases.run(bot, session, **kw))
+        wait = _wait(body)
+        lease, result = _guard(lambda: leases.run(bot, session, wait=wait, **kw))
         return {"lease": lease["id"], "mode": lease["mode"], **result.as_dict()}
 
     def release(req: Request) -> dict[str, Any]:
@@ -63,6 +68,8 @@ def _guard(fn: Callable[[], T]) -> T:
         return fn()
     except LeaseNotFound as exc:
         raise HTTPError(404, str(exc)) from None
+    except MustWait as exc:  # `"wait": false`: the caller says it is waiting, then asks again
+        raise HTTPError(429, str(exc), waiting=True) from None
     except CapacityReached as exc:
         raise HTTPError(429, str(exc)) from None
     except BadLeaseRequest as exc:
@@ -88,6 +95,14 @@ def _bot(req: Request, body: dict[str, Any]) -> str:
     if asked is None:
         raise HTTPError(400, "bot is required")
     return asked
+
+
+def _wait(body: dict[str, Any]) -> bool:
+    """``"wait": false``: answer 429 ``{"waiting": true}`` at once instead of waiting for a lease."""
+    value = body.get("wait", True)
+    if not isinstance(value, bool):
+        raise HTTPError(400, "wait must be true or false")
+    return value
 
 
 def _opt_str(body: dict[str, Any], key: str) -> str | None:

@@ -2,9 +2,14 @@
 
 One module per group of commands, each with ``register(subparsers)``.
 Commands that report talk to the running daemon through
-:mod:`flared.control.client` and, where the contract says so, work offline
-on the state dir and the store under the same locks. Must not hold state of
-its own between runs.
+:mod:`flared.cli.remote` (found from the config path, without validating
+the file) and, where the contract says so, work offline on the state dir and
+the store under the same locks. Must not hold state of its own between runs.
+
+Start-up is what the user waits for: module-level imports here and in every
+command module are the standard library and flared's lean modules only;
+pydantic (the config loader), boto3 and Hermes load inside the commands
+that need them (tests/test_cli_daemon.py guards the daemon path).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import argparse
 import sys
 
 from flared import __version__
-from flared.cli import chat, operator, sandboxes, snapshots, status, up, validate
+from flared.cli import chat, logs, operator, sandboxes, snapshots, status, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 
 
@@ -32,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flared {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (validate, up, status, snapshots, sandboxes, chat, operator):
+    for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator):
         module.register(sub)
     return parser
 

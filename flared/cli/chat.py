@@ -1,46 +1,68 @@
 """`flared chat [--bot B] MESSAGE`: talk to a bot locally, no Slack needed.
 
-It posts to the bot's Hermes api_server (``bots[].api``) with the key flared
-rendered for it (the configured one, or the one derived from the state
-dir's secret), so there is nothing to copy around. The answer streams to the
-terminal; ``--json`` waits for the whole answer. ``--session ID`` continues a
-conversation (Hermes' ``X-Hermes-Session-Id``); the id of each exchange is
-printed on stderr.
+It posts to the bot's Hermes api_server with the key flared rendered for it.
+Where that API listens and its key come from the running daemon (`GET
+/bots/{name}/api`), not from the caller's environment or the file on disk:
+the daemon knows what it started. Without a daemon the file is read.
+
+The answer streams to the terminal; ``--json`` waits for the whole answer.
+Each chat is a new conversation unless ``--session ID`` continues one (the
+id is printed on stderr). When the agent fails (no key, the model server
+down), Hermes says so in the stream; that error is printed and the exit
+status is 1, with ``--json`` as ``{"error": ...}`` on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
+import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, TextIO
 
 from flared.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    CommandError,
     Subparsers,
     add_config_arg,
     add_json_arg,
-    load_or_exit,
 )
-from flared.config.loader import LoadedConfig
-from flared.config.models import BotConfig
-from flared.hermes.home import api_key
+from flared.cli.remote import Remote, connect
+from flared.cli.text import Out
+from flared.control.client import ControlError
 
 SESSION_HEADER = "X-Hermes-Session-Id"
 
 
 class ChatError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = EXIT_FAILED, *, session_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.session_id = session_id
+
+
+class Endpoint(NamedTuple):
+    """A bot's local OpenAI-compatible API: where, with which key, which model name."""
+
+    bot: str
+    url: str  # http://host:port/v1
+    key: str
+    model: str
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("chat", help="send a message to a bot through its local API and print the answer")
+    p = sub.add_parser(
+        "chat",
+        help="send a message to a bot through its local API and print the answer",
+        description="Send MESSAGE to a bot through its local OpenAI-compatible API (`api:` in the "
+        "config) and stream the answer. The running daemon says where the API is and its key. "
+        "Each chat starts a new conversation; --session ID continues one (the id is printed on "
+        "stderr). Exits 1 with the provider's error when the agent fails.",
+    )
     add_config_arg(p)
     add_json_arg(p)
     p.add_argument("--bot", help="bot name (default: the only bot with an `api:` section)")
@@ -54,21 +76,28 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def pick_bot(loaded: LoadedConfig, name: str | None) -> BotConfig:
-    bots = loaded.config.bots
+def new_session_id() -> str:
+    """A fresh conversation (Hermes would otherwise derive one from the first message)."""
+    return f"cli-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+
+
+# ---------------------------------------------------------------------- finding the API
+
+
+def _choose(bots: list[tuple[str, bool]], name: str | None) -> str:
+    """``bots`` as (name, has_api) of enabled bots; the one to talk to or a clear error."""
+    names = [n for n, _ in bots]
     if name:
-        for b in bots:
-            if b.name == name:
-                if b.api is None:
+        for n, has_api in bots:
+            if n == name:
+                if not has_api:
                     raise ChatError(
                         f"bot {name!r} has no local API: add `api: {{port: 8642}}` to it in the config",
                         EXIT_INVALID,
                     )
-                return b
-        raise ChatError(
-            f"no bot named {name!r} (bots: {', '.join(loaded.config.bot_names) or 'none'})", EXIT_INVALID
-        )
-    with_api = [b for b in bots if b.api is not None and b.enabled]
+                return n
+        raise ChatError(f"no bot named {name!r} (bots: {', '.join(names) or 'none'})", EXIT_INVALID)
+    with_api = [n for n, has_api in bots if has_api]
     if len(with_api) == 1:
         return with_api[0]
     if not with_api:
@@ -76,21 +105,51 @@ def pick_bot(loaded: LoadedConfig, name: str | None) -> BotConfig:
             "no bot has a local API: add `api: {port: 8642}` to a bot in the config", EXIT_INVALID
         )
     raise ChatError(
-        f"several bots have a local API ({', '.join(b.name for b in with_api)}): choose one with --bot",
-        EXIT_INVALID,
+        f"several bots have a local API ({', '.join(with_api)}): choose one with --bot", EXIT_INVALID
     )
 
 
-def _connection(bot: BotConfig, timeout: float) -> http.client.HTTPConnection:
+def endpoint_from_daemon(remote: Remote, name: str | None) -> Endpoint:
+    bots = [(str(b["name"]), bool(b.get("api"))) for b in remote.bots() if b.get("enabled", True)]
+    bot = _choose(bots, name)
+    try:
+        info = remote.request("GET", f"/bots/{bot}/api", timeout=10)  # names are [a-z0-9-]
+    except ControlError as exc:
+        raise ChatError(str(exc), EXIT_INVALID if exc.status in {404, 409} else EXIT_FAILED) from None
+    return Endpoint(bot, str(info["url"]), str(info.get("key") or ""), str(info.get("model") or "hermes"))
+
+
+def endpoint_from_file(args: argparse.Namespace) -> Endpoint:
+    from flared.cli.common import load_or_exit
+    from flared.hermes.home import api_key
+
+    loaded = load_or_exit(args)
+    bots = [(b.name, b.api is not None) for b in loaded.config.bots if b.enabled or b.name == args.bot]
+    bot = loaded.config.bot(_choose(bots, args.bot))
     assert bot.api is not None
     host = "127.0.0.1" if bot.api.host in ("0.0.0.0", "::", "") else bot.api.host
-    return http.client.HTTPConnection(host, bot.api.port, timeout=timeout)
+    return Endpoint(
+        bot.name,
+        f"http://{host}:{bot.api.port}/v1",
+        api_key(loaded.state_dir, bot) or "",
+        bot.model.model or "hermes",
+    )
 
 
-def _sse_deltas(resp: http.client.HTTPResponse) -> Iterator[str]:
-    """Content deltas of an OpenAI-style event stream."""
+# ---------------------------------------------------------------------- talking to it
+
+
+def sse_events(resp: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    """An OpenAI-style event stream as ("content", text), ("error", message) and ("tool", payload)."""
+    event = ""
     for raw in resp:
-        line = raw.decode("utf-8", "replace").strip()
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            event = ""
+            continue
+        if line.startswith("event:"):
+            event = line[6:].strip()
+            continue
         if not line.startswith("data:"):
             continue
         data = line[5:].strip()
@@ -100,48 +159,98 @@ def _sse_deltas(resp: http.client.HTTPResponse) -> Iterator[str]:
             chunk = json.loads(data)
         except ValueError:
             continue
+        if event == "hermes.tool.progress":
+            yield "tool", chunk
+            continue
+        if isinstance(chunk.get("error"), dict) or (chunk.get("hermes") or {}).get("failed"):
+            err = chunk.get("error") if isinstance(chunk.get("error"), dict) else {}
+            yield (
+                "error",
+                err.get("message") or (chunk.get("hermes") or {}).get("error") or "the agent failed",
+            )
+            continue
         for choice in chunk.get("choices") or []:
             piece = (choice.get("delta") or {}).get("content")
             if piece:
-                yield str(piece)
+                yield "content", str(piece)
+            if choice.get("finish_reason") == "error":
+                yield "error", "the agent failed (the gateway's log says why: `flared logs --bot BOT`)"
+
+
+class _Writer:
+    """Streams the reply without blank lines at its start or end (Hermes sends some around tool use).
+
+    Whitespace is held back until something follows it, so the reply ends
+    exactly where its text does; the caller adds the one final newline.
+    """
+
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out
+        self.parts: list[str] = []
+        self.pending = ""
+
+    @property
+    def started(self) -> bool:
+        return bool(self.parts)
+
+    def write(self, piece: str) -> None:
+        text = self.pending + piece
+        body = text.rstrip()
+        self.pending = text[len(body) :]
+        if not self.parts:
+            body = body.lstrip()
+        if not body:
+            return
+        self.parts.append(body)
+        if self.out is not None:
+            self.out.write(body)
+            self.out.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def chat(
-    loaded: LoadedConfig,
-    bot: BotConfig,
+    ep: Endpoint,
     message: str,
     *,
     session: str | None = None,
     stream: bool = False,
     timeout: float = 600.0,
-    out: Any = None,
+    out: TextIO | None = None,
+    tools: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Send one message; returns ``{"bot", "reply", "session_id"}``. Streams to ``out`` if asked."""
-    assert bot.api is not None
-    key = api_key(loaded.state_dir, bot) or ""
-    body = {
-        "model": bot.model.model or "hermes",
-        "messages": [{"role": "user", "content": message}],
-        "stream": stream,
+    """Send one message; returns ``{"bot", "reply", "session_id"}``; raises ChatError when the agent failed."""
+    import http.client
+    import urllib.parse
+
+    session = session or new_session_id()
+    body = {"model": ep.model, "messages": [{"role": "user", "content": message}], "stream": stream}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {ep.key}",
+        SESSION_HEADER: session,
     }
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    if session:
-        headers[SESSION_HEADER] = session
-    conn = _connection(bot, timeout)
-    where = f"http://{bot.api.host}:{bot.api.port}"
+    parts = urllib.parse.urlsplit(ep.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    where = f"{parts.scheme}://{parts.netloc}"
     try:
         try:
-            conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=headers)
+            conn.request(
+                "POST", parts.path.rstrip("/") + "/chat/completions", body=json.dumps(body), headers=headers
+            )
             resp = conn.getresponse()
         except ConnectionRefusedError:
             raise ChatError(
-                f"bot {bot.name!r} is not answering on {where}: is it running? (`flared up`, then `flared status`)"
+                f"bot {ep.bot!r} is not answering on {where}: is its gateway ready? (`flared status` says; "
+                "start everything with `flared up`)"
             ) from None
         except TimeoutError:
-            raise ChatError(f"bot {bot.name!r} did not answer within {timeout:.0f}s") from None
+            raise ChatError(f"bot {ep.bot!r} did not answer within {timeout:.0f}s") from None
         except OSError as exc:
-            raise ChatError(f"cannot reach bot {bot.name!r} on {where}: {exc}") from None
-        session_id = resp.getheader(SESSION_HEADER)
+            raise ChatError(f"cannot reach bot {ep.bot!r} on {where}: {exc}") from None
+        session_id = resp.getheader(SESSION_HEADER) or session
         if resp.status >= 400:
             text = resp.read().decode("utf-8", "replace")
             try:
@@ -151,54 +260,100 @@ def chat(
                 detail = text[:300]
             if resp.status == 401:
                 detail = "the API key was refused (was the gateway started from this config?)"
-            raise ChatError(f"bot {bot.name!r} answered {resp.status}: {detail}")
+            raise ChatError(f"bot {ep.bot!r} answered {resp.status}: {detail}", session_id=session_id)
         if stream:
-            parts = []
+            writer = _Writer(out)
+            error: str | None = None
             try:
-                for piece in _sse_deltas(resp):
-                    parts.append(piece)
-                    if out is not None:
-                        out.write(piece)
-                        out.flush()
+                for kind, value in sse_events(resp):
+                    if kind == "content":
+                        writer.write(value)
+                    elif kind == "error":
+                        error = error or str(value)
+                    elif kind == "tool" and tools is not None and value.get("status") == "running":
+                        tools.write(f"[{value.get('tool')}] {value.get('label') or ''}\n")
+                        tools.flush()
             except TimeoutError:
-                raise ChatError(f"bot {bot.name!r} stopped answering for {timeout:.0f}s") from None
-            reply = "".join(parts)
+                raise ChatError(
+                    f"bot {ep.bot!r} stopped answering for {timeout:.0f}s", session_id=session_id
+                ) from None
+            if error:
+                if writer.started and out is not None:
+                    out.write("\n")
+                raise ChatError(f"bot {ep.bot!r}: the agent failed: {error}", session_id=session_id)
+            reply = writer.text
         else:
             try:
                 data = json.loads(resp.read())
             except TimeoutError:
-                raise ChatError(f"bot {bot.name!r} did not answer within {timeout:.0f}s") from None
+                raise ChatError(
+                    f"bot {ep.bot!r} did not answer within {timeout:.0f}s", session_id=session_id
+                ) from None
             except ValueError:
-                raise ChatError(f"bot {bot.name!r} sent an answer that is not JSON") from None
+                raise ChatError(
+                    f"bot {ep.bot!r} sent an answer that is not JSON", session_id=session_id
+                ) from None
             choices = data.get("choices") or [{}]
-            reply = str((choices[0].get("message") or {}).get("content") or "")
+            hermes = data.get("hermes") or {}
+            if choices[0].get("finish_reason") == "error" or hermes.get("failed"):
+                raise ChatError(
+                    f"bot {ep.bot!r}: the agent failed: {hermes.get('error') or 'see the gateway log'}",
+                    session_id=session_id,
+                )
+            reply = str((choices[0].get("message") or {}).get("content") or "").strip()
     finally:
         conn.close()
-    return {"bot": bot.name, "reply": reply, "session_id": session_id}
+    return {"bot": ep.bot, "reply": reply, "session_id": session_id}
+
+
+# ---------------------------------------------------------------------- the command
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
     message = " ".join(args.message)
     if message == "-":
         message = sys.stdin.read()
     if not message.strip():
         print("flared chat: the message is empty", file=sys.stderr)
         return EXIT_INVALID
+    bot_name = args.bot
     try:
-        bot = pick_bot(loaded, args.bot)
+        remote = connect(args)
+        known = remote is not None and "bots" in remote.context  # an older daemon cannot say
+        ep = (
+            endpoint_from_daemon(remote, args.bot)
+            if remote is not None and known
+            else endpoint_from_file(args)
+        )
+        bot_name = ep.bot
         if args.json:
-            result = chat(loaded, bot, message, session=args.session, timeout=args.timeout)
+            result = chat(ep, message, session=args.session, timeout=args.timeout)
             print(json.dumps(result, indent=2))
             return EXIT_OK
         result = chat(
-            loaded, bot, message, session=args.session, stream=True, timeout=args.timeout, out=sys.stdout
+            ep,
+            message,
+            session=args.session,
+            stream=True,
+            timeout=args.timeout,
+            out=sys.stdout,
+            tools=sys.stderr,
         )
-    except ChatError as exc:
+    except (ChatError, CommandError) as exc:
+        code = exc.code
+        if args.json:
+            sid = exc.session_id if isinstance(exc, ChatError) else None
+            print(
+                json.dumps({"bot": bot_name, "reply": None, "session_id": sid, "error": str(exc)}, indent=2)
+            )
         print(f"flared chat: {exc}", file=sys.stderr)
-        return exc.code
-    if not result["reply"].endswith("\n"):
+        if isinstance(exc, ChatError) and exc.session_id:
+            print(f"(continue with --session {exc.session_id})", file=sys.stderr)
+        return code
+    if result["reply"]:
         print()
+    else:
+        Out(sys.stderr).print("(the bot sent an empty answer)")
     if result["session_id"]:
         print(f"(continue with --session {result['session_id']})", file=sys.stderr)
     return EXIT_OK

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
-
-from rich.console import Console
 
 from flared.cli.common import (
     EXIT_INVALID,
@@ -18,6 +15,7 @@ from flared.cli.common import (
     emit,
     load_or_exit,
 )
+from flared.cli.text import Out
 
 
 def register(sub: Subparsers) -> None:
@@ -28,10 +26,19 @@ def register(sub: Subparsers) -> None:
     )
     inner = p.add_subparsers(dest="operator_command", metavar="{run,audit}")
     inner.required = True
-    run = inner.add_parser("run", help="connect to Slack and serve operator commands (supervisord runs this)")
+    run = inner.add_parser(
+        "run",
+        help="connect to Slack and serve operator commands (supervisord runs this)",
+        description="Run the operator bot in this process (supervisord starts it when `operator:` "
+        "is configured).",
+    )
     add_config_arg(run)
     run.set_defaults(func=cmd_run)
-    audit = inner.add_parser("audit", help="the last operator commands and their results")
+    audit = inner.add_parser(
+        "audit",
+        help="the last operator commands and their results",
+        description="Print the operator's audit log: who ran which command, and the result.",
+    )
     add_config_arg(audit)
     add_json_arg(audit)
     audit.add_argument("--lines", type=int, default=20, help="how many entries (default 20)")
@@ -39,9 +46,12 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flared.cli.up import setup_logging
+    import logging
+
+    from flared.cli.up import adopt_handoff, setup_logging
     from flared.operator import app
 
+    adopt_handoff()
     loaded = load_or_exit(args)
     if loaded.config.operator is None:
         raise CommandError("no `operator:` section in the config; see docs/operator.md", EXIT_INVALID)
@@ -56,7 +66,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     loaded = load_or_exit(args, check_state_dir=False)
     entries = tail(audit_path(loaded.state_dir), max(1, args.lines))
 
-    def render(con: Console, rows: list[dict[str, Any]]) -> None:
+    def render(con: Out, rows: list[dict[str, Any]]) -> None:
         if not rows:
             con.print("no operator commands yet")
         for e in rows:

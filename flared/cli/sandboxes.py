@@ -1,7 +1,8 @@
 """`flared exec` and `flared leases`.
 
-Both go through the running daemon when there is one; otherwise `exec` runs
-a lease manager in-process (it takes the same lock the daemon's does) and
+Both go through the running daemon when there is one (found without
+validating the file: :mod:`flared.cli.remote`); otherwise `exec` runs a
+lease manager in-process (it takes the same lock the daemon's does) and
 `leases` reads the lease table.
 """
 
@@ -10,10 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flared.cli.common import (
     EXIT_FAILED,
@@ -23,13 +21,15 @@ from flared.cli.common import (
     Subparsers,
     add_config_arg,
     add_json_arg,
-    client_for,
     emit,
-    human_age,
     load_or_exit,
 )
-from flared.config.loader import LoadedConfig
-from flared.control.client import ControlError, DaemonNotRunning
+from flared.cli.remote import connect
+from flared.cli.text import Out, human_age
+from flared.control.client import ConnectionLost, ControlError
+
+if TYPE_CHECKING:
+    from flared.config.loader import LoadedConfig
 
 CLI_SESSION = "cli"
 
@@ -51,7 +51,12 @@ def register(sub: Subparsers) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command")
     p.set_defaults(func=cmd_exec)
 
-    p = sub.add_parser("leases", help="list sandbox leases", description="List live sandbox leases.")
+    p = sub.add_parser(
+        "leases",
+        help="list sandbox leases (or release one)",
+        description="List live sandbox leases: which bot and session holds each, its profile, and "
+        "how long it has left. --release destroys one now.",
+    )
     add_config_arg(p)
     add_json_arg(p)
     p.add_argument("--bot", help="only this bot's leases")
@@ -80,22 +85,38 @@ def _bot(loaded: LoadedConfig, bot: str | None) -> str:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
     command = _command(args)
-    bot = _bot(loaded, args.bot)
     stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
-    body: dict[str, Any] = {"bot": bot, "session": args.session, "command": command, "stdin": stdin}
+    body: dict[str, Any] = {"session": args.session, "command": command, "stdin": stdin}
     if args.cwd:
         body["cwd"] = args.cwd
     if args.timeout:
         body["timeout"] = args.timeout
-    wait = (args.timeout or 24 * 3600.0) + 60
-    try:
-        result = client_for(loaded).request("POST", "/exec", body, timeout=wait)
-    except DaemonNotRunning:
+    remote = connect(args)
+    if remote is None:
+        loaded = load_or_exit(args)
+        body["bot"] = _bot(loaded, args.bot)
         result = _exec_offline(loaded, body)
-    except ControlError as exc:
-        raise CommandError(_error_text(exc.body)) from None
+    else:
+        body["bot"] = remote.pick_bot(args.bot)
+        wait = (args.timeout or 24 * 3600.0) + 60
+        try:
+            try:
+                result = remote.client.request("POST", "/exec", {**body, "wait": False}, timeout=wait)
+            except ControlError as exc:
+                if not (exc.status == 429 and isinstance(exc.body, dict) and exc.body.get("waiting")):
+                    raise
+                # At once, on stderr: the command waits for a sandbox, and why (profile and limits).
+                print(f"flared exec: {_error_text(exc.body)}", file=sys.stderr, flush=True)
+                result = remote.client.request("POST", "/exec", body, timeout=wait + 600)
+        except ControlError as exc:
+            raise CommandError(_error_text(exc.body)) from None
+        except ConnectionLost:
+            raise CommandError(
+                "flared stopped while the command was running; its sandbox went with it. "
+                "Run the command again once `flared status` answers (supervisord restarts flared; "
+                "after a stop, `flared up`)."
+            ) from None
     if args.json:
         emit(args, result)
     else:
@@ -116,12 +137,25 @@ def _exec_offline(loaded: LoadedConfig, body: dict[str, Any]) -> dict[str, Any]:
         raise CommandError(str(exc)) from None
     try:
         kw = {k: body[k] for k in ("cwd", "stdin", "timeout") if body.get(k) is not None}
-        lease, result = manager.run(body["bot"], body["session"], body["command"], **kw)
+        lease, result = manager.run(
+            body["bot"],
+            body["session"],
+            body["command"],
+            on_wait=lambda why: _say_waiting(loaded, body["bot"], why),
+            **kw,
+        )
     except SandboxError as exc:
         raise CommandError(str(exc)) from None
     finally:
         manager.stop()
     return {"lease": lease["id"], "mode": lease["mode"], **result.as_dict()}
+
+
+def _say_waiting(loaded: LoadedConfig, bot: str, why: str) -> None:
+    """At once, on stderr: the command waits for a sandbox, why, and for how long at most."""
+    profile = loaded.config.sandboxes.get(loaded.config.bot(bot).sandbox)
+    limit = f" (up to {profile.acquire_timeout:g}s)" if profile is not None else ""
+    print(f"flared exec: {why}{limit}", file=sys.stderr, flush=True)
 
 
 def _error_text(body: Any) -> str:
@@ -131,46 +165,46 @@ def _error_text(body: Any) -> str:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
-    client = client_for(loaded)
+    remote = connect(args)
     if args.release:
+        if remote is None:
+            raise CommandError("the daemon is not running; leases are released when it starts")
         try:
-            emit(args, client.request("DELETE", f"/leases/{args.release}"))
-        except DaemonNotRunning:
-            raise CommandError("the daemon is not running; leases are released when it starts") from None
+            emit(args, remote.request("DELETE", f"/leases/{args.release}"))
         except ControlError as exc:
             raise CommandError(_error_text(exc.body)) from None
         return EXIT_OK
-    query = f"?bot={args.bot}" if args.bot else ""
-    try:
-        leases = client.request("GET", f"/leases{query}")["leases"]
-    except DaemonNotRunning:
+    if remote is None:
         from flared.sandboxes.manager import LeaseManager
 
-        leases = LeaseManager.offline_list(loaded, bot=args.bot)
-    except ControlError as exc:
-        raise CommandError(_error_text(exc.body), EXIT_FAILED) from None
+        leases = LeaseManager.offline_list(load_or_exit(args), bot=args.bot)
+    else:
+        query = f"?bot={args.bot}" if args.bot else ""
+        try:
+            leases = remote.request("GET", f"/leases{query}")["leases"]
+        except ControlError as exc:
+            raise CommandError(_error_text(exc.body), EXIT_FAILED) from None
     emit(args, leases, _render)
     return EXIT_OK
 
 
-def _render(con: Console, leases: list[dict[str, Any]]) -> None:
+def _render(out: Out, leases: list[dict[str, Any]]) -> None:
     if not leases:
-        con.print("no leases")
+        out.print("no leases")
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "BOT", "SESSION", "PROFILE", "MODE", "PROVIDER", "IDLE LEFT", "LIFE LEFT", "BUSY"):
-        table.add_column(col)
+    rows = []
     for x in leases:
-        table.add_row(
-            x["id"],
-            x["bot"],
-            x["session"] or "-",
-            x["profile"],
-            x["mode"],
-            x["provider"],
-            human_age(x["idle_expires_in_s"]),
-            human_age(x["expires_in_s"]),
-            str(x["busy"]),
+        rows.append(
+            [
+                x["id"],
+                x["bot"],
+                x["session"] or "-",
+                x["profile"],
+                x["mode"],
+                x["provider"],
+                human_age(x["idle_expires_in_s"]),
+                human_age(x["expires_in_s"]),
+                str(x["busy"]),
+            ]
         )
-    con.print(table)
+    out.table(["ID", "BOT", "SESSION", "PROFILE", "MODE", "PROVIDER", "IDLE LEFT", "LIFE LEFT", "BUSY"], rows)

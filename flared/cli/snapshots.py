@@ -2,7 +2,9 @@
 
 Each goes through the running daemon when there is one (it owns the bots'
 locks and gateways) and does the work in-process otherwise, under the same
-per-bot file locks.
+per-bot file locks. Either way a long snapshot or restore shows progress on
+a terminal: offline from the service's byte callback, through the daemon by
+polling ``GET /progress`` while the request runs on another connection.
 """
 
 from __future__ import annotations
@@ -10,13 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
-from typing import Any
-
-from rich.console import Console
-from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flared.cli.common import (
     EXIT_FAILED,
@@ -26,14 +23,16 @@ from flared.cli.common import (
     Subparsers,
     add_config_arg,
     add_json_arg,
-    client_for,
     emit,
     human_bytes,
     load_or_exit,
 )
-from flared.config.loader import LoadedConfig
-from flared.control.client import ControlError, DaemonNotRunning
-from flared.snapshots.stores import StoreError
+from flared.cli.remote import Remote, connect
+from flared.cli.text import Out, ProgressLine
+from flared.control.client import ConnectionLost, ControlClient, ControlError, DaemonNotRunning
+
+if TYPE_CHECKING:
+    from flared.config.loader import LoadedConfig
 
 #: Snapshots of large homes can take minutes; the CLI waits this long for the daemon.
 LONG = 3600.0
@@ -56,7 +55,12 @@ def register(sub: Subparsers) -> None:
     )
     p.set_defaults(func=cmd_snapshot)
 
-    p = sub.add_parser("snapshots", help="list snapshots with time, size, digest")
+    p = sub.add_parser(
+        "snapshots",
+        help="list snapshots with time, size, digest",
+        description="List each bot's snapshots in the store, newest first, with the one `latest` "
+        "points at. The ids are what `flared restore --id` takes.",
+    )
     add_config_arg(p)
     add_json_arg(p)
     p.add_argument("--bot", help="only this bot")
@@ -112,19 +116,73 @@ def _bots(loaded: LoadedConfig, name: str | None) -> list[str]:
 @contextlib.contextmanager
 def transfer_progress(args: argparse.Namespace, label: str) -> Iterator[Any]:
     """A byte counter on a TTY (stderr), nothing otherwise."""
-    if getattr(args, "json", False) or not sys.stderr.isatty():
+    line = ProgressLine(label)
+    if not line.enabled:
         yield None
         return
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.update(task, advance=n)
+    try:
+        yield line.advance
+    finally:
+        line.close()
+
+
+def through_daemon(
+    remote: Remote, method: str, path: str, body: dict[str, Any], *, bot: str | None, label: str
+) -> Any:
+    """Send a long request and, on a terminal, show the daemon's progress for ``bot`` meanwhile.
+
+    The request runs on its own connection in a thread; this thread polls
+    ``GET /progress`` on others. Returns the answer (a ControlError's body
+    with ``results``/``result`` counts as an answer).
+    """
+    import threading
+    import urllib.parse
+
+    line = ProgressLine(label)
+    box: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            box["data"] = remote.client.request(method, path, body, timeout=LONG)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=send, daemon=True)
+    worker.start()
+    poller = ControlClient(remote.client.path, remote.client.token)
+    query = "?" + urllib.parse.urlencode({"bot": bot}) if bot else ""
+    try:
+        wait = 0.05  # a first look at once, then five times a second
+        while worker.is_alive():
+            worker.join(wait)
+            wait = 0.2
+            if not worker.is_alive() or not line.enabled:
+                continue
+            with contextlib.suppress(ControlError, DaemonNotRunning, ConnectionLost, OSError):
+                ops = poller.request("GET", "/progress" + query, timeout=2).get("progress") or {}
+                for name, op in ops.items():
+                    if op.get("step") != "done":
+                        line.label = f"{name}: {op.get('op')}"
+                        line.show(str(op.get("step")), op.get("bytes"), op.get("rate"), op.get("total"))
+                        break
+    finally:
+        line.close()
+    if "error" in box:
+        exc = box["error"]
+        if (
+            isinstance(exc, ControlError)
+            and isinstance(exc.body, dict)
+            and ("results" in exc.body or "result" in exc.body)
+        ):
+            return exc.body
+        if isinstance(exc, ControlError):
+            raise CommandError(str(exc), EXIT_INVALID if exc.status in {400, 404} else EXIT_FAILED) from None
+        if isinstance(exc, ConnectionLost):
+            raise CommandError(
+                "flared stopped before it answered; `flared status` shows what the bot has now"
+            ) from None
+        raise exc
+    return box["data"]
 
 
 def _offline_service(loaded: LoadedConfig) -> Any:
@@ -148,18 +206,21 @@ def _gateway_running(loaded: LoadedConfig, bot: str) -> int | None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
-    bots = _bots(loaded, args.bot)
-    try:
-        data = client_for(loaded).request(
-            "POST", "/snapshots", {"bot": args.bot, "takeover": args.takeover}, timeout=LONG
+    remote = connect(args)
+    if remote is None:
+        loaded = load_or_exit(args)
+        data = {"results": _snapshot_offline(args, loaded, _bots(loaded, args.bot))}
+    else:
+        if args.bot is not None:
+            remote.pick_bot(args.bot)
+        data = through_daemon(
+            remote,
+            "POST",
+            "/snapshots",
+            {"bot": args.bot, "takeover": args.takeover},
+            bot=args.bot,
+            label="snapshot",
         )
-    except DaemonNotRunning:
-        data = {"results": _snapshot_offline(args, loaded, bots)}
-    except ControlError as exc:
-        if not isinstance(exc.body, dict) or "results" not in exc.body:
-            raise CommandError(str(exc)) from None
-        data = exc.body
     emit(args, data, _render_results)
     ok = all(r["result"] in {"ok", "unchanged"} for r in data["results"])
     return EXIT_OK if ok else EXIT_FAILED
@@ -168,6 +229,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def _snapshot_offline(
     args: argparse.Namespace, loaded: LoadedConfig, bots: list[str]
 ) -> list[dict[str, Any]]:
+    from flared.snapshots.stores import StoreError
+
     svc = _offline_service(loaded)
     results = []
     for bot in bots:
@@ -184,102 +247,117 @@ def _snapshot_offline(
     return results
 
 
-def _render_results(con: Console, data: dict[str, Any]) -> None:
+def _render_results(out: Out, data: dict[str, Any]) -> None:
     for r in data["results"]:
         bot, result = r["bot"], r["result"]
+        for left in r.get("left_out") or []:
+            out.print(f"{bot}: {out.style('left out ' + str(left['path']), 'yellow')}: {left['why']}")
         if result == "ok":
-            con.print(
-                f"{bot}: snapshot [bold]{r['id']}[/bold]: {human_bytes(r.get('bytes_uploaded'))} uploaded "
-                f"({r.get('file_count')} files, {human_bytes(r.get('raw_size'))} raw) in {r.get('seconds')} s"
+            out.print(
+                f"{bot}: snapshot {out.style(str(r['id']), 'bold')}: {human_bytes(r.get('bytes_uploaded'))} "
+                f"uploaded ({r.get('file_count')} files, {human_bytes(r.get('raw_size'))} raw) "
+                f"in {r.get('seconds')} s"
             )
         elif result == "unchanged":
-            con.print(f"{bot}: unchanged since {r.get('id')}: nothing uploaded ({r.get('seconds')} s)")
+            out.print(f"{bot}: unchanged since {r.get('id')}: nothing uploaded ({r.get('seconds')} s)")
         else:
             color = "red" if result in {"failed", "fenced"} else "yellow"
-            con.print(f"{bot}: [{color}]{result}[/{color}]: {r.get('reason') or r.get('error')}")
+            out.print(f"{bot}: {out.style(str(result), color)}: {r.get('reason') or r.get('error')}")
 
 
 # ---------------------------------------------------------------------- list
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
-    bots = _bots(loaded, args.bot)
-    try:
-        data = client_for(loaded).request("GET", "/snapshots" + (f"?bot={args.bot}" if args.bot else ""))
-    except DaemonNotRunning:
-        from flared.snapshots.catalog import list_snapshots
+    remote = connect(args)
+    if remote is None:
+        from flared.snapshots.catalog import list_snapshots, pointer_problem
+        from flared.snapshots.stores import StoreError
         from flared.snapshots.stores.factory import open_store
 
+        loaded = load_or_exit(args)
+        bots = _bots(loaded, args.bot)
         store = open_store(loaded.config.store)
         try:
-            data = {"snapshots": [s for b in bots for s in list_snapshots(store, b)]}
+            warnings = [f"{b}: {p}" for b in bots if (p := pointer_problem(store, b))]
+            data = {"snapshots": [s for b in bots for s in list_snapshots(store, b)], "warnings": warnings}
         except StoreError as exc:
             raise CommandError(f"cannot list snapshots: {exc}") from None
-    except ControlError as exc:
-        raise CommandError(str(exc)) from None
+    else:
+        import urllib.parse
+
+        if args.bot is not None:
+            remote.pick_bot(args.bot)
+        query = "?" + urllib.parse.urlencode({"bot": args.bot}) if args.bot else ""
+        try:
+            data = remote.request("GET", "/snapshots" + query, timeout=120)
+        except ControlError as exc:
+            raise CommandError(str(exc)) from None
     emit(args, data, _render_list)
     return EXIT_OK
 
 
-def _render_list(con: Console, data: dict[str, Any]) -> None:
+def _render_list(out: Out, data: dict[str, Any]) -> None:
+    for warning in data.get("warnings") or []:
+        out.print(f"{out.style('warning', 'yellow')}: {warning}")
     snaps = data["snapshots"]
     if not snaps:
-        con.print("no snapshots yet")
+        out.print("no snapshots yet")
         return
-    table = Table(box=None, pad_edge=False)
-    table.add_column("bot", no_wrap=True)
-    table.add_column("id", no_wrap=True, min_width=24)  # copied into `flared restore --id`: never cut
-    table.add_column("created (UTC)", no_wrap=True, min_width=16)
-    for col in ("packed", "files", "digest", ""):
-        table.add_column(col, no_wrap=True)
-    for s in snaps:
-        table.add_row(
+    rows = [
+        [
             s["bot"],
-            s["id"],
+            s["id"],  # copied into `flared restore --id`: never cut
             str(s.get("created_at", ""))[:16].replace("T", " "),
             human_bytes(s.get("packed_size")),
             str(s.get("file_count", "")),
             str(s.get("digest", ""))[:12],
-            "[green]latest[/green]" if s.get("latest") else "",
-        )
-    con.print(table)
+            out.style("latest", "green") if s.get("latest") else "",
+        ]
+        for s in snaps
+    ]
+    out.table(["bot", "id", "created (UTC)", "packed", "files", "digest", ""], rows)
 
 
 # ---------------------------------------------------------------------- restore
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
-    bot = _one_bot(loaded, args.bot)
-    try:
-        data = client_for(loaded).request(
-            "POST", "/restore", {"bot": bot, "id": args.snapshot_id}, timeout=LONG
-        )
-    except DaemonNotRunning:
+    remote = connect(args)
+    if remote is None:
+        loaded = load_or_exit(args)
+        bot = _one_bot(loaded, args.bot)
         pid = _gateway_running(loaded, bot)
         if pid is not None:
             raise CommandError(f"{bot}'s gateway runs (pid {pid}) without flared: stop it first") from None
         svc = _offline_service(loaded)
         with transfer_progress(args, f"{bot}: downloading") as progress:
             data = svc.restore(bot, args.snapshot_id, progress=progress)
-    except ControlError as exc:
-        if not isinstance(exc.body, dict) or "result" not in exc.body:
-            raise CommandError(str(exc)) from None
-        data = exc.body
+    else:
+        bot = remote.pick_bot(args.bot)
+        data = through_daemon(
+            remote, "POST", "/restore", {"bot": bot, "id": args.snapshot_id}, bot=bot, label=f"{bot}: restore"
+        )
     emit(args, data, _render_restore)
     return EXIT_OK if data.get("result") == "restored" else EXIT_FAILED
 
 
-def _render_restore(con: Console, d: dict[str, Any]) -> None:
+def _render_restore(out: Out, d: dict[str, Any]) -> None:
     for f in d.get("fallback") or []:
-        con.print(f"[yellow]skipped {f['id']}[/yellow]: {f['reason']}")
+        out.print(f"{out.style('skipped ' + str(f['id']), 'yellow')}: {f['reason']}")
+    for r in d.get("refused") or []:
+        out.print(f"{out.style('refused ' + str(r['path']), 'yellow')}: {r['why']}")
+    if d.get("kept"):
+        out.print(f"{out.style('kept ' + str(d['kept']), 'yellow')}: it held state that is in no snapshot")
+    if d.get("repaired"):
+        out.print("latest.json was damaged: it now names the snapshot restored")
     if d.get("result") == "restored":
-        con.print(
-            f"{d['bot']}: restored [bold]{d['id']}[/bold] in {d.get('seconds')} s (old home kept as home.previous)"
+        out.print(
+            f"{d['bot']}: restored {out.style(str(d['id']), 'bold')} in {d.get('seconds')} s "
+            "(old home kept as home.previous)"
         )
     else:
-        con.print(f"[red]{d.get('bot')}: restore failed[/red]: {d.get('error')}")
+        out.print(f"{out.style(str(d.get('bot')) + ': restore failed', 'red')}: {d.get('error')}")
 
 
 # ---------------------------------------------------------------------- import
@@ -287,6 +365,7 @@ def _render_restore(con: Console, d: dict[str, Any]) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from flared.snapshots.sdk_import import ImportError_, import_sdk_backup
+    from flared.snapshots.stores import StoreError
 
     loaded = load_or_exit(args)
     bot = _one_bot(loaded, args.bot)
@@ -299,8 +378,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     emit(
         args,
         data,
-        lambda con, d: con.print(
-            f"{bot}: imported backup {d['backup_id']} as snapshot [bold]{d['id']}[/bold] "
+        lambda out, d: out.print(
+            f"{bot}: imported backup {d['backup_id']} as snapshot {out.style(str(d['id']), 'bold')} "
             f"({d['file_count']} files); it is restored at the bot's next start or with `flared restore`"
         ),
     )

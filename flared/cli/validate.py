@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from flared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -20,18 +18,35 @@ from flared.cli.common import (
     load_or_exit,
     print_config_errors,
 )
+from flared.cli.text import Out
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("validate", help="check hermes-flare.yaml and report every problem")
+    p = sub.add_parser(
+        "validate",
+        help="check hermes-flare.yaml and report every problem",
+        description="Parse and validate the config file (with ${VAR}s filled and FLARE_* overrides "
+        "applied) and report every problem as FILE:LINE:COL: field: message. Changes nothing. "
+        "Exits 0 when valid, 2 otherwise.",
+    )
     add_config_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of hermes-flare.yaml")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of hermes-flare.yaml",
+        description="Print the JSON Schema of hermes-flare.yaml (the committed copy is "
+        "schema/hermes-flare.schema.json), for editors and the YAML language server.",
+    )
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("render", help="print what the YAML implies for wrangler.toml or supervisord.conf")
+    p = sub.add_parser(
+        "render",
+        help="print what the YAML implies for wrangler.toml or supervisord.conf",
+        description="Print the wrangler.toml (Cloudflare) or supervisord.conf (local, or --image for "
+        "the Agent container) that the config implies. Writes nothing.",
+    )
     p.add_argument("what", choices=["wrangler", "supervisord"], help="which file to render")
     p.add_argument("--image", action="store_true", help="supervisord: render the Agent image's config")
     add_config_arg(p)
@@ -50,9 +65,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "cron": [j.name for j in cfg.cron],
     }
 
-    def render(con: Console, d: dict[str, Any]) -> None:
+    def render(con: Out, d: dict[str, Any]) -> None:
         con.print(
-            f"[green]ok[/green] {args.config or loaded.path.name}: {len(cfg.bots)} bot(s) "
+            f"{con.style('ok', 'green')} {args.config or loaded.path.name}: {len(cfg.bots)} bot(s) "
             f"({', '.join(cfg.bot_names) or 'none'}), {len(cfg.sandboxes)} sandbox profile(s), "
             f"{len(cfg.cron)} cron job(s); digest {loaded.digest[:12]}"
         )

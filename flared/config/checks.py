@@ -41,7 +41,23 @@ def cross_checks(data: dict[str, Any], interpolated: set[yamlpos.Path]) -> list[
             and not model.get("base_url")
             and not model.get("ai_gateway")
         ):
-            out.append((("bots", i, "model"), "provider 'custom' needs base_url"))
+            if "model" not in bot:
+                out.append(
+                    (
+                        ("bots", i),
+                        "no `model:`: say which LLM the bot talks to, e.g. "
+                        "`model: {provider: anthropic, model: claude-sonnet-4-5, api_key: ${ANTHROPIC_API_KEY}}`",
+                    )
+                )
+            elif "provider" not in model:
+                out.append(
+                    (
+                        ("bots", i, "model"),
+                        "no `provider:` (anthropic, openai, openrouter, or custom with base_url)",
+                    )
+                )
+            else:
+                out.append((("bots", i, "model"), "provider 'custom' needs base_url"))
 
     app_tokens: dict[str, str] = {}
     for i, bot in enumerate(bots):

@@ -16,15 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from flared.config import yamlpos
 from flared.config.checks import cross_checks
 from flared.config.models import HermesFlareConfig
+from flared.config.where import DEFAULT_NAME as DEFAULT_NAME
+from flared.config.where import ENV_CONFIG as ENV_CONFIG
+from flared.config.where import find_config as find_config
 from flared.config.yamlpos import Mark, dotted
 
-ENV_CONFIG = "HERMES_FLARE_CONFIG"
-DEFAULT_NAME = "hermes-flare.yaml"
+EMPTY_FILE = (
+    "the file is empty (or holds only comments): refused, so that a truncated file never stops "
+    "every bot; put the config back (to run no bots, write `bots: []`)"
+)
+NO_BOTS = (
+    "there is no `bots:` section: list the bots, or write `bots: []` to run none "
+    "(a file without it is refused, so that a truncated file never stops every bot)"
+)
 _VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -41,6 +49,8 @@ class Issue:
     def __str__(self) -> str:
         if self.line == 0:  # about the file as a whole
             return f"{self.file}: {self.message}"
+        if self.path == "(file)":  # a syntax error: a place in the text, not a field
+            return f"{self.file}:{self.line}:{self.col}: {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,16 +90,6 @@ class LoadedConfig:
         return Path(self.config.state_dir)
 
 
-def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``-c`` first, then ``$HERMES_FLARE_CONFIG``, then ``./hermes-flare.yaml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(ENV_CONFIG)
-    if env:
-        return Path(env)
-    return Path(DEFAULT_NAME)
-
-
 def digest_text(text: str) -> str:
     """What `flared status` and the Worker compare: sha256 of the file's bytes."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -112,20 +112,26 @@ def load_config(
         located = yamlpos.load(text)
     except yamlpos.YamlSyntaxError as exc:
         raise ConfigError([Issue(shown, exc.mark.line, exc.mark.col, "(file)", exc.message)]) from None
+    if located.empty:
+        raise ConfigError([Issue(shown, 0, 0, "(file)", EMPTY_FILE)])
 
     issues: list[Issue] = []
 
+    sources: dict[yamlpos.Path, list[tuple[str, str]]] = {}  # value -> the ${VAR}s it came from
+
     def add(p: yamlpos.Path, message: str, *, key: bool = False) -> None:
         m = located.mark(p, prefer_key=key)
-        issues.append(Issue(shown, m.line, m.col, dotted(p), message))
+        issues.append(Issue(shown, m.line, m.col, dotted(p), message + _var_note(p, sources)))
 
     for p, m in located.duplicates:
         issues.append(Issue(shown, m.line, m.col, dotted(p), "duplicate key (the later value would win)"))
     if not isinstance(located.data, dict):
         add((), "the file must be a mapping of sections such as `bots:` and `store:`")
         raise ConfigError(issues)
+    if "bots" not in located.data:
+        add((), NO_BOTS)
 
-    data, used_vars, failed_vars = _interpolate(located.data, env, add)
+    data, used_vars, failed_vars = _interpolate(located.data, env, add, sources)
     overrides = _env_overrides(env)
     data = _deep_merge(data, overrides)
 
@@ -160,9 +166,16 @@ def load_config(
 
 
 def read_config_text(cfg_path: Path, shown: str) -> str:
+    """The file as text; never more than :data:`yamlpos.MAX_BYTES` of it is read."""
     hint = f"create it (see the repository's {DEFAULT_NAME}) or pass -c FILE / set ${ENV_CONFIG}"
     try:
-        return cfg_path.read_text(encoding="utf-8")
+        with cfg_path.open("rb") as fh:
+            raw = fh.read(yamlpos.MAX_BYTES + 1)
+        too_big = yamlpos.size_error(raw)
+        if too_big is not None:
+            m = too_big.mark
+            raise ConfigError([Issue(shown, m.line, m.col, "(file)", too_big.message)])
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([Issue(shown, 0, 0, "(file)", f"config file not found: {hint}")]) from None
     except IsADirectoryError:
@@ -179,9 +192,16 @@ def read_config_text(cfg_path: Path, shown: str) -> str:
 
 
 def _interpolate(
-    value: Any, env: Mapping[str, str], add: Any
+    value: Any,
+    env: Mapping[str, str],
+    add: Any,
+    sources: dict[yamlpos.Path, list[tuple[str, str]]] | None = None,
 ) -> tuple[Any, set[yamlpos.Path], set[yamlpos.Path]]:
-    """Fill `${VAR}` / `${VAR:-default}` in strings; `$${` is a literal `${`."""
+    """Fill `${VAR}` / `${VAR:-default}` in strings; `$${` is a literal `${`.
+
+    ``sources`` gets, per filled value, which variables it came from, so an
+    error about the value can name the variable rather than only the line.
+    """
     used: set[yamlpos.Path] = set()
     failed: set[yamlpos.Path] = set()
 
@@ -201,6 +221,8 @@ def _interpolate(
                 return m.group(0)[1:]
             used.add(p)
             if name in env and (env[name] != "" or default is None):
+                if sources is not None:
+                    sources.setdefault(p, []).append((name, env[name]))
                 return env[name]
             if default is not None:
                 return default
@@ -213,33 +235,44 @@ def _interpolate(
     return walk(value, ()), used, failed
 
 
-class _OverrideSettings(BaseSettings):
-    """Only a carrier for pydantic-settings' FLARE_* env parsing."""
-
-    model_config = SettingsConfigDict(env_prefix="FLARE_", env_nested_delimiter="__", extra="ignore")
+_OVERRIDES_CLS: Any = None
 
 
-def _settings_class() -> type[BaseSettings]:
-    fields = {
-        name: (f.annotation, f) for name, f in HermesFlareConfig.model_fields.items() if name != "version"
-    }
-    from pydantic import create_model
+def _overridden(env: Mapping[str, str]) -> bool:
+    """Whether any ``FLARE_<FIELD>`` or ``FLARE_<FIELD>__...`` names a config field.
 
-    return create_model("FlareOverrides", __base__=_OverrideSettings, **fields)  # type: ignore[call-overload, no-any-return]
-
-
-_SETTINGS_CLS: type[BaseSettings] | None = None
+    Other FLARE_ variables (``FLARE_CONTROL_TOKEN``, ``FLARE_GROUP``) are not
+    overrides, and without any, pydantic-settings is never imported.
+    """
+    fields = [f for f in HermesFlareConfig.model_fields if f != "version"]
+    for key in env:
+        k = key.lower()
+        if k.startswith("flare_") and any(k[6:] == f or k[6:].startswith(f + "__") for f in fields):
+            return True
+    return False
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """`FLARE_SNAPSHOTS__EVERY=5m` -> ``{"snapshots": {"every": "5m"}}``."""
-    global _SETTINGS_CLS
-    if not any(k.startswith("FLARE_") for k in env):
+    global _OVERRIDES_CLS
+    if not _overridden(env):
         return {}
-    if _SETTINGS_CLS is None:
-        _SETTINGS_CLS = _settings_class()
+    from pydantic import create_model
+    from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+    if _OVERRIDES_CLS is None:
+
+        class _OverrideSettings(BaseSettings):
+            """Only a carrier for pydantic-settings' FLARE_* env parsing."""
+
+            model_config = SettingsConfigDict(env_prefix="FLARE_", env_nested_delimiter="__", extra="ignore")
+
+        fields: dict[str, Any] = {
+            name: (f.annotation, f) for name, f in HermesFlareConfig.model_fields.items() if name != "version"
+        }
+        _OVERRIDES_CLS = create_model("FlareOverrides", __base__=_OverrideSettings, **fields)
     source = EnvSettingsSource(
-        _SETTINGS_CLS, env_prefix="FLARE_", env_nested_delimiter="__", case_sensitive=False
+        _OVERRIDES_CLS, env_prefix="FLARE_", env_nested_delimiter="__", case_sensitive=False
     )
     source.env_vars = {k.lower(): v for k, v in env.items()}
     try:
@@ -255,6 +288,19 @@ def _deep_merge(base: Any, over: Any) -> Any:
             out[k] = _deep_merge(base.get(k), v) if k in base else v
         return out
     return over
+
+
+_SECRETISH = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+
+
+def _var_note(p: yamlpos.Path, sources: dict[yamlpos.Path, list[tuple[str, str]]]) -> str:
+    """`` (from $VAR="value")`` for a value filled from the environment (never a secret's value)."""
+    found = sources.get(p)
+    if not found:
+        return ""
+    secret = any(_SECRETISH.search(str(part)) for part in p)
+    shown = [f"${n}" if secret or len(v) > 60 else f"${n}={v!r}" for n, v in found]
+    return f" (from {', '.join(shown)} in the environment)"
 
 
 def _from_env(loc: yamlpos.Path, overrides: dict[str, Any]) -> str:

@@ -99,7 +99,9 @@ class StoreConfig(Model):
     access_key_id: SecretStr | None = secret("S3/R2 access key id, e.g. `${R2_ACCESS_KEY_ID}`.")
     secret_access_key: SecretStr | None = secret("S3/R2 secret access key, e.g. `${R2_SECRET_ACCESS_KEY}`.")
     multipart_threshold: Size = Field(
-        default=16 * 1024**2, description="Blobs larger than this upload in parts."
+        default=64 * 1024**2,
+        description="Blobs larger than this move in parts (parallel upload, ranged downloads); "
+        "smaller ones in one request, hashed while they stream.",
     )
     multipart_chunksize: Size = Field(default=16 * 1024**2, description="Size of each upload/download part.")
     max_concurrency: int = Field(default=8, ge=1, le=64, description="Parallel parts per transfer.")
@@ -199,9 +201,25 @@ class SandboxProfile(Model):
     idle_ttl: Duration = Field(default=600.0, description="Destroy a lease unused for this long.")
     max_lifetime: Duration = Field(default=7200.0, description="Destroy a lease this old, used or not.")
     max_leases: int = Field(
-        default=4, ge=1, le=1000, description="Concurrent leases allowed for this profile."
+        default=4,
+        ge=1,
+        le=1000,
+        description="Live leases of this profile, all bots together. At the limit the least recently "
+        "used idle lease is destroyed (its files with it) before anyone waits.",
     )
-    acquire_timeout: Duration = Field(default=30.0, description="How long an acquire waits for capacity.")
+    max_leases_per_bot: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Live leases one bot may hold in this profile, so one bot cannot take every lease "
+        "from another. Default: `max_leases` split evenly among the enabled bots that use the profile "
+        "(at least 1 each).",
+    )
+    acquire_timeout: Duration = Field(
+        default=30.0,
+        description="How long a command waits for a lease when every one it may take is running a "
+        "command; it says so at once, then fails with the profile and its limits.",
+    )
     command_timeout: Duration = Field(default=120.0, description="Default wall-clock limit of one command.")
     output_limit: Size = Field(
         default=1024**2, description="Stdout/stderr kept per command; the rest is cut."
@@ -578,7 +596,11 @@ class HermesFlareConfig(Model):
     sandboxes: dict[str, SandboxProfile] = Field(
         default_factory=lambda: {"default": SandboxProfile()}, description="Named sandbox profiles."
     )
-    bots: list[BotConfig] = Field(default_factory=list, description="The agents.")
+    bots: list[BotConfig] = Field(
+        default_factory=list,
+        description="The agents. The file must have this section: write `bots: []` to run none "
+        "(a file without it, or an empty file, is refused, so a truncated file never stops every bot).",
+    )
     cron: list[CronJob] = Field(default_factory=list, description="Scheduled jobs.")
     operator: OperatorConfig | None = Field(default=None, description="Optional operator Slack bot.")
     cloudflare: CloudflareConfig | None = Field(default=None, description="Cloudflare deployment settings.")

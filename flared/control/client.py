@@ -1,23 +1,29 @@
 """Client of flared's control API over its unix socket.
 
 CLI commands use it when the daemon runs and fall back to direct work when
-:class:`DaemonNotRunning` is raised.
+:class:`DaemonNotRunning` is raised. It speaks the little HTTP/1.1 it needs
+over a plain socket (one request per connection, ``Connection: close``):
+`http.client` alone (ssl, email) costs ~30 ms of import, a quarter of what
+a command that talks to the daemon may take (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flared.config.loader import LoadedConfig
-from flared.control.locate import socket_path
+if TYPE_CHECKING:
+    from flared.config.loader import LoadedConfig
 
 
 class DaemonNotRunning(Exception):
     """Nothing listens on the control socket."""
+
+
+class ConnectionLost(Exception):
+    """The daemon went away while it was handling the request (flared stopped or crashed)."""
 
 
 class ControlError(Exception):
@@ -28,16 +34,66 @@ class ControlError(Exception):
         self.body = body
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _exchange(path: str, request: bytes, timeout: float) -> tuple[int, bytes]:
+    """Send one request on a new connection; (status, body). Raises the errors below."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise DaemonNotRunning(path) from None
+        try:
+            s.sendall(request)
+            chunks = []
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ConnectionLost(str(exc) or type(exc).__name__) from None
+    finally:
+        s.close()
+    return _parse(b"".join(chunks))
 
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
+
+def _parse(raw: bytes) -> tuple[int, bytes]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise ConnectionLost("the daemon closed the connection before it answered")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ConnectionLost(f"not an HTTP answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        if len(body) < n:
+            raise ConnectionLost(f"the answer was cut off after {len(body)} of {n} bytes")
+        body = body[:n]
+    return int(parts[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            raise ConnectionLost("the answer was cut off")
+        size = int(data[pos:end].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        if len(out[-1]) < size:
+            raise ConnectionLost("the answer was cut off")
+        pos = end + 2 + size + 2
 
 
 class ControlClient:
@@ -47,37 +103,45 @@ class ControlClient:
 
     @classmethod
     def for_config(cls, loaded: LoadedConfig) -> ControlClient:
+        from flared.control.locate import socket_path
+
         return cls(socket_path(loaded))
+
+    @classmethod
+    def for_file(cls, config_path: Path) -> ControlClient:
+        """The daemon that runs ``config_path``, found without validating the file."""
+        from flared.control.locate import daemon_socket
+
+        return cls(daemon_socket(config_path))
 
     def request(
         self, method: str, path: str, body: Any = None, *, timeout: float = 30.0, raw: bytes | None = None
     ) -> Any:
         if not self.path.exists():
             raise DaemonNotRunning(str(self.path))
-        conn = _UnixConnection(str(self.path), timeout)
-        headers = {"Content-Type": "application/json"}
+        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        head = [
+            f"{method} {path} HTTP/1.1",
+            "Host: localhost",
+            "Connection: close",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+        ]
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise DaemonNotRunning(str(self.path)) from None
-        finally:
-            conn.close()
+            head.append(f"Authorization: Bearer {self.token}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+        status, data = _exchange(str(self.path), request, timeout)
         try:
             parsed: Any = json.loads(data) if data else None
         except ValueError:
             parsed = {"error": data.decode(errors="replace")}
-        if resp.status >= 400:
-            raise ControlError(resp.status, parsed)
+        if status >= 400:
+            raise ControlError(status, parsed)
         return parsed
 
     def running(self) -> bool:
         try:
             self.request("GET", "/healthz", timeout=2)
             return True
-        except (DaemonNotRunning, ControlError, OSError):
+        except (DaemonNotRunning, ConnectionLost, ControlError, OSError):
             return False

@@ -1,10 +1,12 @@
 """Finding the running daemon's control socket from a config file path.
 
-`flared status` and `flared reload` must reach the daemon (which keeps the
-last good config) even after an edit broke the file, and with it
-`state_dir`. The daemon publishes a pointer to its socket under a name
-derived from the config path; failing that, the socket is guessed from the
-file read as leniently as possible.
+Commands that talk to the running daemon must reach it without validating
+the file: that costs pydantic's import (most of a CLI's start-up), and the
+daemon keeps running its last good config after an edit broke the file (and
+with it ``state_dir``). The daemon publishes a pointer to its socket under a
+name derived from the config path; failing that, the socket is guessed from
+the environment and the file read as leniently as possible. Nothing here
+imports pydantic, and YAML only on the last fallback.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import yaml
+from flared.config.where import DEFAULT_STATE_DIR
 
-from flared.config.loader import LoadedConfig
-from flared.config.models import HermesFlareConfig
+if TYPE_CHECKING:
+    from flared.config.loader import LoadedConfig
 
 
 def socket_path(loaded: LoadedConfig) -> Path:
@@ -57,8 +59,8 @@ def pointer_path(config_path: Path) -> Path | None:
 def publish_socket(config_path: Path, socket: Path) -> None:
     """Symlink ``socket`` under a name derived from the config path.
 
-    Lets `flared status` and `flared reload` find the daemon that runs a
-    config file even when an edit broke the file (and with it `state_dir`).
+    Lets every command find the daemon that runs a config file without
+    validating the file, even when an edit broke it (and with it `state_dir`).
     """
     link = pointer_path(config_path)
     if link is None:
@@ -70,42 +72,68 @@ def publish_socket(config_path: Path, socket: Path) -> None:
         os.replace(tmp, link)
 
 
-def guess_socket(path: Path) -> Path:
-    """The running daemon's socket when the config file no longer validates.
+def daemon_socket(config_path: Path) -> Path:
+    """Where the daemon that runs ``config_path`` listens (it may not be running).
 
-    `flared status` must still reach the daemon (which keeps the last good
-    config) after a bad edit, so read only ``state_dir`` and
-    ``control.socket`` as leniently as possible: parsed YAML if it parses,
-    else the top-level ``state_dir:`` line, else the default.
+    An explicit ``FLARE_CONTROL__SOCKET`` or ``FLARE_STATE_DIR`` in the
+    caller's environment wins (the caller chose another daemon), then the
+    pointer the daemon published, then a lenient reading of the file.
+    """
+    env_socket = os.environ.get("FLARE_CONTROL__SOCKET")
+    if env_socket:
+        return config_path.resolve().parent / os.path.expanduser(env_socket)
+    if not os.environ.get("FLARE_STATE_DIR"):
+        link = pointer_path(config_path)
+        if link is not None and link.is_symlink() and link.exists():
+            return link.resolve()
+    return guess_socket(config_path)
+
+
+def guess_socket(path: Path) -> Path:
+    """The daemon's socket read from the file as leniently as possible.
+
+    Only ``state_dir`` and ``control.socket`` matter, read line by line
+    (never parsed: a broken or hostile file must not cost memory here),
+    else the default.
     """
     link = pointer_path(path)
-    if link is not None and link.is_symlink() and link.exists():
+    if not os.environ.get("FLARE_STATE_DIR") and link is not None and link.is_symlink() and link.exists():
         return link.resolve()
     text = ""
     with contextlib.suppress(OSError, UnicodeDecodeError):
         text = path.read_text(encoding="utf-8")
-    state_dir: str | None = None
-    socket: str | None = None
-    data: Any = None
-    with contextlib.suppress(yaml.YAMLError):
-        data = yaml.safe_load(text)
-    if isinstance(data, dict):
-        if isinstance(data.get("state_dir"), str):
-            state_dir = data["state_dir"]
-        control = data.get("control")
-        if isinstance(control, dict) and isinstance(control.get("socket"), str):
-            socket = control["socket"]
-    else:
-        m = _TOP_STATE_DIR.search(text)
-        state_dir = m.group(1) if m else None
-    state_dir = (
-        os.environ.get("FLARE_STATE_DIR") or state_dir or HermesFlareConfig.model_fields["state_dir"].default
-    )
+    state_dir, socket = lenient_fields(text)
+    state_dir = os.environ.get("FLARE_STATE_DIR") or state_dir or DEFAULT_STATE_DIR
     socket = os.environ.get("FLARE_CONTROL__SOCKET") or socket
     base = path.resolve().parent
     if socket:
         return base / os.path.expanduser(_expand(socket))
     return base / os.path.expanduser(_expand(str(state_dir))) / "flared.sock"
+
+
+_SCALAR = r"\s*['\"]?([^'\"#\n,}]+?)['\"]?\s*"
+_TOP_KEY = re.compile(r"^[A-Za-z_]")
+_SOCKET_LINE = re.compile(r"^\s+socket\s*:" + _SCALAR + r"(?:#.*)?$")
+_SOCKET_FLOW = re.compile(r"^control\s*:\s*\{.*?\bsocket\s*:" + _SCALAR + r"[,}]")
+
+
+def lenient_fields(text: str) -> tuple[str | None, str | None]:
+    """``state_dir`` and ``control.socket`` from a file that may not parse."""
+    m = _TOP_STATE_DIR.search(text)
+    state_dir = m.group(1).strip() if m else None
+    socket: str | None = None
+    in_control = False
+    for line in text.splitlines():
+        if _TOP_KEY.match(line):
+            flow = _SOCKET_FLOW.match(line)
+            if flow:
+                socket = flow.group(1).strip()
+            in_control = line.split(":", 1)[0].strip() == "control"
+        elif in_control:
+            sm = _SOCKET_LINE.match(line)
+            if sm:
+                socket = sm.group(1).strip()
+    return state_dir, socket
 
 
 def _expand(value: str) -> str:

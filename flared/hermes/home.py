@@ -8,9 +8,11 @@ their content changes, so a second render is a no-op.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,14 +92,59 @@ def render_env(env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_if_changed(path: Path, text: str, mode: int) -> bool:
+class UnsafeHome(Exception):
+    """A path flared renders in a Hermes home is a link or not a plain file; it is left alone."""
+
+
+def _check_dir(path: Path, what: str) -> None:
+    """``path`` exists as a real directory, not a link to one elsewhere."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeHome(
+            f"the bot's {what} is a symbolic link ({path} -> {os.readlink(path)}); "
+            "flared does not follow links out of a bot's directory: remove it"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeHome(f"the bot's {what} ({path}) is not a directory: remove it")
+
+
+def read_own(path: Path) -> str | None:
+    """The text of a file flared writes in a home, None if missing; never through a link.
+
+    A symlinked ``config.yaml`` would have its target merged into the bot's
+    config (and rewritten if it ever matched); a FIFO would block the
+    reconcile; a hard link is a second name for content flared rewrites. All
+    are refused with what to do, for ``flared status`` to show.
+    """
     try:
-        if path.read_text() == text:
-            if (path.stat().st_mode & 0o777) != mode:
-                path.chmod(mode)
-            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        pass
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeHome(
+                f"{path.name} is a symbolic link ({path} -> {os.readlink(path)}); flared does not "
+                "follow links in a Hermes home: remove it and flared writes a fresh one"
+            ) from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeHome(f"{path.name} is not a regular file ({path}): remove it")
+        if st.st_nlink > 1:
+            raise UnsafeHome(
+                f"{path.name} has another name (a hard link, {st.st_nlink} names) ({path}): "
+                "remove the other name, or this file, and flared writes a fresh one"
+            )
+        return fh.read().decode("utf-8", errors="replace")
+
+
+def _write_if_changed(path: Path, text: str, mode: int, current: str | None) -> bool:
+    """Replace ``path`` (already checked by :func:`read_own`, which gave ``current``) if it differs."""
+    if current == text:
+        if (path.stat().st_mode & 0o777) != mode:
+            path.chmod(mode)
+        return False
     tmp = path.with_name(f".{path.name}.flared-tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
@@ -110,26 +157,34 @@ def _write_if_changed(path: Path, text: str, mode: int) -> bool:
 def render_home(cfg: HermesFlareConfig, bot: BotConfig) -> str:
     """Write the bot's config.yaml and .env; return a digest of what was rendered.
 
+    Raises :class:`UnsafeHome` (nothing written, no link followed) when the
+    home, ``config.yaml`` or ``.env`` is a link or not a plain file.
+
     The digest goes into the gateway program's environment, so a change to
     what flared renders restarts exactly that gateway.
     """
     paths = BotPaths.of(cfg.state_dir, bot.name)
-    for d in (paths.home, paths.logs, paths.lock_dir):
+    paths.root.mkdir(parents=True, exist_ok=True)
+    _check_dir(paths.root, "directory")
+    paths.home.mkdir(exist_ok=True)
+    _check_dir(paths.home, "home")
+    for d in (paths.logs, paths.lock_dir):
         d.mkdir(parents=True, exist_ok=True)
     paths.home.chmod(0o700)
-    config_path = paths.home / "config.yaml"
+    config_path, env_path = paths.home / "config.yaml", paths.home / ".env"
+    current_config, current_env = read_own(config_path), read_own(env_path)
     existing: dict[str, Any] = {}
-    if config_path.exists():
+    if current_config is not None:
         try:
-            loaded = yaml.safe_load(config_path.read_text()) or {}
+            loaded = yaml.safe_load(current_config) or {}
             existing = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError:
             existing = {}  # a broken file is replaced by what flared knows
     settings, env = flared_settings(cfg, bot)
     config_text = render_config_yaml(existing, settings, bot)
     env_text = render_env(env)
-    _write_if_changed(config_path, config_text, 0o600)
-    _write_if_changed(paths.home / ".env", env_text, 0o600)
+    _write_if_changed(config_path, config_text, 0o600, current_config)
+    _write_if_changed(env_path, env_text, 0o600, current_env)
     h = hashlib.sha256()
     # Digest what flared decides, not the merged file: Hermes writes its own
     # keys into config.yaml (e.g. onboarding state after the first message),
@@ -170,4 +225,9 @@ def gateway_program(cfg: HermesFlareConfig, bot: BotConfig, render_digest: str) 
         stopsignal="INT",
         stopwaitsecs=30,
         priority=900,
+        # Exit 78 is Hermes' fatal config error: restarting cannot help. flared
+        # shows it as failed and starts it again after a config change or
+        # `flared restart` (flared.gateways); any other exit is restarted.
+        autorestart="unexpected",
+        exitcodes=(78,),
     )

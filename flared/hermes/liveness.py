@@ -15,15 +15,23 @@ from typing import Any
 
 def gateway_liveness(home: Path) -> dict[str, Any]:
     """Hermes' own view: heartbeat age and gateway_state.json, since `hermes status` always exits 0."""
-    out: dict[str, Any] = {"heartbeat_age_s": None, "gateway_state": None, "platforms": {}}
+    out: dict[str, Any] = {
+        "heartbeat_age_s": None,
+        "heartbeat_pid": None,
+        "gateway_state": None,
+        "pid": None,
+        "platforms": {},
+    }
     try:
         hb = json.loads((home / "state" / "gateway.heartbeat").read_text())
         updated = datetime.fromisoformat(hb["updated_at"])
         out["heartbeat_age_s"] = round((datetime.now(UTC) - updated).total_seconds(), 1)
-    except (OSError, ValueError, KeyError, TypeError):
+        out["heartbeat_pid"] = hb.get("pid")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     try:
         st = json.loads((home / "gateway_state.json").read_text())
+        out["pid"] = st.get("pid")  # which run wrote it: a previous run's file says nothing now
         out["gateway_state"] = st.get("gateway_state")
         out["platforms"] = {k: v.get("state") for k, v in (st.get("platforms") or {}).items()}
     except (OSError, ValueError, AttributeError):
@@ -31,3 +39,14 @@ def gateway_liveness(home: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         out["plugin"] = json.loads((home / "state" / "flare-plugin.json").read_text())
     return out
+
+
+def startup_failed_at(home: Path) -> float | None:
+    """When Hermes last wrote ``gateway_state: startup_failed`` (epoch seconds), if it did."""
+    try:
+        st = json.loads((home / "gateway_state.json").read_text())
+        if st.get("gateway_state") != "startup_failed":
+            return None
+        return datetime.fromisoformat(str(st["updated_at"])).timestamp()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from flared.config.handoff import ENV_FILE_VAR
 from flared.config.loader import LoadedConfig
-from flared.supervisor import ProgramSpec
+from flared.supervisor import Layout, ProgramSpec
 
 NAME = "operator"
 
@@ -29,7 +30,11 @@ def operator_program(loaded: LoadedConfig) -> ProgramSpec:
     return ProgramSpec(
         name=NAME,
         command=[sys.executable, "-m", "flared", "operator", "run", "-c", str(loaded.path)],
-        environment={"PYTHONUNBUFFERED": "1", "FLARE_OPERATOR_DIGEST": _settings_digest(loaded)},
+        environment={
+            "PYTHONUNBUFFERED": "1",
+            "FLARE_OPERATOR_DIGEST": _settings_digest(loaded),
+            ENV_FILE_VAR: str(Layout(loaded.state_dir).handoff),  # its Slack tokens: see config/handoff.py
+        },
         log_file=str(loaded.state_dir / "logs" / "operator.log"),
         stopsignal="TERM",
         stopwaitsecs=10,

@@ -7,6 +7,8 @@ in its own module with an ``install(ctx)`` function:
 - :mod:`flared.plugin.terminal`: the fail-closed terminal backend that sends
   every command to a flared sandbox lease;
 - :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK;
+- :mod:`flared.plugin.strangers`: a Slack user not in ``allowed_users`` sees
+  no sign of work (no reaction, status or title);
 - :mod:`flared.plugin.model`: model-provider headers the YAML asks for.
 
 Everything here runs inside a gateway process, with that bot's rights only:
@@ -19,11 +21,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flared.plugin import model, slack, terminal
+from flared.plugin import model, slack, strangers, terminal
 
 log = logging.getLogger("flared.plugin")
 
-FEATURES = {"terminal": terminal, "slack": slack, "model": model}
+FEATURES = {"terminal": terminal, "slack": slack, "strangers": strangers, "model": model}
 REGISTERED: dict[str, Any] = {}
 
 

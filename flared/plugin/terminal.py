@@ -35,7 +35,9 @@ import inspect
 import json
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,10 @@ CREATE_PARAMS = (
 BASE_METHODS = ("_run_bash", "execute", "init_session", "_wait_for_process", "cleanup", "_update_cwd")
 #: Exit status of a command flared could not start (capacity, flared down...): nothing ran.
 NOT_RUN = 126
+#: The task id Hermes' system-prompt builder probes the backend with (agent/prompt_builder.py), and
+#: the answer it gets without a lease: a conversation takes a lease only when it runs a command.
+PROBE_TASK = "prompt-backend-probe"
+PROBE_ANSWER = f"os=Linux\nkernel=unknown\nhome=\ncwd={WORKDIR}\nuser=unknown\n"
 _MARK = "__flare_terminal__"
 
 
@@ -288,13 +294,28 @@ class _Transport:
         from flared.control.client import ControlClient
 
         self.client = ControlClient(Path(socket), token)
+        #: per session: that its last command waited for a sandbox, for the next output the agent reads
+        self.notices: dict[str, str] = {}
+
+    def take_notice(self, session: str) -> str:
+        return self.notices.pop(session, "")
 
     def run(self, session: str, script: str, timeout: float, stdin: str | None) -> tuple[str, int]:
         from flared.control.client import ControlError, DaemonNotRunning
 
-        body = {"session": session, "command": script, "timeout": timeout, "stdin": stdin}
+        body = {"session": session, "command": script, "timeout": timeout, "stdin": stdin, "wait": False}
         try:
-            r = self.client.request("POST", "/exec", body, timeout=timeout + 60)
+            try:
+                r = self.client.request("POST", "/exec", body, timeout=timeout + 60)
+            except ControlError as exc:
+                if not (exc.status == 429 and isinstance(exc.body, dict) and exc.body.get("waiting")):
+                    raise
+                # Every lease this bot may take is running a command: say so now, then wait.
+                started = time.monotonic()
+                announce(str(exc.body.get("error")))
+                r = self.client.request("POST", "/exec", {**body, "wait": True}, timeout=timeout + 600)
+                waited = time.monotonic() - started
+                self.notices[session] = f"[flare] {exc.body.get('error')}; waited {waited:.0f}s\n"
         except DaemonNotRunning:
             return "[flare] flared is not running; the command did not run.\n", NOT_RUN
         except ControlError as exc:
@@ -306,6 +327,31 @@ class _Transport:
             return f"[flare] lost contact with flared ({exc}); the command's outcome is unknown.\n", 1
         out = str(r.get("stdout", "")) + str(r.get("stderr", ""))
         return out, int(r.get("exit_code", 1))
+
+
+def announce(message: str) -> None:
+    """Tell whoever watches this session that its command waits for a sandbox, now.
+
+    The gateway log always; and, best effort, the chat's live status line
+    (Slack's assistant status, which Hermes refreshes every few seconds)
+    through Hermes' running gateway, whose private names this does not
+    depend on to work.
+    """
+    log.warning("%s", message)
+    gateway_run = sys.modules.get("gateway.run")  # loaded in a gateway; never imported from here
+    if gateway_run is None:
+        return
+    with contextlib.suppress(Exception):
+        from gateway.session_context import get_session_env
+
+        runner = gateway_run._gateway_runner_ref()
+        chat = get_session_env("HERMES_SESSION_CHAT_ID", "")
+        platform = get_session_env("HERMES_SESSION_PLATFORM", "")
+        if runner is None or not chat or not platform:
+            return
+        for key, adapter in getattr(runner, "adapters", {}).items():
+            if str(getattr(key, "value", key)) == platform and hasattr(adapter, "set_status_text"):
+                adapter.set_status_text(chat, message)
 
 
 def make_environment(*, cwd: str, timeout: int, task_id: str) -> Any:
@@ -338,6 +384,15 @@ def _classes() -> tuple[type, type]:
             return _ThreadedProcessHandle(
                 lambda: self.transport.run(self.session, script, float(timeout), stdin_data), None
             )
+
+        def execute(self, command: str, cwd: str = "", **kw: Any) -> dict[str, Any]:
+            result: dict[str, Any] = super().execute(command, cwd, **kw)
+            # A wait for a sandbox may have happened in Hermes' own first command (the shell
+            # snapshot), whose output the agent never sees: tell it with this one.
+            notice = self.transport.take_notice(self.session)
+            if notice:
+                result["output"] = notice + str(result.get("output") or "")
+            return result
 
         def cleanup(self) -> None:
             """Nothing to free here: flared expires leases (idle_ttl, max_lifetime)."""
@@ -380,6 +435,10 @@ def _classes() -> tuple[type, type]:
             return env
 
         def execute(self, command: str, cwd: str = "", **kw: Any) -> dict[str, Any]:
+            if self.task_id == PROBE_TASK:
+                # Asked for every new session's system prompt: what the sandbox is, which
+                # flared knows without taking (and holding for idle_ttl) a lease.
+                return {"output": PROBE_ANSWER, "returncode": 0}
             result: dict[str, Any] = self.for_session().execute(command, cwd, **kw)
             return result
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from flared.config import handoff
 from flared.config.loader import LoadedConfig
 from flared.config.models import CronJob
 from flared.config.redact import redact_text
@@ -122,7 +122,7 @@ class AgentJobs:
         """Run :mod:`flared.hermes.cron_store` in the bot's home; record what it reports."""
         st = self.bots.setdefault(bot, AgentBotState())
         home = BotPaths.of(self.loaded.state_dir, bot).home
-        env = {**os.environ, "HERMES_HOME": str(home)}
+        env = handoff.base_env(HERMES_HOME=str(home))  # none of flared's secrets (config/handoff.py)
         proc = subprocess.run(
             [sys.executable, "-m", "flared.hermes.cron_store"],
             input=json.dumps({"jobs": desired}),

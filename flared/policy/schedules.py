@@ -11,8 +11,6 @@ import json
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from flared.config.models import CronJob
 from flared.config.units import parse_duration
 
@@ -42,6 +40,8 @@ def next_run(job: CronJob, after: float, last_run: float | None = None) -> float
         while nxt <= after:
             nxt += interval
         return nxt
+    from croniter import croniter  # with dateutil and pytz: loaded only for cron expressions
+
     start = datetime.fromtimestamp(after, ZoneInfo(job.timezone))
     return float(croniter(job.schedule, start).get_next(float))
 

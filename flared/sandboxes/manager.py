@@ -4,8 +4,12 @@ A lease is one sandbox held for a bot: per profile (``shared``), per Hermes
 session (``per-session``) or per command (``per-command``, destroyed right
 after its command). Leases expire after ``idle_ttl`` without a command or
 ``max_lifetime`` in all; a reaper thread destroys them. ``max_leases`` caps
-the live leases of a profile: an acquire waits up to ``acquire_timeout`` for
-one to go, then fails with a message the agent can read.
+the live leases of a profile and ``max_leases_per_bot`` one bot's share
+(:mod:`flared.sandboxes.capacity` decides): at a limit the least recently
+used idle lease is reclaimed; only when every candidate runs a command does
+an acquire wait, saying so at once (``on_wait``, or ``wait=False`` for a
+caller that reports it itself), up to ``acquire_timeout``, then fail with a
+message the agent can read.
 
 The table (:mod:`flared.sandboxes.leases`) lives in
 ``<state>/sandboxes/leases.db``, so a restarted flared finds the leases it
@@ -22,11 +26,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flared.config.loader import LoadedConfig
 from flared.config.models import HermesFlareConfig, SandboxProfile
+from flared.sandboxes import capacity
 from flared.sandboxes.leases import SHARED_SESSION, Lease, LeaseTable, take_lock
 from flared.sandboxes.providers import make_provider, provider_key
 from flared.sandboxes.types import (
@@ -52,7 +58,11 @@ class LeaseNotFound(SandboxError):
 
 
 class CapacityReached(SandboxError):
-    """Every lease of the profile is in use and none freed up in time."""
+    """Every lease the bot may take is running a command and none freed up in time."""
+
+
+class MustWait(CapacityReached):
+    """``wait=False`` and the acquire would have to wait; the message says why."""
 
 
 class BadLeaseRequest(SandboxError):
@@ -148,9 +158,21 @@ class LeaseManager:
             raise LeaseNotFound(f"no lease {lease_id} (it expired, was released, or is not this bot's)")
         return lease
 
-    def acquire(self, bot: str, session_key: str | None = None) -> dict[str, Any]:
-        """The lease this bot's session should use, made if needed (waiting for capacity)."""
-        lease, created = self._acquire(bot, session_key)
+    def acquire(
+        self,
+        bot: str,
+        session_key: str | None = None,
+        *,
+        wait: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """The lease this bot's session should use, made if needed.
+
+        At capacity an idle lease is reclaimed; if none can be, this waits
+        (calling ``on_wait`` with the reason at once) or, with ``wait=False``,
+        raises :class:`MustWait` at once.
+        """
+        lease, created = self._acquire(bot, session_key, wait=wait, on_wait=on_wait)
         out = lease.as_dict()
         out["created"] = created
         return out
@@ -167,8 +189,7 @@ class LeaseManager:
         bot: str | None = None,
     ) -> ExecResult:
         """Run one command in a lease; a per-command lease is destroyed after it."""
-        if not isinstance(command, str) or not command.strip():
-            raise BadLeaseRequest("command must be a non-empty string")
+        _check_command(command)
         with self._cond:
             lease = self.get(lease_id, bot)
             if lease.mode == "per-command" and lease.done.is_set():
@@ -176,7 +197,24 @@ class LeaseManager:
             lease.busy += 1
             lease.last_used = time.time()
             lease.dirty = True
+        return self._run_held(lease, command, cwd=cwd, stdin=stdin, timeout=timeout, env=env)
+
+    def _run_held(
+        self,
+        lease: Lease,
+        command: str,
+        *,
+        cwd: str | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult:
+        """Run a command in a lease whose ``busy`` count already includes it."""
+        try:
             provider = self._lease_provider(lease)
+        except Exception:
+            self._release_hold(lease)
+            raise
         profile = lease.profile
         wanted = profile.command_timeout if timeout is None else float(timeout)
         req = ExecRequest(
@@ -190,21 +228,39 @@ class LeaseManager:
         try:
             return provider.exec(lease.id, lease.data, profile, req)
         finally:
-            with self._cond:
-                lease.busy -= 1
-                lease.last_used = time.time()
-                lease.dirty = True
-                if lease.mode == "per-command":
-                    lease.done.set()
+            self._release_hold(lease)
+
+    def _release_hold(self, lease: Lease) -> None:
+        with self._cond:
+            lease.busy -= 1
+            lease.last_used = time.time()
+            lease.dirty = True
             if lease.mode == "per-command":
-                self._destroy(lease, "per-command")
+                lease.done.set()
+            self._cond.notify_all()  # an idle lease may now be reclaimed by a waiter
+        if lease.mode == "per-command":
+            self._destroy(lease, "per-command")
 
     def run(
-        self, bot: str, session_key: str | None, command: str, **kw: Any
+        self,
+        bot: str,
+        session_key: str | None,
+        command: str,
+        *,
+        wait: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+        **kw: Any,
     ) -> tuple[dict[str, Any], ExecResult]:
-        """acquire + exec, the way the terminal backend uses it."""
-        lease = self.acquire(bot, session_key)
-        return lease, self.exec(lease["id"], command, bot=bot, **kw)
+        """acquire + exec, the way the terminal backend uses it.
+
+        The lease is held from the moment it is chosen, so no other acquire
+        can reclaim it before the command starts.
+        """
+        _check_command(command)
+        lease, created = self._acquire(bot, session_key, wait=wait, on_wait=on_wait, hold=True)
+        out = lease.as_dict()
+        out["created"] = created
+        return out, self._run_held(lease, command, **kw)
 
     def release(self, lease_id: str, bot: str | None = None) -> dict[str, Any]:
         lease = self.get(lease_id, bot)
@@ -232,12 +288,28 @@ class LeaseManager:
             raise BadLeaseRequest("session key must be printable and at most 256 characters")
         return key
 
-    def _acquire(self, bot: str, session_key: str | None) -> tuple[Lease, bool]:
+    def _limits(self, name: str, profile: SandboxProfile) -> capacity.Limits:
+        users = sum(1 for b in self.cfg.bots if b.enabled and b.sandbox == name)
+        return capacity.limits(name, profile.max_leases, profile.max_leases_per_bot, users)
+
+    def _acquire(
+        self,
+        bot: str,
+        session_key: str | None,
+        *,
+        wait: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+        hold: bool = False,
+    ) -> tuple[Lease, bool]:
         name, profile = self._profile_of(bot)
         session = self._session(profile, session_key)
-        deadline = time.monotonic() + profile.acquire_timeout
-        with self._cond:
-            while True:
+        started = time.monotonic()
+        deadline = started + profile.acquire_timeout
+        told = False
+        while True:
+            victim: Lease | None = None
+            notice: str | None = None
+            with self._cond:
                 if profile.mode != "per-command":
                     for lease in self._leases.values():
                         if (lease.bot, lease.profile_name, lease.session) == (bot, name, session) and not (
@@ -245,44 +317,69 @@ class LeaseManager:
                         ):
                             lease.last_used = time.time()
                             lease.dirty = True
+                            lease.busy += int(hold)
                             return lease, False
-                in_use = sum(1 for x in self._leases.values() if x.profile_name == name and not x.gone)
-                if in_use < profile.max_leases:
+                live = [x for x in self._leases.values() if x.profile_name == name and not x.gone]
+                decision = capacity.decide(live, bot, self._limits(name, profile))
+                if isinstance(decision, capacity.Create):
+                    lease = self._placeholder(bot, session, name, profile, busy=int(hold))
+                    provider = self._provider(profile)
                     break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CapacityReached(
-                        f"sandbox capacity reached: {in_use} leases in use "
-                        f"(profile {name!r} allows {profile.max_leases}); try again later"
-                    )
-                self._cond.wait(min(left, self.reap_every))
-            lease_id = new_lease_id(self.cfg.bot(bot).group)
-            now = time.time()
-            lease = Lease(
-                id=lease_id,
-                bot=bot,
-                session=session,
-                profile_name=name,
-                profile=profile,
-                provider_key=provider_key(profile),
-                data={},
-                created_at=now,
-                last_used=now,
-                busy=0,
-            )
-            self._leases[lease_id] = lease  # holds the slot while the sandbox is made
-            provider = self._provider(profile)
+                if isinstance(decision, capacity.Reclaim):
+                    victim = self._leases[decision.lease_id]
+                    victim.gone = True  # claimed: nobody else can use or pick it now
+                elif not wait:
+                    raise MustWait(f"{decision.message} (up to {profile.acquire_timeout:g}s)")
+                elif not told:
+                    notice = decision.message
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        waited = time.monotonic() - started
+                        raise CapacityReached(
+                            f"sandbox capacity reached: {decision.detail}; waited {waited:.0f}s "
+                            "for one to be free; try again later"
+                        )
+                    self._cond.wait(min(left, self.reap_every))
+            if victim is not None:
+                self._finish_destroy(
+                    victim, f"reclaimed for bot {bot} (least recently used; {name!r} at its limit)"
+                )
+            elif notice is not None:
+                told = True
+                log.info("bot %s session %s: %s", bot, session, notice)
+                if on_wait is not None:
+                    on_wait(notice)
         try:
-            lease.data = provider.create(lease_id, profile)
+            lease.data = provider.create(lease.id, profile)
         except Exception:
             with self._cond:
-                self._leases.pop(lease_id, None)
+                self._leases.pop(lease.id, None)
                 self._cond.notify_all()
             raise
         with self._cond:
             self.table.insert(lease)
-        log.info("lease %s: %s for bot %s session %s (%s)", lease_id, profile.mode, bot, session, name)
+        log.info("lease %s: %s for bot %s session %s (%s)", lease.id, profile.mode, bot, session, name)
         return lease, True
+
+    def _placeholder(self, bot: str, session: str, name: str, profile: SandboxProfile, busy: int) -> Lease:
+        """A new lease that holds its slot while the sandbox is made (call with the lock held)."""
+        lease_id = new_lease_id(self.cfg.bot(bot).group)
+        now = time.time()
+        lease = Lease(
+            id=lease_id,
+            bot=bot,
+            session=session,
+            profile_name=name,
+            profile=profile,
+            provider_key=provider_key(profile),
+            data={},
+            created_at=now,
+            last_used=now,
+            busy=busy,
+        )
+        self._leases[lease_id] = lease
+        return lease
 
     # ------------------------------------------------------------------ destroy and reap
 
@@ -291,6 +388,11 @@ class LeaseManager:
             if lease.gone:
                 return
             lease.gone = True
+        self._finish_destroy(lease, reason)
+
+    def _finish_destroy(self, lease: Lease, reason: str) -> None:
+        """Destroy the sandbox of a lease already marked gone; drop its row."""
+        with self._cond:
             provider = self._lease_provider(lease)
         try:
             provider.destroy(lease.id, lease.data)
@@ -413,3 +515,8 @@ class LeaseManager:
         leases = self.table.load()
         with self._cond:
             self._leases.update((lease.id, lease) for lease in leases)
+
+
+def _check_command(command: Any) -> None:
+    if not isinstance(command, str) or not command.strip():
+        raise BadLeaseRequest("command must be a non-empty string")

@@ -1,8 +1,9 @@
 """Snapshots of each bot's Hermes home: capture, pack, store, restore.
 
 Modules, one concept each: :mod:`.stores` (where objects live),
-:mod:`.capture` (a consistent copy of a live home and its digest),
-:mod:`.pack` (squashfs), :mod:`.crypto` (optional client-side AEAD),
+:mod:`.capture` (what a snapshot holds of a live home, and its digest) with
+:mod:`.hashcache` (hashes and database copies kept between snapshots),
+:mod:`.pack` (squashfs straight from the home), :mod:`.crypto` (optional client-side AEAD),
 :mod:`.manifest` (what the store says about a snapshot), :mod:`.retention`
 (which to keep), :mod:`.catalog` (reading the store: `latest`, listings,
 pruning), :mod:`.pipeline` (one snapshot, start to end), :mod:`.restore`

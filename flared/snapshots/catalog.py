@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flared.config.models import SnapshotsConfig
-from flared.snapshots.manifest import Latest, Manifest, blob_key, latest_key, manifest_key, snapshots_prefix
+from flared.snapshots.manifest import (
+    Latest,
+    Manifest,
+    blob_key,
+    latest_key,
+    manifest_key,
+    snapshots_prefix,
+    valid_id,
+)
 from flared.snapshots.retention import ORPHAN_GRACE_S, Listed, plan_deletions
 from flared.snapshots.stores import NotFound, Store, StoreError
 
@@ -26,6 +34,17 @@ class Fence:
     snapshot_id: str | None = None
 
 
+class DamagedPointer(StoreError):
+    """`latest.json` is there but unreadable: nobody may guess which snapshot it meant."""
+
+    def __init__(self, bot: str, etag: str, detail: str) -> None:
+        super().__init__(
+            f"{latest_key(bot)} is damaged ({detail}): `flared snapshots --bot {bot}` lists the "
+            f"snapshots; `flared restore --bot {bot} --id ID` restores one and repairs the pointer"
+        )
+        self.etag = etag
+
+
 def read_latest(store: Store, bot: str) -> tuple[Latest | None, str | None]:
     """The pointer and its ETag; (None, None) when the store holds nothing for the bot."""
     try:
@@ -35,12 +54,26 @@ def read_latest(store: Store, bot: str) -> tuple[Latest | None, str | None]:
     try:
         return Latest.from_bytes(data), etag
     except (ValueError, TypeError) as exc:
-        raise StoreError(f"{latest_key(bot)} is not a valid pointer: {exc}") from None
+        raise DamagedPointer(bot, etag, str(exc)[:120]) from None
+
+
+def read_latest_or_damaged(store: Store, bot: str) -> tuple[Latest | None, str | None, DamagedPointer | None]:
+    """Like :func:`read_latest`, but a damaged pointer is returned, not raised (listing, repair)."""
+    try:
+        latest, etag = read_latest(store, bot)
+    except DamagedPointer as exc:
+        return None, exc.etag, exc
+    return latest, etag, None
 
 
 def encryption_key(policy: SnapshotsConfig) -> str | None:
     key = policy.encryption.key
     return key.get_secret_value() if key is not None else None
+
+
+def read_manifest(store: Store, bot: str, snapshot_id: str) -> Manifest:
+    """A snapshot's manifest (NotFound, StoreError; ValueError when it is not a manifest)."""
+    return Manifest.from_bytes(store.get_bytes(manifest_key(bot, snapshot_id))[0])
 
 
 def list_ids(store: Store, bot: str) -> list[Listed]:
@@ -49,7 +82,7 @@ def list_ids(store: Store, bot: str) -> list[Listed]:
     for obj in store.list(prefix):
         name = obj.key[len(prefix) :]
         sid, dot, ext = name.rpartition(".")
-        if not dot or ext not in {"sqsh", "json"} or "/" in sid:
+        if not dot or ext not in {"sqsh", "json"} or not valid_id(sid):
             continue
         g = groups.setdefault(sid, {"blob": False, "manifest": False, "modified": 0.0, "size": 0})
         g["blob" if ext == "sqsh" else "manifest"] = True
@@ -60,8 +93,9 @@ def list_ids(store: Store, bot: str) -> list[Listed]:
 
 
 def list_snapshots(store: Store, bot: str) -> list[dict[str, Any]]:
-    """Complete snapshots, newest first, with what their manifests say."""
-    latest, _ = read_latest(store, bot)
+    """Complete snapshots, newest first, with what their manifests say (from the listing: a
+    damaged `latest.json` marks none of them latest, see :func:`pointer_problem`)."""
+    latest, _, _ = read_latest_or_damaged(store, bot)
     out = []
     for item in sorted(list_ids(store, bot), key=lambda x: x.id, reverse=True):
         if not (item.has_blob and item.has_manifest):
@@ -90,6 +124,19 @@ def list_snapshots(store: Store, bot: str) -> list[dict[str, Any]]:
     return out
 
 
+def pointer_problem(store: Store, bot: str) -> str | None:
+    """What is wrong with the bot's `latest.json`, if anything (for listings)."""
+    latest, _, damaged = read_latest_or_damaged(store, bot)
+    if damaged is not None:
+        return str(damaged)
+    if latest is not None and not valid_id(latest.id):
+        return (
+            f"{latest_key(bot)} names {latest.id[:80]!r}, which is not a snapshot id: a restore falls "
+            f"back to the newest snapshot listed; `flared restore --bot {bot} --id ID` repairs it"
+        )
+    return None
+
+
 def prune(
     store: Store,
     bot: str,
@@ -101,6 +148,8 @@ def prune(
 ) -> dict[str, list[str]]:
     latest, _ = read_latest(store, bot)
     listing = list_ids(store, bot)
+    if latest is not None and not valid_id(latest.id):
+        return {"expired": [], "orphans": []}  # nothing is known to be newest: delete nothing
     plan = plan_deletions(
         listing,
         latest_id=latest.id if latest else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -19,13 +20,35 @@ from typing import Any
 
 FORMAT = 1
 
+#: The one shape of a snapshot id, checked wherever an id comes from outside (a user, a
+#: pointer, a listing) before it names an object: `20261124T055012Z-3f9a1c`.
+ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+
+
+class InvalidSnapshotId(ValueError):
+    """Not a snapshot id: never turned into a key (no `../`, no other bot's objects)."""
+
+
+def valid_id(snapshot_id: object) -> bool:
+    return isinstance(snapshot_id, str) and ID_PATTERN.fullmatch(snapshot_id) is not None
+
+
+def check_id(snapshot_id: object) -> str:
+    if not valid_id(snapshot_id):
+        raise InvalidSnapshotId(
+            f"{str(snapshot_id)[:80]!r} is not a snapshot id (ids look like 20261124T055012Z-3f9a1c; "
+            "`flared snapshots` lists them)"
+        )
+    assert isinstance(snapshot_id, str)
+    return snapshot_id
+
 
 def blob_key(bot: str, snapshot_id: str) -> str:
-    return f"{bot}/snapshots/{snapshot_id}.sqsh"
+    return f"{bot}/snapshots/{check_id(snapshot_id)}.sqsh"
 
 
 def manifest_key(bot: str, snapshot_id: str) -> str:
-    return f"{bot}/snapshots/{snapshot_id}.json"
+    return f"{bot}/snapshots/{check_id(snapshot_id)}.json"
 
 
 def latest_key(bot: str) -> str:
@@ -50,10 +73,20 @@ def host() -> str:
     return socket.gethostname()
 
 
-def _load(cls: Any, data: bytes) -> Any:
+def _load(cls: Any, data: bytes, types: dict[str, type | tuple[type, ...]]) -> Any:
+    """A dataclass from JSON; ValueError when it is not an object or a field has the wrong type."""
     raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    for name, want in types.items():
+        value = raw.get(name)
+        if name in raw and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise ValueError(f"field {name!r} has the wrong type")
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
+    try:
+        return cls(**{k: v for k, v in raw.items() if k in names})
+    except TypeError as exc:
+        raise ValueError(f"missing fields ({exc})") from None
 
 
 @dataclass
@@ -81,7 +114,16 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        result: Manifest = _load(cls, data)
+        types: dict[str, type | tuple[type, ...]] = {
+            "id": str,
+            "bot": str,
+            "content_digest": str,
+            "file_count": int,
+            "raw_size": int,
+            "packed_size": int,
+            "blob_sha256": str,
+        }
+        result: Manifest = _load(cls, data, types)
         return result
 
 
@@ -101,5 +143,12 @@ class Latest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Latest:
-        result: Latest = _load(cls, data)
+        """The pointer; its `id` may still be invalid (checked where it names an object)."""
+        types: dict[str, type | tuple[type, ...]] = {
+            "bot": str,
+            "id": str,
+            "generation": int,
+            "content_digest": str,
+        }
+        result: Latest = _load(cls, data, types)
         return result

@@ -1,14 +1,18 @@
 """One snapshot of one bot, start to end; no threads, no timers.
 
-Order of writes: blob, verify, manifest, then `latest` by a conditional
-write. A crash at any point leaves `latest` pointing at a complete, verified
-snapshot; what was uploaded before the crash is an orphan that
+Steps: walk (stat only; an unchanged fingerprint stops here), hash (cached
+per file; an unchanged digest stops here), pack straight from the home,
+upload, verify, manifest, then `latest` by a conditional write. A crash at
+any point leaves `latest` pointing at a complete, verified snapshot; what was
+uploaded before the crash is an orphan that
 :func:`flared.snapshots.catalog.prune` removes later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shutil
 import time
 import uuid
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from flared import __version__
@@ -23,6 +28,7 @@ from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
 from flared.snapshots import crypto, pack
 from flared.snapshots.catalog import Fence, encryption_key, read_latest
+from flared.snapshots.hashcache import HashCache
 from flared.snapshots.manifest import (
     Latest,
     Manifest,
@@ -62,6 +68,9 @@ class SnapshotResult:
     fence: Fence | None = None
     fingerprint: str | None = None
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step: where the time went
+    left_out: list[dict[str, str]] = field(default_factory=list)  # beyond the rules: path and why
+    hashed_bytes: int = 0  # file contents read to hash them (0: every hash came from the cache)
+    copied: list[str] = field(default_factory=list)  # databases backed up this time (not reused)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -82,6 +91,7 @@ class SnapshotJob:
     progress: Progress | None = None
     on_in_flight: Callable[[str], None] = lambda _id: None
     force: bool = False  # skip the stat fast path
+    cache: Path | None = None  # where content hashes and database copies are kept between runs
 
 
 def clean_work(work: Path) -> None:
@@ -96,6 +106,41 @@ def take_snapshot(job: SnapshotJob) -> SnapshotResult:
     result = _take(job)
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def announce(progress: object, name: str, total: int | None = None) -> None:
+    """Tell a progress callback that takes named steps (the control API's board) what begins."""
+    step = getattr(progress, "step", None)
+    if callable(step):
+        step(name, total)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in words a user acts on: what, where, and for a full disk what to do."""
+    where = f": {exc.filename}" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}"
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+        text += " (free some space there; nothing was changed)"
+    return text
+
+
+#: Walk, hash and pack again this often when files move under mksquashfs' feet.
+PACK_ATTEMPTS = 3
+
+
+def _moved(captured: cap.Captured) -> str | None:
+    """A file mksquashfs read from the home that is no longer the file the walk hashed."""
+    home = str(captured.home)
+    for e in captured.entries:
+        if e.kind != "f" or not e.source.startswith(home):
+            continue
+        try:
+            st = os.lstat(e.source)
+        except FileNotFoundError:
+            return e.rel
+        if not S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (e.st.st_dev, e.st.st_ino):
+            return e.rel
+    return None
 
 
 def _take(job: SnapshotJob) -> SnapshotResult:
@@ -118,34 +163,68 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             "--takeover` claims the bot",
         )
     key = encryption_key(job.policy)
-    patterns = cap.exclusions(job.policy.exclude, encrypted=key is not None)
+    rules = cap.rules(job.policy.exclude, encrypted=key is not None)
     if not job.home.is_dir():
         return SnapshotResult("skipped", bot, reason="the bot has no Hermes home yet")
-    fp = cap.fingerprint(job.home, patterns)
-    if not job.force and latest is not None and fp is not None and fp == job.fingerprint:
-        return SnapshotResult("unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp)
-
-    clean_work(job.work)
-    sid = new_id()
     steps: dict[str, float] = {}
     mark = time.monotonic()
 
     def step(name: str) -> None:
         nonlocal mark
         now = time.monotonic()
-        steps[name] = round(now - mark, 3)
+        steps[name] = round(steps.get(name, 0.0) + now - mark, 3)
         mark = now
 
+    skip = _inside_home(job.home, job.work, job.cache)
     try:
-        captured = cap.capture(job.home, job.work / f"capture-{sid}", patterns)
-        step("capture")
-        if latest is not None and latest.content_digest == captured.digest:
+        walked = cap.walk(job.home, rules, skip=skip)
+        fp = walked.fingerprint()
+        step("walk")
+        if not job.force and latest is not None and fp is not None and fp == job.fingerprint:
             return SnapshotResult(
                 "unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp, steps=steps
             )
+        clean_work(job.work)
+        cache = HashCache(job.cache, job.work)
+        captured = cap.capture(walked, cache)
+        step("hash")
+        left_out = [{"path": p, "why": w} for p, w in captured.left_out]
+        if latest is not None and latest.content_digest == captured.digest:
+            return SnapshotResult(
+                "unchanged",
+                bot,
+                id=latest.id,
+                fence=job.fence,
+                fingerprint=fp,
+                steps=steps,
+                left_out=left_out,
+                hashed_bytes=captured.hashed_bytes,
+                copied=captured.backed_up,
+            )
+        sid = new_id()
         blob = job.work / f"{sid}.sqsh"
-        pack.pack(captured.root, blob, job.policy.compression)
-        shutil.rmtree(captured.root, ignore_errors=True)
+        announce(job.progress, "packing")
+        for attempt in range(1, PACK_ATTEMPTS + 1):
+            try:
+                pack.pack(captured, blob, job.policy.compression, scratch=job.work)
+                moved = _moved(captured)
+            except pack.PackError as exc:
+                if not exc.vanished or attempt == PACK_ATTEMPTS:
+                    raise
+                moved = "a file"
+            if moved is None:
+                break
+            if attempt == PACK_ATTEMPTS:
+                return SnapshotResult(
+                    "failed",
+                    bot,
+                    reason=f"{moved} kept changing while it was packed; the next snapshot tries again",
+                )
+            step("pack")
+            walked = cap.walk(job.home, rules, skip=skip)
+            fp = walked.fingerprint()
+            captured = cap.capture(walked, cache)
+            step("hash")
         step("pack")
         if key is not None:
             sealed = job.work / f"{sid}.sqsh.enc"
@@ -154,9 +233,16 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             blob = sealed
         size = blob.stat().st_size
         sha = file_sha256(blob)
+        step("checksum")
         job.on_in_flight(sid)
+        announce(job.progress, "uploading", size)
         info = store.put_file(
-            blob_key(bot, sid), blob, sha256=sha, metadata={"bot": bot, "id": sid}, progress=job.progress
+            blob_key(bot, sid),
+            blob,
+            sha256=sha,
+            metadata={"bot": bot, "id": sid},
+            progress=job.progress,
+            consume=True,
         )
         step("upload")
         if info.size != size or (info.sha256 is not None and info.sha256 != sha):
@@ -211,9 +297,26 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             file_count=captured.files,
             fence=Fence(new_etag, generation, sid),
             fingerprint=fp,
+            left_out=left_out,
+            hashed_bytes=captured.hashed_bytes,
+            copied=captured.backed_up,
         )
-    except (StoreError, pack.PackError, OSError) as exc:
-        reason = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}"
-        return SnapshotResult("failed", bot, reason=reason)
+    except StoreError as exc:
+        return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
+    except pack.PackError as exc:
+        return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
+    except OSError as exc:
+        return SnapshotResult("failed", bot, reason=describe_os_error(exc), steps=steps)
     finally:
         shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _inside_home(home: Path, *dirs: Path | None) -> list[str]:
+    """Scratch dirs that live inside the home (never snapshot them into themselves)."""
+    out = []
+    for d in dirs:
+        if d is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            out.append(d.resolve().relative_to(home.resolve()).as_posix())
+    return out

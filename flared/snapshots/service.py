@@ -34,11 +34,12 @@ from typing import Any, Protocol
 from flared.config.loader import LoadedConfig
 from flared.config.models import SnapshotsConfig
 from flared.hermes.paths import BotPaths
+from flared.snapshots import capture as cap
 from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
-from flared.snapshots.catalog import Fence
-from flared.snapshots.manifest import now_iso
+from flared.snapshots.catalog import DamagedPointer, Fence
+from flared.snapshots.manifest import now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
@@ -80,6 +81,43 @@ class SnapshotService:
 
     def _work(self, bot: str) -> Path:
         return self.dir / "work" / bot
+
+    def _cache(self, bot: str) -> Path:
+        """Content hashes and database copies kept between this bot's snapshots."""
+        return self.dir / "cache" / bot
+
+    def _rules(self) -> cap.Rules:
+        return cap.rules(self.policy.exclude, encrypted=catalog.encryption_key(self.policy) is not None)
+
+    def _saved_as(self, bot: str, known: dict[str, str], fence: Fence | None) -> restoring.SavedAs:
+        """How a restore learns whether the home it moves aside is held by a snapshot: the
+        fingerprint recorded with the fence still current, else the content digest."""
+        st = self.state(bot)
+        recorded = (st.fence, st.fingerprint)
+        if st.fingerprint is None:
+            persisted, fingerprint, _ = self._persisted_fence(bot)
+            recorded = (persisted, fingerprint)
+        shortcut = None
+        if (
+            fence is not None
+            and recorded[0] is not None
+            and recorded[1] is not None
+            and recorded[0].etag == fence.etag
+            and recorded[0].snapshot_id
+        ):
+            shortcut = (recorded[1], recorded[0].snapshot_id)
+        return lambda home: restoring.home_saved_as(
+            home, self._rules(), self._cache(bot), known, self._work(bot) / "digest", shortcut
+        )
+
+    def _after_restore(self, st: BotState, res: restoring.RestoreResult) -> None:
+        """The restored home is the snapshot: record its fingerprint, so an idle bot stays idle
+        (when it is the latest and nothing was refused); old homes are deleted in the background."""
+        st.fingerprint = None
+        if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
+            with contextlib.suppress(OSError):
+                st.fingerprint = cap.walk(self.home(st.name), self._rules()).fingerprint()
+        restoring.empty_trash(self.home(st.name))
 
     def state(self, bot: str) -> BotState:
         with self._guard:
@@ -161,6 +199,11 @@ class SnapshotService:
                     )
                 if done:
                     return
+            except DamagedPointer as exc:
+                st.gate = str(exc)
+                if not adopt:
+                    st.phase = "restore failed"
+                log.error("bot %s: %s; retrying in %.0f s", st.name, exc, delay)
             except StoreUnreachable as exc:
                 st.gate = f"waiting for store: {exc}"
                 if not adopt:
@@ -234,6 +277,7 @@ class SnapshotService:
                 fence.generation if fence else 0,
             )
         else:
+            known = {latest.content_digest: latest.id} if latest is not None and valid_id(latest.id) else {}
             res = restoring.restore(
                 self.store,
                 st.name,
@@ -241,6 +285,7 @@ class SnapshotService:
                 self._work(st.name),
                 key=catalog.encryption_key(self.policy),
                 on_reading=lambda sid: setattr(st, "reading", sid),
+                saved_as=self._saved_as(st.name, known, Fence(etag)),
             )
             st.restore = res.as_dict()
             if res.result == "failed":
@@ -253,7 +298,8 @@ class SnapshotService:
                 log.info("bot %s: the store holds no snapshot: starting fresh", st.name)
             else:
                 log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
-            st.fence, st.fingerprint, st.fenced = res.fence, None, None
+            st.fence, st.fenced = res.fence, None
+            self._after_restore(st, res)
         st.phase, st.gate = "ready", None
         st.last_attempt = time.time()
         self._save(st)
@@ -309,8 +355,15 @@ class SnapshotService:
             fingerprint=st.fingerprint,
             progress=progress,
             on_in_flight=in_flight,
+            cache=self._cache(st.name),
         )
-        res = pipeline.take_snapshot(job)
+        try:
+            res = pipeline.take_snapshot(job)
+        except Exception as exc:  # a bug: say so in the result and the status, keep the details in the log
+            log.exception("bot %s: snapshot failed unexpectedly", st.name)
+            res = SnapshotResult(
+                "failed", st.name, reason=f"unexpected {type(exc).__name__}; see the flared log"
+            )
         out = res.as_dict()
         out["trigger"] = reason
         st.last = out
@@ -377,20 +430,28 @@ class SnapshotService:
     def list(self, bot: str) -> list[dict[str, Any]]:
         return catalog.list_snapshots(self.store, bot)
 
+    def pointer_problem(self, bot: str) -> str | None:
+        """What is wrong with the bot's latest.json, if anything (said beside a listing)."""
+        return catalog.pointer_problem(self.store, bot)
+
     # ------------------------------------------------------------------ on-demand restore
 
     def restore(
         self, bot: str, snapshot_id: str | None = None, *, progress: Progress | None = None
     ) -> dict[str, Any]:
-        """Stop the bot's gateway, restore, start it again (the old home kept as home.previous)."""
+        """Restore a bot: unpack and check the snapshot while its gateway still runs, then stop
+        the gateway only for the swap and start it again (the old home kept as home.previous).
+
+        A bad id, an empty store or a snapshot that cannot be restored never stops the gateway.
+        """
         st = self.state(bot)
-        if self.gateways is not None:
-            self.gateways.stop(bot)
-        try:
-            with self._exclusive(st):
-                st.phase = "restoring"
+        with self._exclusive(st):
+            phase = st.phase
+            st.phase = "restoring"
+            stopped = False
+            try:
                 try:
-                    res = restoring.restore(
+                    prepared = restoring.prepare(
                         self.store,
                         bot,
                         self.home(bot),
@@ -401,24 +462,60 @@ class SnapshotService:
                         on_reading=lambda sid: setattr(st, "reading", sid),
                     )
                 except StoreUnreachable as exc:
-                    st.phase = "ready" if st.fence is not None else "waiting for store"
                     return {"result": "failed", "bot": bot, "error": str(exc)}
+                if isinstance(prepared, restoring.RestoreResult):
+                    out = prepared.as_dict()
+                    if prepared.result == "empty":
+                        out = {
+                            "result": "failed",
+                            "bot": bot,
+                            "error": f"the store holds no snapshot of {bot}",
+                        }
+                    return out
+                known = {prepared.manifest.content_digest: prepared.id}
+                latest_id = prepared.fence.snapshot_id
+                if latest_id and latest_id != prepared.id and valid_id(latest_id):
+                    with contextlib.suppress(StoreError, ValueError):
+                        known.setdefault(
+                            catalog.read_manifest(self.store, bot, latest_id).content_digest, latest_id
+                        )
+                mark = time.monotonic()
+                if self.gateways is not None:
+                    self.gateways.stop(bot)
+                    stopped = True
+                prepared.steps["stop"] = round(time.monotonic() - mark, 3)
+                try:
+                    res = restoring.commit(
+                        prepared,
+                        self.home(bot),
+                        saved_as=self._saved_as(bot, known, prepared.fence),
+                        store=self.store,
+                    )
+                except OSError as exc:
+                    restoring.discard(prepared.staging)
+                    return {
+                        "result": "failed",
+                        "bot": bot,
+                        "local": True,
+                        "error": f"restore stopped, the home is as it was: {pipeline.describe_os_error(exc)}",
+                    }
                 out = res.as_dict()
-                if res.result == "restored":
-                    st.fence, st.fenced, st.fingerprint, st.gate = res.fence, None, None, None
-                    st.restore = out
-                    # An older snapshot becomes the new latest with the next snapshot.
-                    st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
-                elif res.result == "empty":
-                    out = {"result": "failed", "bot": bot, "error": f"the store holds no snapshot of {bot}"}
-                st.phase = "ready" if st.fence is not None else "restore failed"
+                st.fence, st.fenced, st.gate = res.fence, None, None
+                self._after_restore(st, res)
+                st.restore = out
+                # An older snapshot becomes the new latest with the next snapshot.
+                st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
                 self._save(st)
                 return out
-        finally:
-            if st.fence is not None:
-                self._ready(st)
-            if self.gateways is not None:
-                self.gateways.start(bot)
+            finally:
+                st.phase = "ready" if st.fence is not None else phase
+                if st.fence is not None:
+                    self._ready(st)
+                if stopped and self.gateways is not None:
+                    mark = time.monotonic()
+                    self.gateways.start(bot)
+                    if st.restore is not None and st.restore.get("steps") is not None:
+                        st.restore["steps"]["start"] = round(time.monotonic() - mark, 3)
 
     # ------------------------------------------------------------------ triggers
 

@@ -4,6 +4,8 @@
 # (tini -> supervisord). When started as root with FLARE_RUN_AS set (the
 # image sets `hermes`), it hands the config and state dirs to that user and
 # drops to it for good before the exec, so nothing keeps running as root.
+# Its environment (the secrets) is handed to flared in a 0600 file, and the
+# command starts from a base environment without them.
 # Paths come from the environment so tests can run this outside a container.
 set -eu
 
@@ -49,7 +51,23 @@ if [ -n "$run_as" ]; then
   fi
   home=$(getent passwd "$run_as" | cut -d: -f6)
   export HOME="${home:-$state}" USER="$run_as" LOGNAME="$run_as"
-  exec setpriv --reuid="$run_as" --regid="$run_as" --init-groups --inh-caps=-all --no-new-privs -- "$@"
+  set -- setpriv --reuid="$run_as" --regid="$run_as" --init-groups --inh-caps=-all --no-new-privs -- "$@"
 fi
 
-exec "$@"
+# The secrets (everything this container was started with) reach flared through
+# a 0600 file; tini, supervisord and every program it starts (the gateways) get
+# only the variables below, never a token or key (flared/config/handoff.py).
+handoff="$state/supervisor/flared.env"
+(umask 077 && env -0 > "$handoff.tmp") && mv -f "$handoff.tmp" "$handoff"
+[ -z "$run_as" ] || chown "$run_as:" "$handoff"
+for name in PATH HOME USER LOGNAME SHELL LANG LANGUAGE LC_ALL LC_CTYPE LC_MESSAGES TZ TMPDIR TERM \
+  XDG_RUNTIME_DIR SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE HTTP_PROXY HTTPS_PROXY NO_PROXY \
+  http_proxy https_proxy no_proxy PYTHONPATH PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE VIRTUAL_ENV \
+  HERMES_FLARE_CONFIG FLARE_STATE_DIR; do
+  eval "isset=\${$name+x}"
+  if [ -n "$isset" ]; then
+    eval "value=\$$name"
+    set -- "$name=$value" "$@"
+  fi
+done
+exec env -i "$@"

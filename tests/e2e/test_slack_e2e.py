@@ -84,17 +84,48 @@ def test_4_two_bots_are_routed_and_kept_apart(world: World) -> None:
         assert {s["id"] for s in a}.isdisjoint({s["id"] for s in b})
 
 
-def test_5_disallowed_user_gets_no_agent_turn(world: World) -> None:
+def test_5_disallowed_user_gets_nothing_at_all(world: World) -> None:
+    """A stranger gets no agent turn, no reply, and sees no sign of work (issue 13 item 10):
+    no 👀/✅ reaction, no "is thinking…" status, no assistant thread title, no suggested prompts."""
     app = world.apps["alpha"]
+    dm = world.slack.dm_channel(app, world.mallory)
     before = len(world.llm.requests)
-    world.slack.dm(app, world.mallory, "mallory-wants-in")  # acked, like any event
+    calls_before = len(world.slack.calls)
+    top = world.slack.dm(app, world.mallory, "mallory-wants-in")  # acked, like any event
+    world.slack.dm(app, world.mallory, "mallory-in-a-thread", thread_ts=top.payload["event"]["ts"])
+    world.slack.send_event(
+        app,
+        {
+            "type": "assistant_thread_started",
+            "assistant_thread": {
+                "user_id": world.mallory.id,
+                "channel_id": dm,
+                "thread_ts": world.slack.next_ts(),
+            },
+            "event_ts": world.slack.next_ts(),
+        },
+    )
+    slash = world.slack.slash_command(app, world.mallory, "/hermes", "mallory-slash")
+    assert not (slash.ack_payload or {}).get("text"), slash.ack_payload  # not "Running `/hermes`…"
     # A later allowed message is answered: the gateway was up and had read mallory's first.
     world.ask(
         "alpha", "alice-after-mallory", llm.text("hi alice", when=for_bot("alpha")), contains="hi alice"
     )
-    assert not any("mallory-wants-in" in r.text for r in world.llm.requests[before:])
-    assert world.slack.posts_for(app, world.slack.dm_channel(app, world.mallory)) == []
-    assert not any("mallory-wants-in" in c for _, c in messages(world.home("alpha")))
+    time.sleep(3)  # what Hermes would do for mallory runs in the background: give it time to show
+    said = ("mallory-wants-in", "mallory-in-a-thread", "mallory-slash")
+    assert not any(m in r.text for r in world.llm.requests[before:] for m in said)
+    assert world.slack.posts_for(app, dm) == []
+    assert not any(m in c for _, c in messages(world.home("alpha")) for m in said)
+    seen = [
+        (c.method, c.args)
+        for c in world.slack.calls[calls_before:]
+        if c.app == app.name and dm in (str(c.args.get("channel")), str(c.args.get("channel_id")))
+    ]
+    assert seen == [], f"the stranger's DM saw API calls: {seen}"
+    # The same signs do show for alice, so the check above is not vacuous.
+    alice_dm = world.slack.dm_channel(app, world.alice)
+    shown = {c.method for c in world.slack.calls[calls_before:] if alice_dm in str(c.args)}
+    assert "reactions.add" in shown, shown
 
 
 def test_6_socket_drop_is_survived(world: World) -> None:

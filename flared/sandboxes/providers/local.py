@@ -11,8 +11,11 @@ are simply not there. Installs that live under ``/usr`` (a system-wide
 hermes-agent, flared itself) are hidden behind an empty read-only tmpfs.
 
 Every command is a fresh ``bwrap`` with all namespaces unshared (network too
-unless ``network: true``), a cleared environment, ``--die-with-parent`` and
-a new session; memory, CPU time and process count are rlimits. The wall-clock
+unless ``network: true``), ``--die-with-parent`` and a new session. No
+process of the sandbox inherits anything of flared's environment: bwrap
+itself is started with an empty one (its init stays PID 1 inside, and
+``/proc/1/environ`` is readable there), and the command gets only what
+:func:`sandbox_env` builds from the profile and the request; memory, CPU time and process count are rlimits. The wall-clock
 timeout kills bwrap, which takes the sandbox's whole PID namespace with it.
 """
 
@@ -42,6 +45,7 @@ from flared.sandboxes.types import (
     cap_output,
 )
 
+KILLED_EXIT = 137  # 128 + SIGKILL
 SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000  # the uid commands see inside
 UID_BASE = 200_000  # host uids for leases when flared runs as root
@@ -61,6 +65,8 @@ ETC_FILES = (
     "/etc/os-release",
 )
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/gai.conf")
+#: The whole environment of bwrap itself (its init is PID 1 inside, whose environ the sandbox reads).
+BWRAP_ENV: dict[str, str] = {}
 # For a cwd other than the workdir: cd into it (creating it), then run the command as `bash -c` would.
 WRAPPER = '[ -d "$0" ] || mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; exec /bin/bash -c "$1"'
 
@@ -128,6 +134,7 @@ class LocalProvider:
         self.hidden = sorted({*default_hidden(), *(Path(p) for p in hidden)})
         self._lock = threading.Lock()
         self._running: dict[str, set[subprocess.Popen[bytes]]] = {}
+        self._killed: set[subprocess.Popen[bytes]] = set()  # running commands whose lease was destroyed
         self._etc = self.root / "etc"
         self._write_etc()
         process.become_subreaper()
@@ -188,8 +195,12 @@ class LocalProvider:
         return {"uid": uid}
 
     def destroy(self, lease_id: str, data: dict[str, Any]) -> None:
+        # The killed commands stay in _running until their exec has reaped them: were they
+        # taken off first, reap_orphans could reap the dead bwrap, and Popen.wait() would then
+        # get ECHILD, which Python reports as exit status 0 (a killed command "succeeding").
         with self._lock:
-            procs = list(self._running.pop(lease_id, ()))
+            procs = list(self._running.get(lease_id, ()))
+            self._killed.update(procs)
         for proc in procs:
             process.kill_tree(proc)
         base = self.lease_dir(lease_id)
@@ -289,6 +300,9 @@ class LocalProvider:
                     start_new_session=True,
                     pass_fds=(args_fd,),
                     preexec_fn=process.limits(profile, uid if self.as_root else None),
+                    # bwrap's own environment stays in /proc/1/environ, readable inside the
+                    # sandbox (--clearenv only clears the command's): it gets none of flared's.
+                    env=BWRAP_ENV,
                 )
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc}") from exc
@@ -299,16 +313,25 @@ class LocalProvider:
             out, err, timed_out = process.collect(proc, req.stdin, req.timeout, req.output_limit)
         finally:
             with self._lock:
-                self._running.get(lease_id, set()).discard(proc)
+                running = self._running.get(lease_id, set())
+                running.discard(proc)
+                if not running:
+                    self._running.pop(lease_id, None)
+                destroyed = proc in self._killed
+                self._killed.discard(proc)
         code = proc.returncode
         if timed_out:
             code = TIMEOUT_EXIT
         elif code < 0:
             code = 128 - code
+        elif destroyed and code == 0:
+            code = KILLED_EXIT  # never report a killed command as a success
         stdout, t1 = cap_output(*out)
         stderr, t2 = cap_output(*err)
         if timed_out:
             stderr += f"\n[flare: command timed out after {req.timeout:g}s and was killed]\n"
+        elif destroyed:
+            stderr += "\n[flare: the sandbox was destroyed while the command ran (lease expired or released); the command was killed]\n"
         return ExecResult(
             exit_code=code,
             stdout=stdout,

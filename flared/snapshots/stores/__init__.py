@@ -53,9 +53,19 @@ class Store(Protocol):
     description: str
 
     def put_file(
-        self, key: str, path: Path, *, sha256: str, metadata: dict[str, str], progress: Progress | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        metadata: dict[str, str],
+        progress: Progress | None = None,
+        consume: bool = False,
     ) -> ObjectInfo:
-        """Upload a file; return what the store reports about it afterwards (size, checksum)."""
+        """Upload a file; return what the store reports about it afterwards (size, checksum).
+
+        With `consume` the caller is done with `path`: a store on the same filesystem
+        may move the file into place instead of copying it."""
         ...
 
     def get_file(
@@ -77,6 +87,11 @@ class Store(Protocol):
         ...
 
     def head(self, key: str) -> ObjectInfo: ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The object's own file when the store is a directory on this machine (to read in
+        place, never to write); None for a remote store."""
+        ...
 
     def list(self, prefix: str) -> list[ObjectInfo]: ...
 

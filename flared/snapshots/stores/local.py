@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from flared.snapshots.stores import NotFound, ObjectInfo, PreconditionFailed, Progress, StoreUnreachable
+from flared.snapshots.stores import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    Progress,
+    StoreError,
+    StoreUnreachable,
+)
 
 CHUNK = 1024 * 1024
 WriteFn = Callable[[BinaryIO], object]
@@ -90,10 +97,22 @@ class LocalStore:
     # ------------------------------------------------------------------ protocol
 
     def put_file(
-        self, key: str, path: Path, *, sha256: str, metadata: dict[str, str], progress: Progress | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        metadata: dict[str, str],
+        progress: Progress | None = None,
+        consume: bool = False,
     ) -> ObjectInfo:
         self._ensure_root()
         target = self._path(key)
+        if consume and self._move_into_place(path, target):
+            if progress:
+                progress(target.stat().st_size)
+            # The very file the caller hashed, renamed: its bytes cannot differ.
+            return self._info(key, target, sha256=sha256)
 
         def copy(f: BinaryIO) -> None:
             with path.open("rb") as src:
@@ -106,19 +125,55 @@ class LocalStore:
         # Report what is stored, re-read from disk: the caller compares it with what it sent.
         return self._info(key, target, sha256=file_sha256(target))
 
+    def _move_into_place(self, path: Path, target: Path) -> bool:
+        """Rename a finished file into the store (same filesystem only), durably."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path.stat().st_dev != target.parent.stat().st_dev:
+                return False
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(path, target)
+        except OSError:
+            return False
+        dfd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return True
+
     def get_file(
         self, key: str, dest: Path, *, size: int | None = None, progress: Progress | None = None
     ) -> ObjectInfo:
+        """Copy an object out, hashing on the way. Failing to read the object is the store's
+        error (StoreError); failing to write `dest` is the caller's machine (OSError as is)."""
         src = self._path(key)
         info = self._info(key, src)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
-        with src.open("rb") as s, dest.open("wb") as d:
-            while chunk := s.read(CHUNK):
-                d.write(chunk)
-                h.update(chunk)
-                if progress:
-                    progress(len(chunk))
+        try:
+            s = src.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{key}: no such object") from None
+        except OSError as exc:
+            raise StoreError(f"{key}: cannot read it: {exc.strerror}") from None
+        with s:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with dest.open("wb") as d:
+                while True:
+                    try:
+                        chunk = s.read(CHUNK)
+                    except OSError as exc:
+                        raise StoreError(f"{key}: cannot read it: {exc.strerror}") from None
+                    if not chunk:
+                        break
+                    d.write(chunk)
+                    h.update(chunk)
+                    if progress:
+                        progress(len(chunk))
         return dataclasses.replace(info, sha256=h.hexdigest())
 
     def get_bytes(self, key: str) -> tuple[bytes, str]:
@@ -149,6 +204,9 @@ class LocalStore:
 
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._path(key))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

@@ -43,8 +43,40 @@ _UNREACHABLE = (
 )
 
 
+def _boto_cause(exc: BaseException) -> Exception | None:
+    """The botocore error behind a boto3/s3transfer wrapper (S3UploadFailedError, RetriesExceededError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
+            found: Exception = seen
+            return found
+        last = getattr(seen, "last_exception", None)
+        seen = last if isinstance(last, BaseException) else (seen.__cause__ or seen.__context__)
+    return None
+
+
 def _classify(exc: Exception, what: str) -> StoreError:
-    """Turn a boto error into one of our three kinds, with a message free of secrets."""
+    """Turn any error of a store request into one of our kinds, with a message free of secrets.
+
+    An OSError that is not about the network (writing the download, reading the blob to
+    upload) is this machine's and is raised as it is: the caller must not take it for the
+    store's (a full disk is no reason to fall back to an older snapshot).
+    """
+    if isinstance(exc, StoreError):
+        return exc
+    local = isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError)
+    if local and _boto_cause(exc) is None:
+        raise exc
+    if not isinstance(exc, botocore.exceptions.ClientError | botocore.exceptions.BotoCoreError):
+        cause = _boto_cause(exc)
+        if cause is not None:
+            return _classify(cause, what)
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return StoreUnreachable(f"{what}: store unreachable ({type(exc).__name__})")
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return StoreError(f"{what}: {type(exc).__name__}{': ' + first if first else ''}")
     if isinstance(exc, _UNREACHABLE):
         return StoreUnreachable(f"{what}: store unreachable ({type(exc).__name__})")
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -60,11 +92,9 @@ def _classify(exc: Exception, what: str) -> StoreError:
         if status in {401, 403}:
             return StoreUnreachable(f"{what}: access denied ({code}); check store credentials")
         if status >= 500 or status == 429:
-            return StoreUnreachable(f"{what}: store error {status} {code}")
+            return StoreUnreachable(f"{what}: store error {status} {code}".rstrip())
         return StoreError(f"{what}: {code or status} {err.get('Message', '')}".strip())
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return StoreUnreachable(f"{what}: {type(exc).__name__}")
-    raise exc
+    return StoreUnreachable(f"{what}: {type(exc).__name__}")
 
 
 def composite_sha256(path: Path, part_size: int) -> str:
@@ -141,7 +171,14 @@ class S3Store:
     # ------------------------------------------------------------------ protocol
 
     def put_file(
-        self, key: str, path: Path, *, sha256: str, metadata: dict[str, str], progress: Progress | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        metadata: dict[str, str],
+        progress: Progress | None = None,
+        consume: bool = False,
     ) -> ObjectInfo:
         try:
             self.client.upload_file(
@@ -189,8 +226,17 @@ class S3Store:
         """One GET, hashed while it streams to disk: no HEAD, no second read."""
         resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         h = hashlib.sha256()
-        with dest.open("wb") as f:
-            for chunk in resp["Body"].iter_chunks(1024 * 1024):
+        chunks = resp["Body"].iter_chunks(1024 * 1024)
+        with dest.open("wb") as f:  # an OSError here is this machine's: raised as it is
+            while True:
+                try:
+                    chunk = next(chunks, b"")
+                except Exception as exc:  # the stream broke: the store's side
+                    raise _classify(
+                        exc if not isinstance(exc, OSError) else ConnectionError(str(exc)), key
+                    ) from None
+                if not chunk:
+                    break
                 f.write(chunk)
                 h.update(chunk)
                 if progress:
@@ -230,6 +276,9 @@ class S3Store:
             )
         except Exception as exc:
             raise _classify(exc, key) from None
+
+    def local_path(self, key: str) -> Path | None:
+        return None
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []

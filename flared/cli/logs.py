@@ -1,0 +1,174 @@
+"""`flared logs [--bot B] [--flared] [--supervisord] [-f] [--lines N]`: every log in one place.
+
+flared's own log, supervisord's, and each gateway's (where provider errors
+and port conflicts show up) live in different directories of the state
+dir. Through the running daemon (``GET /logs``) or, without one, read from
+the files; secrets are redacted either way. ``-f`` follows them all, each
+line prefixed with where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flared.cli.common import EXIT_INVALID, EXIT_OK, CommandError, Subparsers, add_config_arg
+from flared.cli.remote import Remote, connect
+from flared.control.client import ControlError
+
+if TYPE_CHECKING:
+    from flared.config.loader import LoadedConfig
+
+FOLLOW_EVERY_S = 0.5
+
+
+class Source:
+    """One log: ``name`` as shown (flared, supervisord, gateway-<bot>), the API's ``source`` and bot."""
+
+    def __init__(self, name: str, source: str, bot: str | None = None) -> None:
+        self.name, self.source, self.bot = name, source, bot
+        self.offset = 0
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "logs",
+        help="flared's, supervisord's and each gateway's log (secrets redacted)",
+        description="Print the last lines of flared's log and every gateway's log (or only those "
+        "asked for), with secrets redacted. A gateway's log is where the model provider's errors "
+        "and port conflicts show up. -f keeps printing new lines.",
+    )
+    add_config_arg(p)
+    p.add_argument("--bot", action="append", metavar="B", help="this bot's gateway log (repeatable)")
+    p.add_argument("--flared", action="store_true", help="flared's own log")
+    p.add_argument("--supervisord", action="store_true", help="supervisord's log")
+    p.add_argument("-n", "--lines", type=int, default=40, help="lines of each log to show first (default 40)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    p.set_defaults(func=cmd_logs)
+
+
+def _sources(args: argparse.Namespace, bots: list[str]) -> list[Source]:
+    for b in args.bot or []:
+        if b not in bots:
+            raise CommandError(f"no bot named {b!r} (bots: {', '.join(bots) or 'none'})", EXIT_INVALID)
+    chosen = bool(args.bot or args.flared or args.supervisord)
+    out = []
+    if args.flared or not chosen:
+        out.append(Source("flared", "flared"))
+    if args.supervisord:
+        out.append(Source("supervisord", "supervisord"))
+    for b in args.bot or ([] if chosen else bots):
+        out.append(Source(f"gateway-{b}", "gateway", b))
+    return out
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise CommandError("--lines must be 0 or more", EXIT_INVALID)
+    remote = connect(args)
+    reader: _Reader = _DaemonReader(remote) if remote is not None else _FileReader(args)
+    sources = _sources(args, reader.bots())
+    several = len(sources) > 1
+    for src in sources:
+        lines, path, src.offset = reader.tail(src, args.lines)
+        if several and not args.follow:
+            print(f"==> {src.name}: {path} <==")
+        for line in lines:
+            print(f"[{src.name}] {line}" if several and args.follow else line)
+        if several and not args.follow:
+            print()
+    sys.stdout.flush()
+    if not args.follow:
+        return EXIT_OK
+    try:
+        while True:
+            time.sleep(FOLLOW_EVERY_S)
+            for src in sources:
+                lines, src.offset = reader.since(src)
+                for line in lines:
+                    print(f"[{src.name}] {line}" if several else line)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+class _Reader:
+    def bots(self) -> list[str]:
+        raise NotImplementedError
+
+    def tail(self, src: Source, lines: int) -> tuple[list[str], str, int]:
+        raise NotImplementedError
+
+    def since(self, src: Source) -> tuple[list[str], int]:
+        raise NotImplementedError
+
+
+class _DaemonReader(_Reader):
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+
+    def bots(self) -> list[str]:
+        return [str(b["name"]) for b in self.remote.bots()]
+
+    def _get(self, src: Source, **query: Any) -> dict[str, Any]:
+        import urllib.parse
+
+        q = {"source": src.source, **({"bot": src.bot} if src.bot else {}), **query}
+        try:
+            data: dict[str, Any] = self.remote.request(
+                "GET", "/logs?" + urllib.parse.urlencode(q), timeout=30
+            )
+        except ControlError as exc:
+            raise CommandError(str(exc)) from None
+        return data
+
+    def tail(self, src: Source, lines: int) -> tuple[list[str], str, int]:
+        d = self._get(src, lines=lines)
+        return list(d["lines"])[-lines:] if lines else [], str(d.get("path")), int(d.get("offset") or 0)
+
+    def since(self, src: Source) -> tuple[list[str], int]:
+        d = self._get(src, offset=src.offset)
+        return list(d["lines"]), int(d.get("offset") or src.offset)
+
+
+class _FileReader(_Reader):
+    """No daemon: read the files, redacting with the config (which must load)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from flared.cli.common import load_or_exit
+
+        self.loaded: LoadedConfig = load_or_exit(args, check_state_dir=False)
+
+    def bots(self) -> list[str]:
+        return list(self.loaded.config.bot_names)
+
+    def _path(self, src: Source) -> Path:
+        from flared.hermes.paths import BotPaths
+
+        if src.bot:
+            return BotPaths.of(self.loaded.state_dir, src.bot).gateway_log
+        return self.loaded.state_dir / "logs" / f"{src.source}.log"
+
+    def _redact(self, text: str) -> list[str]:
+        from flared.config.redact import redact_text
+
+        return redact_text(text, self.loaded.config).splitlines() if text else []
+
+    def tail(self, src: Source, lines: int) -> tuple[list[str], str, int]:
+        from flared.api.core import tail
+
+        path = self._path(src)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        return self._redact(tail(path, lines) if lines else ""), str(path), size
+
+    def since(self, src: Source) -> tuple[list[str], int]:
+        from flared.api.core import read_from
+
+        text, offset = read_from(self._path(src), src.offset)
+        return self._redact(text), offset

@@ -1,0 +1,25 @@
+"""Where the config file is, without parsing it (no pydantic, no YAML).
+
+The lean CLI path finds the running daemon from the config file's path
+alone, so these few facts live apart from :mod:`flared.config.loader`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_CONFIG = "HERMES_FLARE_CONFIG"
+DEFAULT_NAME = "hermes-flare.yaml"
+#: ``state_dir``'s default (the model's; a test keeps the two equal).
+DEFAULT_STATE_DIR = "./.flare"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``-c`` first, then ``$HERMES_FLARE_CONFIG``, then ``./hermes-flare.yaml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_NAME)

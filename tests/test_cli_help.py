@@ -1,0 +1,87 @@
+"""`flared --help` and every command's `--help` say what it does; errors read as the user's words."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from flared.cli import build_parser, main
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.append((prefix + name, sub))
+                out.extend(commands(sub, prefix + name + " "))
+    return out
+
+
+def test_every_command_has_a_description_and_a_one_line_help() -> None:
+    parser = build_parser()
+    listed = commands(parser)
+    names = [n for n, _ in listed]
+    for expected in ("status", "logs", "stop", "restart", "chat", "exec", "snapshot", "restore", "validate"):
+        assert expected in names
+    missing = [n for n, sub in listed if not (sub.description or "").strip()]
+    assert missing == [], f"no --help description: {missing}"
+    top = parser.format_help()
+    for name in names:
+        if " " not in name:
+            assert f"    {name}" in top, f"{name} not listed in `flared --help`"
+
+
+def test_validate_counts_problems_without_claiming_it_changed_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "hermes-flare.yaml"
+    cfg.write_text("version: 1\nbots:\n  - name: hermes\n    modle: {}\n")
+    assert main(["validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'modle' (did you mean 'model'?)" in err
+    assert err.rstrip().endswith("problems found.") or err.rstrip().endswith("problem found.")
+    assert "nothing was changed" not in err
+
+
+def test_a_bot_without_model_is_told_to_add_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "hermes-flare.yaml"
+    cfg.write_text("version: 1\nbots:\n  - name: hermes\n")
+    assert main(["validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "bots[0]: no `model:`: say which LLM the bot talks to" in err
+    assert "custom" not in err
+
+
+def test_a_yaml_syntax_error_names_no_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "hermes-flare.yaml"
+    cfg.write_text("version: 1\nbots: [\n")
+    assert main(["validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:3:1: YAML syntax error:" in err and "(file)" not in err
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "hermes-flare.yaml"
+    cfg.write_text(
+        "version: 1\nbots:\n  - name: hermes\n    model:\n      provider: ${HERMES_FLARE_PROVIDER:-anthropic}\n"
+        "      api_key: ${UXT_KEY}\n    api:\n      port: ${UXT_PORT:-8642}\n"
+    )
+    monkeypatch.setenv("HERMES_FLARE_PROVIDER", "claude")
+    monkeypatch.setenv("UXT_KEY", "sk-secret-value-here")
+    monkeypatch.setenv("UXT_PORT", "eighty")
+    assert main(["validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "bots[0].model.provider: Input should be" in err
+    assert "(from $HERMES_FLARE_PROVIDER='claude' in the environment)" in err
+    assert "bots[0].api.port:" in err and "(from $UXT_PORT='eighty' in the environment)" in err
+    assert "sk-secret-value-here" not in err
+    monkeypatch.setenv("FLARE_SNAPSHOTS__EVERY", "soon")
+    monkeypatch.setenv("HERMES_FLARE_PROVIDER", "anthropic")
+    monkeypatch.setenv("UXT_PORT", "8642")
+    assert main(["validate", "-c", str(cfg)]) == 2
+    assert "(from $FLARE_SNAPSHOTS__EVERY)" in capsys.readouterr().err
