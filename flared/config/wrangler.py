@@ -198,7 +198,10 @@ def render(loaded: LoadedConfig) -> str:
         "fallthrough = true",
     ]
 
-    lines += ["", "# The admin page's files; the Worker serves them at /admin behind the same auth as /api/*."]
+    lines += [
+        "",
+        "# The admin page's files; the Worker serves them at /admin behind the same auth as /api/*.",
+    ]
     _table(
         lines,
         "[assets]",
