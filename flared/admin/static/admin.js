@@ -87,9 +87,10 @@ async function signInFromFragment() {
   const data = await res.json().catch(() => ({}));
   if (!res.ok || typeof data.session !== "string") {
     showLogin(data.error || "that sign-in link was already used or has expired: run `flared admin` for a new one");
-    return;
+    return false;
   }
   sessionStorage.setItem(TOKEN_KEY, data.session);
+  return true;
 }
 
 function showLogin(message) {
@@ -617,5 +618,5 @@ document.addEventListener("visibilitychange", () => {
   if (!document.hidden) refresh();
 });
 
-await signInFromFragment();
-refresh(true);
+// A spent link keeps its message on screen; anything else starts from the stored session.
+if ((await signInFromFragment()) !== false) refresh(true);
