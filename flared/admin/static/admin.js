@@ -567,7 +567,7 @@ function renderAll() {
 
 async function refreshSlow(bots) {
   const now = Date.now();
-  if (now - view.lastSlow < SLOW_REFRESH_MS) return;
+  if (now - view.lastSlow < SLOW_REFRESH_MS) return false;
   view.lastSlow = now;
   try {
     const cfg = await call("GET", "/config");
@@ -590,6 +590,7 @@ async function refreshSlow(bots) {
       }
     }),
   );
+  return true;
 }
 
 let timer = 0;
@@ -600,8 +601,8 @@ async function refresh(first = false) {
     view.status = st;
     $("login").hidden = true;
     $("app").hidden = false;
-    await refreshSlow(st.bots || []);
-    renderAll();
+    renderAll(); // the bots at once; their histories and the log follow
+    if (await refreshSlow(st.bots || [])) renderAll();
     await refreshLog();
   } catch (err) {
     if (err instanceof AuthError) {
