@@ -23,6 +23,7 @@ every local user and to every web page in the user's browser:
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,25 +33,9 @@ from flared.control.server import HTTPError, Request, Response, Route, Router
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"index.html": "text/html; charset=utf-8", "admin.js": "text/javascript", "admin.css": "text/css"}
-CSP = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "connect-src 'self'",
-        "img-src 'self' data:",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
-HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+_SHARED = json.loads((Path(__file__).parent / "headers.json").read_text())
+CSP: str = "; ".join(_SHARED["csp"])
+HEADERS: dict[str, str] = {"Content-Security-Policy": CSP, **_SHARED["headers"]}
 ACTOR = "admin page (local)"
 SIGN_IN = "sign in: open the URL `flared up` printed, or run `flared admin` for a new one"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -12,24 +12,14 @@
 import type { Context } from "hono";
 import { accessSettings, authenticate } from "./auth";
 import type { AppEnv } from "./env";
+import shared from "../../flared/admin/headers.json";
 
-export const ADMIN_CSP = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "connect-src 'self'",
-  "img-src 'self' data:",
-  "base-uri 'none'",
-  "form-action 'self'",
-  "frame-ancestors 'none'",
-].join("; ");
+/** The same headers flared serves the page with locally (one file for both). */
+export const ADMIN_CSP = shared.csp.join("; ");
 
 export const ADMIN_HEADERS: Record<string, string> = {
   "Content-Security-Policy": ADMIN_CSP,
-  "X-Content-Type-Options": "nosniff",
-  "X-Frame-Options": "DENY",
-  "Referrer-Policy": "no-referrer",
-  "Cache-Control": "no-store",
+  ...shared.headers,
 };
 
 /** /admin/<file> -> the asset path; null for anything that is not one of the page's files. */
