@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import xmlrpc.client
@@ -27,17 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from flared import __version__
+from flared.admin.page import AdminPage
+from flared.admin.sessions import AdminSessions
 from flared.api import build_router
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
 from flared.config.redact import redact_text
 from flared.control.auth import ProcessTree, parent_if_supervisord
 from flared.control.locate import publish_socket, socket_path
-from flared.control.server import ControlServer
+from flared.control.server import ControlServer, HTTPError, Request, Response, bind_tcp
 from flared.gateways import Gateways, failure_hint, gateway_error, readiness
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
-from flared.operator.audit import audit_path, tail
+from flared.operator.audit import AuditLog, audit_path, tail
 from flared.policy.cron import CronService
 from flared.policy.reload import Reloader
 from flared.policy.watch import Watcher, watch_config
@@ -69,6 +72,8 @@ class Daemon:
             self.live, gateways=self.gateways, snapshots=self.snapshots, leases=self.leases, cron=self.cron
         )
         self.control: ControlServer | None = None
+        self.admin_page: AdminPage | None = None
+        self.admin_error: str | None = None
         self.watcher: Watcher | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,6 +119,8 @@ class Daemon:
             snapshots=self.snapshots,
             leases=self.leases,
         )
+        router.add("POST", "/admin/link", self._admin_link)
+        audit = AuditLog(audit_path(loaded.state_dir), loaded.config)
         self.control = ControlServer(
             router,
             state_dir=loaded.state_dir,
@@ -121,8 +128,51 @@ class Daemon:
             tcp=(c.host, c.port) if c.port else None,
             admin_token=token,
             tree=ProcessTree(self._supervised_programs, supervisord=parent_if_supervisord()),
+            audit=functools.partial(_audit, audit),
         )
-        self.control.start()
+        admin_sock = self._bind_admin_page()  # first, so status never shows it half-started
+        try:
+            self.control.start()
+        except BaseException:
+            if admin_sock is not None:
+                admin_sock.close()
+            raise
+        if admin_sock is not None:
+            page = AdminPage(
+                router, AdminSessions(), loaded.config.admin.host, int(admin_sock.getsockname()[1])
+            )
+            self.control.listen(
+                admin_sock,
+                name="admin",
+                trusted=False,
+                router=page.router(),
+                auth=page.authenticate,
+                actor=page.actor,
+            )
+            self.admin_page = page
+            log.info("admin page on %s (sign in with `flared admin`)", page.url)
+
+    def _bind_admin_page(self) -> socket.socket | None:
+        """The admin page's socket; a port in use is reported, never fatal (the bots matter more)."""
+        a = self.live.loaded.config.admin
+        if not a.enabled:
+            return None
+        try:
+            return bind_tcp((a.host, a.port))
+        except OSError as exc:
+            self.admin_error = (
+                f"admin page not served: cannot listen on {a.host}:{a.port} ({exc.strerror or exc}); "
+                "set admin.port in the config (0: any free port), then restart flared"
+            )
+            log.warning("%s", self.admin_error)
+            return None
+
+    def _admin_link(self, req: Request) -> dict[str, Any]:
+        if self.admin_page is None:
+            raise HTTPError(
+                409, self.admin_error or "the admin page is off: set admin.enabled: true, then restart flared"
+            )
+        return {"url": self.admin_page.url, "link": self.admin_page.link()}
 
     def _supervised_programs(self) -> tuple[int | None, dict[int, str]]:
         """supervisord's pid and its programs by pid: who a unix-socket client is (control/auth.py)."""
@@ -249,7 +299,11 @@ class Daemon:
                 state = "STARTING" if bot.name in gw.ready else "WAITING"
             error = gw.boot_errors.get(bot.name)
             if failure is not None:
-                error = failure.error or f"the gateway exited {failure.exit_code}"
+                error = failure.error or (
+                    f"the gateway exited {failure.exit_code}"
+                    if failure.exit_code
+                    else "the gateway failed at start-up"
+                )
             elif p and p["statename"] in {"FATAL", "BACKOFF"} and p.get("spawnerr"):
                 error = p["spawnerr"]
             elif ready == "failed":
@@ -297,6 +351,7 @@ class Daemon:
                 "error": [str(i) for i in errors] if errors else None,
             },
             "state_dir": str(loaded.state_dir),
+            "admin": {"url": self.admin_page.url if self.admin_page else None, "error": self.admin_error},
             "bots": bots,
             "leases": _safe(self.leases.list, []),
         }
@@ -311,6 +366,15 @@ class Daemon:
             out["config"]["last_reload"] = self.live.last_reload
         out["cron"] = _safe(self.cron.status, None)
         return out
+
+
+def _audit(log_: AuditLog, actor: str, req: Request, resp: Response) -> None:
+    """A state-changing request from the admin page or through the Worker, with who asked."""
+    body = resp.body if isinstance(resp.body, dict) else {}
+    result = "ok" if resp.status < 400 else "refused" if resp.status < 500 else "failed"
+    detail = str(body.get("error") or "") if resp.status >= 400 else ""
+    args = [f"{k}={v}" for k, v in sorted(req.query.items())]
+    log_.append(actor, f"{req.method} {req.path}", args, result, detail)
 
 
 STOP_RECORD = "last-stop.json"

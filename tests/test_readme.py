@@ -76,12 +76,19 @@ def check_logs(out: subprocess.CompletedProcess[str], port: int) -> None:
     assert "bot hermes: state ready, starting its gateway" in out.stdout
 
 
+def check_admin(out: subprocess.CompletedProcess[str], port: int) -> None:
+    assert re.search(r"^admin page: http://127\.0\.0\.1:\d+/admin/#token=[\w-]{20,}$", out.stdout, re.M), (
+        out.stdout
+    )
+
+
 EXPECT: dict[str, Any] = {
     "status": check_status,
     "chat": check_chat,
     "snapshot": check_snapshot,
     "exec": check_exec,
     "logs": check_logs,
+    "admin": check_admin,
 }
 
 
@@ -105,6 +112,7 @@ def test_the_readme_quick_start(tmp_path: Path) -> None:
             "HERMES_FLARE_BASE_URL": fake.base_url,
             "HERMES_FLARE_MODEL": "fake-model",
             "HERMES_FLARE_API_PORT": str(port),
+            "FLARE_ADMIN__PORT": "0",  # the page's default port may be taken on a shared machine
             "NO_COLOR": "1",
         }
         env.pop("HERMES_FLARE_CONFIG", None)
@@ -128,6 +136,7 @@ def test_the_readme_quick_start(tmp_path: Path) -> None:
             assert (
                 f"hermes: ready: chat API on http://127.0.0.1:{port}/v1 (try: flared chat hello)" in boot
             ), boot
+            assert re.search(r"admin page: http://127\.0\.0\.1:\d+/admin/#token=", boot), boot
 
             for argv in later:
                 out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -163,7 +163,18 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
         svc = snapshots
         return {"results": [svc.prune(b) for b in bots(body.get("bot"))]}
 
+    def snapshot_history(req: Request) -> dict[str, Any]:
+        try:
+            limit = max(1, min(int(req.query.get("limit", "200")), 2000))
+        except ValueError:
+            raise HTTPError(400, "limit must be a number") from None
+        out: list[dict[str, Any]] = []
+        for bot in bots(req.query.get("bot")):
+            out.extend({"bot": bot, **h} for h in snapshots.history(bot, limit))
+        return {"history": out}
+
     router.add("GET", "/snapshots", list_snapshots)
+    router.add("GET", "/snapshots/history", snapshot_history)
     router.add("POST", "/snapshots", take)
     router.add("POST", "/snapshots/prune", prune)
     router.add("POST", "/restore", restore)

@@ -76,6 +76,18 @@ class Reporter:
         return settled
 
 
+def say_admin(out: Out, client: ControlClient, admin: dict[str, Any]) -> bool:
+    """Print the admin page's one-time sign-in URL (or why there is none); True once said."""
+    if admin.get("error"):
+        out.print(out.style(str(admin["error"]), "yellow"))
+        return True
+    if not admin.get("url"):
+        return True  # off (or an older daemon, which says nothing about it)
+    link = client.request("POST", "/admin/link", {}, timeout=5)
+    out.print(f"admin page: {link['link']}  (signs in once; `flared admin` prints another)")
+    return True
+
+
 def main(argv: list[str]) -> int:
     child, state_dir, sock = int(argv[0]), Path(argv[1]), Path(argv[2])
     out = Out(sys.stderr)
@@ -97,7 +109,7 @@ def main(argv: list[str]) -> int:
 
     client = ControlClient(sock)
     reporter = Reporter(out)
-    next_poll, settled = 0.0, False
+    next_poll, settled, admin_said = 0.0, False, False
     while True:
         pid, status = os.waitpid(child, os.WNOHANG)
         if pid == child:
@@ -105,7 +117,10 @@ def main(argv: list[str]) -> int:
         now = time.monotonic()
         if not stopping and now >= next_poll:
             with contextlib.suppress(DaemonNotRunning, ConnectionLost, ControlError, OSError, ValueError):
-                settled = reporter.feed(client.request("GET", "/status", timeout=5))
+                status = client.request("GET", "/status", timeout=5)
+                settled = reporter.feed(status)
+                if not admin_said:
+                    admin_said = say_admin(out, client, status.get("admin") or {})
             next_poll = now + (SLOW_POLL_S if settled else FAST_POLL_S)
         time.sleep(0.1 if stopping or not settled else 0.5)
     code = os.waitstatus_to_exitcode(status)

@@ -7,6 +7,7 @@ error reporting) lives in :mod:`flared.config.loader`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -578,6 +579,35 @@ class ControlConfig(Model):
     token: SecretStr | None = secret("Bearer token required on TCP (default `$FLARE_CONTROL_TOKEN`).")
 
 
+class AdminConfig(Model):
+    """The admin page on loopback, served by `flared up` (on Cloudflare the Worker serves it at `/admin`)."""
+
+    enabled: bool = Field(default=True, description="Serve the admin page locally.")
+    host: str = Field(
+        default="127.0.0.1", description="Loopback address to listen on (`127.0.0.1`, `::1` or `localhost`)."
+    )
+    port: int = Field(
+        default=8643,
+        ge=0,
+        le=65535,
+        description="TCP port (0: any free port; `flared admin` prints the URL).",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        try:
+            ok = v == "localhost" or ipaddress.ip_address(v).is_loopback
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{v!r} is not a loopback address: the local admin page listens on 127.0.0.1 or ::1 only "
+                "(to reach it from elsewhere, deploy to Cloudflare, where /admin sits behind Access)"
+            )
+        return v
+
+
 class HermesFlareConfig(Model):
     """hermes-flare.yaml: bots, sandboxes, snapshot policy, cron."""
 
@@ -590,6 +620,7 @@ class HermesFlareConfig(Model):
         default="info", description="flared log level."
     )
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control API.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The local admin page.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Snapshot store.")
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, description="Snapshot policy.")
     restore: RestoreConfig = Field(default_factory=RestoreConfig, description="Restore policy.")

@@ -24,6 +24,7 @@ from flared.config.models import CloudflareConfig, HermesFlareConfig
 
 WORKER_MAIN = "worker/src/index.ts"
 AGENT_DOCKERFILE = "./images/agent/Dockerfile"
+ADMIN_ASSETS = "./flared/admin/static"
 EXEC_DOCKERFILE = "./images/exec/Dockerfile"
 
 # Named instance types wrangler accepts (its config schema; a test compares).
@@ -196,6 +197,22 @@ def render(loaded: LoadedConfig) -> str:
         'globs = ["**/*.yaml"]',
         "fallthrough = true",
     ]
+
+    lines += [
+        "",
+        "# The admin page's files; the Worker serves them at /admin behind the same auth as /api/*.",
+    ]
+    _table(
+        lines,
+        "[assets]",
+        {
+            "directory": ADMIN_ASSETS,
+            "binding": "ADMIN_ASSETS",
+            "run_worker_first": True,
+            "html_handling": "none",
+            "not_found_handling": "none",
+        },
+    )
 
     _table(lines, "[vars]", dict(worker_vars(cfg, cf)))
 

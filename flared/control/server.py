@@ -101,6 +101,7 @@ class Request:
     anonymous: bool = False  # no credentials this route accepts (see control/auth.py)
     auth_error: str | None = None
     auth_status: int = 401
+    target: str = ""  # the path as sent (``path`` drops a trailing slash)
 
     def apply(self, caller: Caller) -> None:
         """Take what :func:`flared.control.auth.authenticate` decided."""
@@ -121,6 +122,7 @@ class Response:
     status: int = 200
     body: Any = None
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
     def encode(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -231,11 +233,20 @@ class _Conn:
     busy: bool = False  # a request is being answered
 
 
+#: Decides who calls on a listener with its own sign-in: the request's headers -> a Caller.
+Authenticator = Callable[[dict[str, str]], Caller]
+#: Who to name in the audit log for a state-changing request (None: not audited here).
+ActorOf = Callable[[Request], str | None]
+
+
 @dataclass
 class _Listener:
     name: str  # "unix", "tcp" (logs)
     sock: socket.socket
     trusted: bool
+    router: Router | None = None  # None: the server's
+    auth: Authenticator | None = None  # None: control/auth.py's decision
+    actor: ActorOf | None = None
     thread: threading.Thread | None = None
     conns: dict[socket.socket, _Conn] = field(default_factory=dict)  # oldest first
 
@@ -253,9 +264,12 @@ class ControlServer:
         admin_token: str | None = None,
         tree: ProcessTree | None = None,
         limits: Limits | None = None,
+        audit: Callable[[str, Request, Response], None] | None = None,
     ) -> None:
-        """``tree`` tells gateways (bot rights only) from the admin on the unix socket."""
+        """``tree`` tells gateways (bot rights only) from the admin on the unix socket;
+        ``audit`` records the state-changing requests of listeners that name an actor."""
         self.router = router
+        self.audit = audit
         self.tree = tree
         self.state_dir = state_dir
         self.socket_path = socket_path
@@ -280,12 +294,25 @@ class ControlServer:
             raise
         self.listen(unix, name="unix", trusted=True)
         if tcp is not None:
-            self.listen(tcp, name="tcp", trusted=False)
+            self.listen(tcp, name="tcp", trusted=False, actor=worker_actor)
 
-    def listen(self, sock: socket.socket, *, name: str, trusted: bool) -> None:
-        """Serve the router on an already bound socket (``trusted``: no token needed to be admin)."""
+    def listen(
+        self,
+        sock: socket.socket,
+        *,
+        name: str,
+        trusted: bool,
+        router: Router | None = None,
+        auth: Authenticator | None = None,
+        actor: ActorOf | None = None,
+    ) -> None:
+        """Serve a router (default: the server's) on an already bound socket.
+
+        ``trusted``: a unix socket whose peer process decides (no token needed to
+        be admin); ``auth``: this listener's own sign-in instead of tokens.
+        """
         sock.listen(self.limits.backlog)
-        listener = _Listener(name, sock, trusted)
+        listener = _Listener(name, sock, trusted, router, auth, actor)
         listener.thread = threading.Thread(
             target=self._accept, args=(listener,), name=f"control-{name}", daemon=True
         )
@@ -423,6 +450,7 @@ class ControlServer:
     def _send(self, conn: h11.Connection, sock: socket.socket, resp: Response, *, close: bool) -> None:
         body = resp.encode()
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body)))]
+        headers += list(resp.headers.items())
         if close:
             headers.append(("Connection", "close"))
         parts = [
@@ -447,20 +475,25 @@ class ControlServer:
             query=dict(parse_qsl(parts.query)),
             body=b"",
             headers=headers,
+            target=parts.path,
         )
         unread = conn.their_state is h11.SEND_BODY
-        caller = authenticate(
-            token=bearer(headers.get("authorization")),
-            state_dir=self.state_dir,
-            admin_token=self.admin_token,
-            unix=listener.trusted,
-            peer=peer_of(sock) if listener.trusted else None,
-            tree=self.tree,
-        )
+        if listener.auth is not None:
+            caller = listener.auth(headers)
+        else:
+            caller = authenticate(
+                token=bearer(headers.get("authorization")),
+                state_dir=self.state_dir,
+                admin_token=self.admin_token,
+                unix=listener.trusted,
+                peer=peer_of(sock) if listener.trusted else None,
+                tree=self.tree,
+            )
         req.apply(caller)
         if caller.reject_all:
             return Response(caller.status, {"error": caller.reason}), unread
-        found = self.router.resolve(req)
+        router = listener.router or self.router
+        found = router.resolve(req)
         if isinstance(found, Response):
             return found, unread
         declared = None if "transfer-encoding" in headers else int(headers.get("content-length") or 0)
@@ -469,7 +502,19 @@ class ControlServer:
             req.body = self._read_body(conn, sock, declared, limit)
         except HTTPError as exc:
             return Response(exc.status, {"error": exc.message}), True
-        return self._call(found, req), False
+        resp = self._call(found, req)
+        self._audit(listener, req, resp)
+        return resp, False
+
+    def _audit(self, listener: _Listener, req: Request, resp: Response) -> None:
+        if self.audit is None or listener.actor is None or req.method in ("GET", "HEAD"):
+            return
+        actor = listener.actor(req)
+        if actor is not None:
+            try:
+                self.audit(actor, req, resp)
+            except Exception:  # the action happened; a full disk must not turn it into a 500
+                log.exception("control: could not record %s %s in the audit log", req.method, req.path)
 
     def _read_body(
         self,
@@ -507,6 +552,17 @@ class ControlServer:
         except Exception:
             log.exception("control: %s %s failed", req.method, req.path)
             return Response(500, {"error": "internal error; see the flared log"})
+
+
+#: The header by which the Worker says who asked (the Access email, or "api-token").
+ACTOR_HEADER = "x-flare-actor"
+
+
+def worker_actor(req: Request) -> str | None:
+    """On TCP only the control token (the Worker) may name someone; a bot's own calls are its bot."""
+    if req.is_admin:
+        return (req.headers.get(ACTOR_HEADER) or "control-token")[:200]
+    return None
 
 
 def _shut(sock: socket.socket) -> None:

@@ -28,7 +28,7 @@ Effect = Literal[
 # Bot fields that are rendered into the gateway's Hermes home or environment.
 GATEWAY_FIELDS = frozenset({"model", "slack", "api", "toolsets", "env", "hermes"})
 # Top-level sections a running flared cannot switch to.
-RESTART_SECTIONS = frozenset({"state_dir", "control"})
+RESTART_SECTIONS = frozenset({"state_dir", "control", "admin"})
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ SECTION_EFFECT: dict[str, Effect] = {
     "cloudflare": "deploy",
     "state_dir": "restart-flared",
     "control": "restart-flared",
+    "admin": "restart-flared",
     "version": "restart-flared",
 }
 

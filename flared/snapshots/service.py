@@ -36,6 +36,7 @@ from flared.config.models import SnapshotsConfig
 from flared.hermes.paths import BotPaths
 from flared.snapshots import capture as cap
 from flared.snapshots import catalog, pipeline
+from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
 from flared.snapshots.manifest import now_iso, valid_id
@@ -366,6 +367,7 @@ class SnapshotService:
         out = res.as_dict()
         out["trigger"] = reason
         st.last = out
+        snapshot_history.record(snapshot_history.history_path(self.dir, st.name), out)
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
@@ -420,6 +422,10 @@ class SnapshotService:
             out = self._prune_locked(st)
             self._save(st)
             return {"bot": bot, **out}
+
+    def history(self, bot: str, limit: int = 200) -> list[dict[str, Any]]:
+        """What this flared's snapshots of the bot did (ok, failed, fenced), oldest first."""
+        return snapshot_history.read(snapshot_history.history_path(self.dir, bot), limit)
 
     def list(self, bot: str) -> list[dict[str, Any]]:
         return catalog.list_snapshots(self.store, bot)

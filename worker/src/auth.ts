@@ -10,7 +10,7 @@
  */
 import { createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
 import type { MiddlewareHandler } from "hono";
-import type { Env } from "./env";
+import type { AppEnv, Env } from "./env";
 
 /** Query parameters that look like credentials; any of them is refused. */
 export const QUERY_TOKEN_PARAMS = ["token", "access_token", "api_token", "api_key", "key", "auth"];
@@ -198,8 +198,15 @@ export async function authenticate(req: Request, env: Env): Promise<AuthResult> 
   };
 }
 
-/** Hono middleware for /api/*. */
-export function requireAuth(): MiddlewareHandler<{ Bindings: Env }> {
+/** Who an authenticated request is, for flared's audit log (never a credential). */
+export function actorOf(result: AuthResult & { ok: true }): string {
+  if (result.email) return result.email;
+  if (result.serviceToken) return `service-token:${result.serviceToken}`;
+  return result.via === "bearer" ? "api-token" : "access";
+}
+
+/** Hono middleware for /api/*: authenticated, and nothing that changes state from another site. */
+export function requireAuth(): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const result = await authenticate(c.req.raw, c.env);
     if (!result.ok) {
@@ -207,6 +214,29 @@ export function requireAuth(): MiddlewareHandler<{ Bindings: Env }> {
       if (result.status === 401) headers["WWW-Authenticate"] = 'Bearer realm="hermes-flare"';
       return c.json({ error: result.error }, result.status, headers);
     }
+    const crossSite = crossSiteRefusal(c.req.raw);
+    if (crossSite) return c.json({ error: crossSite }, 403);
+    c.set("actor", actorOf(result));
     await next();
   };
+}
+
+/**
+ * A browser on another site must not be able to make an Access user's browser
+ * change anything (Access authenticates by cookie at the edge). Browsers say
+ * where a request comes from; anything that changes state and comes from
+ * another origin is refused. Non-browser clients send neither header.
+ */
+export function crossSiteRefusal(req: Request): string | null {
+  if (req.method === "GET" || req.method === "HEAD" || req.method === "OPTIONS") return null;
+  const site = req.headers.get("Sec-Fetch-Site");
+  if (site && site !== "same-origin" && site !== "none") {
+    return `a ${req.method} from another site (Sec-Fetch-Site: ${site}) is refused`;
+  }
+  const origin = req.headers.get("Origin");
+  if (origin === "null") return `a ${req.method} from an opaque origin is refused`;
+  if (origin && origin !== new URL(req.url).origin) {
+    return `a ${req.method} from ${origin} is refused: only this origin may change state`;
+  }
+  return null;
 }

@@ -35,6 +35,9 @@ export interface Env {
   /** Comma-separated secret names injected at egress instead of entering the container. */
   EGRESS_SECRETS?: string;
 
+  /** The admin page's static files (flared/admin/static), served at /admin. */
+  ADMIN_ASSETS?: Fetcher;
+
   /** R2 bucket of the snapshot store (flared uses its S3 API; the binding lets wrangler check it). */
   SNAPSHOTS?: R2Bucket;
 
@@ -47,3 +50,11 @@ export interface Env {
   /** Any other secret the YAML names as ${VAR}. */
   [name: string]: unknown;
 }
+
+/** What a request carries through the Worker's middleware. */
+export interface AppVariables {
+  /** Who made the request, as flared's audit log records it: an Access email, `service-token:<id>` or `api-token`. */
+  actor: string;
+}
+
+export type AppEnv = { Bindings: Env; Variables: AppVariables };

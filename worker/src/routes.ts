@@ -8,11 +8,15 @@
  * otherwise to every group, answered as `{"groups": {G: answer}}`.
  */
 import { Hono, type Context } from "hono";
+import { serveAdmin } from "./admin";
 import { GROUP_HEADER } from "./agent";
 import { requireAuth } from "./auth";
-import type { Env } from "./env";
+import type { AppEnv, Env } from "./env";
 
-type C = Context<{ Bindings: Env }>;
+type C = Context<AppEnv>;
+
+/** Who asked, for flared's audit log; flared trusts it only from the Worker (internal token). */
+export const ACTOR_HEADER = "X-Flare-Actor";
 
 /** How long one group's flared may take to answer a proxied request. */
 export const PROXY_TIMEOUT_MS = 30_000;
@@ -75,8 +79,10 @@ export async function callAgent(
   body?: string,
   timeoutMs = PROXY_TIMEOUT_MS,
   contentType = "application/json",
+  actor?: string,
 ): Promise<Response> {
   const headers: Record<string, string> = { [GROUP_HEADER]: group, Accept: "application/json" };
+  if (actor) headers[ACTOR_HEADER] = actor;
   const init: RequestInit = { method, headers };
   if (body !== undefined) {
     init.body = body;
@@ -103,7 +109,9 @@ async function relay(res: Response): Promise<Response> {
 
 async function proxyToGroup(c: C, group: string, path: string, body?: string): Promise<Response> {
   const url = new URL(c.req.url);
-  return relay(await callAgent(c.env, group, c.req.method, `${path}${url.search}`, body));
+  return relay(
+    await callAgent(c.env, group, c.req.method, `${path}${url.search}`, body, PROXY_TIMEOUT_MS, undefined, c.get("actor")),
+  );
 }
 
 /** Fan a request out to every group (or the one named by `?group=`). */
@@ -115,7 +123,9 @@ async function fanOut(c: C, path: string, body?: string): Promise<Response> {
   const answers = await Promise.all(
     groups.map(async (g) => {
       try {
-        const res = await callAgent(c.env, g, c.req.method, `${path}${url.search}`, body);
+        const res = await callAgent(
+          c.env, g, c.req.method, `${path}${url.search}`, body, PROXY_TIMEOUT_MS, undefined, c.get("actor"),
+        );
         const text = await res.text();
         let parsed: unknown;
         try {
@@ -155,8 +165,8 @@ function botParam(v: unknown, required: boolean): string | null {
   return v;
 }
 
-export function buildApp(): Hono<{ Bindings: Env }> {
-  const app = new Hono<{ Bindings: Env }>();
+export function buildApp(): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
 
   // Never touches a container: a load balancer or uptime check must not wake one.
   app.get("/health", (c) => c.json({ ok: true }));
@@ -181,9 +191,21 @@ export function buildApp(): Hono<{ Bindings: Env }> {
     const bot = botParam(body.bot, true) as string;
     return proxyToGroup(c, groupOfBot(c.env, bot), "/restore", JSON.stringify(body));
   });
-  app.get("/api/logs", (c) => {
+  app.get("/api/snapshots/history", (c) => {
+    const bot = botParam(c.req.query("bot"), false);
+    return bot ? proxyToGroup(c, groupOfBot(c.env, bot), "/snapshots/history") : fanOut(c, "/snapshots/history");
+  });
+  app.get("/api/progress", (c) => {
     const bot = botParam(c.req.query("bot"), true) as string;
-    return proxyToGroup(c, groupOfBot(c.env, bot), "/logs");
+    return proxyToGroup(c, groupOfBot(c.env, bot), "/progress");
+  });
+  app.get("/api/leases", (c) => fanOut(c, "/leases"));
+  app.post("/api/reload", (c) => fanOut(c, "/reload", ""));
+  app.get("/api/logs", (c) => {
+    // A bot's gateway log goes to its group; flared's and supervisord's (?source=) to ?group= or the first.
+    const bot = botParam(c.req.query("bot"), !c.req.query("source"));
+    const group = bot ? groupOfBot(c.env, bot) : checkGroup(c.env, c.req.query("group") || allGroups(c.env)[0]!);
+    return proxyToGroup(c, group, "/logs");
   });
   app.post("/api/bots/:name/restart", (c) => {
     const bot = c.req.param("name");
@@ -198,6 +220,10 @@ export function buildApp(): Hono<{ Bindings: Env }> {
     const result = await c.env.Agent.getByName(group).restart();
     return c.json({ group, ...result });
   });
+
+  // The admin page (its files only; every call it makes goes through /api/* above).
+  app.get("/admin", serveAdmin);
+  app.get("/admin/*", serveAdmin);
 
   app.notFound((c) => c.json({ error: `no route ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
   app.onError((err, c) => {
