@@ -5,6 +5,10 @@ cron, reload, the control API), then restores each bot, keeps one gateway
 program per ready bot in supervisord, and reconciles every two seconds.
 Decisions live in the services and in :mod:`flared.reconcile`; this module
 only wires them together and runs the loop.
+
+Size: besides the wiring, the status view (one answer over every service)
+and the boot and shutdown order live here, since only the composition root
+holds every service.
 """
 
 from __future__ import annotations

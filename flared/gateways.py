@@ -14,6 +14,11 @@ forever. :func:`judge` (pure) reads each run's start, stop and exit status;
 exit 78 waits for a config change or an explicit restart, other fast exits
 are retried after an exponential, capped delay. Either way `flared status`
 shows the gateway's own last error line and what to edit.
+
+Size: the gateways' lifecycle (render, reconcile, judge runs, back off) is
+one state machine over supervisord's programs; its pure parts
+(:func:`judge`, :func:`readiness`, :func:`backoff_delay`) are functions here,
+unit-tested without processes.
 """
 
 from __future__ import annotations

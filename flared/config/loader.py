@@ -1,6 +1,10 @@
 """Load `hermes-flare.yaml`: find it, parse it with positions, fill `${VAR}`s,
 apply `FLARE_*` overrides, validate, and report every problem at once as
 ``FILE:LINE:COL: dotted.path: message``.
+
+Size: the YAML limits, positions, interpolation and overrides run in one
+pass over the same node tree, so they are one module; the models and the
+position-keeping parser (:mod:`flared.config.yamlpos`) are apart.
 """
 
 from __future__ import annotations

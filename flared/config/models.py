@@ -3,6 +3,10 @@
 Every field carries a description; `flared schema` and `docs/config.md` are
 generated from these models. Loading (with positions, interpolation and
 error reporting) lives in :mod:`flared.config.loader`.
+
+Size: one model per YAML section, each field with its description, is the
+file format in one place; `flared schema` and the docs walk it in order, and
+splitting it would only scatter what a reader compares side by side.
 """
 
 from __future__ import annotations

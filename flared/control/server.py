@@ -43,6 +43,10 @@ daemon's budget. To add a listener (say a page on 127.0.0.1), bind a
 socket and pass it to :meth:`ControlServer.listen` with its trust; a page
 is a route whose handler returns ``Response(body=html_bytes,
 content_type="text/html")``. The routes live in :mod:`flared.api`.
+
+Size: routing and HTTP framing stay together because every limit spans
+both: a route decides the body limit and the caller's rights before a byte
+of the body is read, which the connection loop then enforces.
 """
 
 from __future__ import annotations

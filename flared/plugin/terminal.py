@@ -23,6 +23,10 @@ and the fail-closed backend stays in force. The plugin also refuses the
 
 Known limit: a command's processes end with it (each command is one sandbox
 run), so Hermes' ``background=true`` processes do not outlive their command.
+
+Size: one module because it runs inside the gateway, where it imports
+nothing of flared but :mod:`flared.control.tokens` (no pydantic, no daemon
+code); the backend, its guard and the lease client are one seam into Hermes.
 """
 
 from __future__ import annotations

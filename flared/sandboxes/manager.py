@@ -16,6 +16,10 @@ The table (:mod:`flared.sandboxes.leases`) lives in
 handed out and destroys sandboxes that no row claims (orphans of a crash).
 Each lease keeps the profile it was made with; a config change applies to
 new leases.
+
+Size: acquiring, reclaiming and exec share one lock and one table, so the
+capacity rules (:mod:`flared.sandboxes.capacity`, pure) are apart but
+their application to live leases is here, in one place.
 """
 
 from __future__ import annotations
