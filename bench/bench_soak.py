@@ -17,7 +17,9 @@ at the same time:
 
 flared's RSS and open fds are printed every ``--sample-every`` seconds and
 every error as it happens. Targets: no error, RSS growth <= 10 MB after the
-warm-up (the first fifth of the run, at least a minute), no fd growth.
+warm-up (the first fifth of the run, at least a minute), no fd growth (no kind
+of fd, by :func:`fd_kinds`, whose floor rises: pipes and connections of work in
+flight come and go).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Soak:
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
         self.samples: list[tuple[float, float, int]] = []  # (seconds, RSS MiB, fds)
+        self.kinds: list[Counter[str]] = []  # the same samples' fds by kind (fd_kinds)
         self.wal_rows = 0
 
     def client(self) -> ControlClient:
@@ -171,17 +174,44 @@ class Soak:
 
     def sample(self, pid: int) -> None:
         rss, _ = proc_sample(pid)
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        kinds = fd_kinds(pid)
+        fds = sum(kinds.values())
         t = time.monotonic() - self.t0
         self.samples.append((t, rss / 2**20, fds))
+        self.kinds.append(kinds)
         with self.lock:
             done = self.counts["exec"]
         print(
             f"[{t:7.1f}s] flared RSS {rss / 2**20:6.1f} MiB, fds {fds:3d}, execs {done}, "
-            f"errors {len(self.errors)}, load {os.getloadavg()[0]:.2f}",
+            f"errors {len(self.errors)}, load {os.getloadavg()[0]:.2f}; "
+            + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
             file=sys.stderr,
             flush=True,
         )
+
+
+def kind_growth(first: list[Counter[str]], last: list[Counter[str]]) -> Counter[str]:
+    """Per kind of fd, how far its floor rose from the first samples to the last (rises only)."""
+    kinds = {k for c in first + last for k in c}
+    out: Counter[str] = Counter()
+    for k in kinds:
+        rise = min(c[k] for c in last) - min(c[k] for c in first)
+        if rise > 0:
+            out[k] = rise
+    return out
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """A process's open fds by what they are: socket, pipe, or the file's name (to tell a leak)."""
+    out: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            kind = (
+                target.split(":", 1)[0] if target.startswith(("socket:", "pipe:", "anon_inode:")) else target
+            )
+            out[Path(kind).name if kind.startswith("/") else kind] += 1
+    return out
 
 
 def main() -> int:
@@ -232,15 +262,18 @@ def report(
     load_before: tuple[float, float, float],
     load_after: tuple[float, float, float],
 ) -> int:
-    after = [s for s in soak.samples if s[0] >= warmup] or soak.samples[-1:]
+    start = next((i for i, s in enumerate(soak.samples) if s[0] >= warmup), len(soak.samples) - 1)
+    after, after_kinds = soak.samples[start:], soak.kinds[start:]
     quarter = max(1, len(after) // 4)  # medians of the first and last quarter: one sample can catch a spike
     first, last = after[:quarter], after[-quarter:]
     base_rss, end_rss = statistics.median(x[1] for x in first), statistics.median(x[1] for x in last)
-    # fds come and go with work in flight (pipes, snapshot files): a leak shows in the floor
+    # fds come and go with work in flight (an exec's pipes, connections): a leak shows as a kind of
+    # fd (sockets, pipes, one file's name) whose floor rises from the first quarter to the last
     base_fds, end_fds = min(x[2] for x in first), min(x[2] for x in last)
+    grown = kind_growth(after_kinds[:quarter], after_kinds[-quarter:])
+    fd_growth = sum(grown.values())
     peak_rss = max(x[1] for x in after)
     growth = end_rss - base_rss
-    fd_growth = end_fds - base_fds
     fds_seen = sorted({x[2] for x in after})
     seconds = soak.samples[-1][0]
     print("## Soak (`bench/bench_soak.py`)\n")
@@ -272,8 +305,13 @@ def report(
         ],
         [
             "flared open fds, first -> last quarter after warm-up (floor; range)",
-            f"{base_fds} -> {end_fds} ({fd_growth:+d}; {fds_seen[0]}-{fds_seen[-1]} with work in flight)",
-            "no growth",
+            f"{base_fds} -> {end_fds} ({fds_seen[0]}-{fds_seen[-1]} with work in flight)",
+            "-",
+        ],
+        [
+            "fds of a kind whose floor rose (sockets, pipes, each file by name)",
+            ", ".join(f"{k} +{n}" for k, n in sorted(grown.items())) or "none",
+            "none",
         ],
         ["gateway still RUNNING at the end", "yes" if gateway_ok else "NO", "yes"],
     ]
