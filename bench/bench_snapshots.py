@@ -188,9 +188,14 @@ def settled(home: Path, took: float) -> float:
 
 
 def settle(home: Path) -> None:
-    """Untimed, after a flared restore: wait for the old home's background delete, flush the disk."""
+    """Untimed, after a flared restore: wait for the old home's background delete and for the
+    marker of home.previous (written after answering), flush the disk."""
+    previous = home.with_name(home.name + ".previous")
+    marker = previous.with_name(previous.name + ".json")
     deadline = time.monotonic() + 300
-    while any(home.parent.glob(f".{home.name}.trash-*")) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        any(home.parent.glob(f".{home.name}.trash-*")) or (previous.exists() and not marker.exists())
+    ):
         time.sleep(0.05)
     os.sync()
 

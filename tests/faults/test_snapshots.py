@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from flared.config.loader import LoadedConfig, load_config
+from flared.snapshots import capture as cap
 from flared.snapshots import catalog
 from flared.snapshots import restore as restoring
 from flared.snapshots.manifest import Latest, Manifest, blob_key, latest_key, manifest_key
@@ -298,6 +299,22 @@ def test_restore_marks_home_previous_after_answering(tmp_path: Path) -> None:
     assert (
         restoring.rollback_path(home) / "memories" / "MEMORY.md"
     ).read_text() == "written after the snapshot\n"
+
+
+def test_a_restored_home_is_idle_by_the_fingerprint_walked_before_the_swap(tmp_path: Path) -> None:
+    """The restored tree's fingerprint is walked in staging (while the gateway stops): it must
+    be the home's after the swap, or the next snapshot would re-read everything."""
+    svc = ready_service(load(tmp_path))
+    home = make_home(svc.home("athena"))
+    past = time.time() - 60  # older than the racy window, as a home that has been around
+    for p in [home, *home.rglob("*")]:
+        os.utime(p, (past, past), follow_symlinks=False)
+    snap(svc)
+    assert svc.restore("athena")["result"] == "restored"
+    recorded = svc.state("athena").fingerprint
+    assert recorded is not None and recorded == cap.walk(home, svc._rules()).fingerprint()
+    again = svc.snapshot("athena")
+    assert again["result"] == "unchanged" and "hash" not in again["steps"], again
 
 
 def test_mark_previous_describes_only_the_tree_moved_aside(tmp_path: Path) -> None:
