@@ -205,7 +205,7 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
     out = Walk(home=home, started_ns=time.time_ns())
     root_real = os.path.realpath(home)
     secret_name, secret_path = _split_regex(rules_.secret)
-    exclude_name, exclude_path = _split_regex(rules_.exclude)
+    any_name, any_path = _split_regex(rules_.all)
     wal_rx = _any_regex(_WAL_PATTERNS)
     assert wal_rx is not None
     skipped = set(skip)
@@ -219,22 +219,23 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if rel in skipped:
+            if skipped and rel in skipped:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             name = entry.name
-            if (secret_name is not None and secret_name.fullmatch(name)) or (
-                secret_path is not None and secret_path.match(rel)
+            # One test for the many entries no rule names; then which rule.
+            if (any_name is not None and any_name.fullmatch(name)) or (
+                any_path is not None and any_path.match(rel)
             ):
-                if stat.S_ISREG(st.st_mode):
-                    out.secrets.append((rel, st))
-                continue
-            if (exclude_name is not None and exclude_name.fullmatch(name)) or (
-                exclude_path is not None and exclude_path.match(rel)
-            ):
+                if (secret_name is not None and secret_name.fullmatch(name)) or (
+                    secret_path is not None and secret_path.match(rel)
+                ):
+                    if stat.S_ISREG(st.st_mode):
+                        out.secrets.append((rel, st))
+                    continue
                 if stat.S_ISREG(st.st_mode) and wal_rx.match(rel):
                     out.side[rel] = st
                 continue
