@@ -143,12 +143,11 @@ class SnapshotService:
         stat walk, or a content digest when the gateway changed it, takes up to seconds."""
         if moved is None:
             return
-        home = self.home(bot)
+        home, st = self.home(bot), self.state(bot)
         with self._guard:
             self._marks[bot] = lambda: restoring.mark_previous(home, moved, saved_as)
 
         def run() -> None:
-            st = self.state(bot)
             with self._exclusive(st):
                 self._flush_mark(bot)
 
