@@ -532,9 +532,11 @@ class SnapshotService:
                     if self.gateways is not None:
                         self.gateways.stop(bot)
                         stopped = True
+                        prepared.steps["stop"] = round(time.monotonic() - mark, 3)
                 finally:
+                    waited = time.monotonic()
                     walker.join()
-                prepared.steps["stop"] = round(time.monotonic() - mark, 3)
+                prepared.steps["fingerprint"] = round(time.monotonic() - waited, 3)  # beyond the stop
                 try:
                     res = restoring.commit(prepared, self.home(bot), saved_as=None, store=self.store)
                 except OSError as exc:
