@@ -23,7 +23,9 @@ Measures, each interleaved with its baseline (the median of per-pair ratios, min
 The daemon rows run on the file store and the 50 MB-class homes (a daemon reaches the store
 exactly as the in-process rows do); the 500 MB home runs 2 rounds on the file store and 1 on S3.
 Env: BENCH_PAIRS (pairs per comparison), BENCH_SNAPSHOT_HOMES (e.g. `agent50,small,wal`),
-BENCH_SNAPSHOT_STORES (`file,s3`), BENCH_SNAPSHOT_DAEMON=0 (skip the daemon rows).
+BENCH_SNAPSHOT_STORES (`file,s3`), BENCH_SNAPSHOT_DAEMON=0 (skip the daemon rows),
+BENCH_SNAPSHOT_WAYS=daemon (only the daemon rows), BENCH_SNAPSHOT_MEASURES (e.g. `restore`;
+default `full,unchanged,restore`: a restore without `full` restores the first snapshot).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ HOMES: dict[str, tuple[str, Callable[[Path], None], float]] = {
 
 def chosen(env: str, default: str) -> list[str]:
     return [x for x in os.environ.get(env, default).split(",") if x]
+
+
+MEASURES = chosen("BENCH_SNAPSHOT_MEASURES", "full,unchanged,restore")
 
 
 def log(msg: str) -> None:
@@ -183,9 +188,14 @@ def settled(home: Path, took: float) -> float:
 
 
 def settle(home: Path) -> None:
-    """Untimed, after a flared restore: wait for the old home's background delete, flush the disk."""
+    """Untimed, after a flared restore: wait for the old home's background delete and for the
+    marker of home.previous (written after answering), flush the disk."""
+    previous = home.with_name(home.name + ".previous")
+    marker = previous.with_name(previous.name + ".json")
     deadline = time.monotonic() + 300
-    while any(home.parent.glob(f".{home.name}.trash-*")) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        any(home.parent.glob(f".{home.name}.trash-*")) or (previous.exists() and not marker.exists())
+    ):
         time.sleep(0.05)
     os.sync()
 
@@ -383,29 +393,35 @@ def offline_phase(case: Case, key: str, template: Path, store: Store, tmp: Path)
             changes(home)
             return offline_way.full_runs.add(*cli_snapshot(cfg))
 
-        log(f"  full snapshots ({n} rounds)")
-        measures = {"in": full_inproc, "cli": full_cli}
-        if key != "agent500" and store.kind == "file":
-            measures["cold"] = full_cold
-        got = rounds(original.snapshot, measures, n)
-        inproc_way.full, inproc_way.cold, offline_way.full = got["in"], got.get("cold"), got["cli"]
-        case.original += got["in"].b
-        case.original_packed = original.packed
+        if "full" in MEASURES:
+            log(f"  full snapshots ({n} rounds)")
+            measures = {"in": full_inproc, "cli": full_cli}
+            if key != "agent500" and store.kind == "file":
+                measures["cold"] = full_cold
+            got = rounds(original.snapshot, measures, n)
+            inproc_way.full, inproc_way.cold, offline_way.full = got["in"], got.get("cold"), got["cli"]
+            case.original += got["in"].b
+            case.original_packed = original.packed
 
-        log("  unchanged snapshots")
-        changes.settle()
-        inproc.snapshot()  # the content path once: it records the fingerprint
-        for _ in range(n):
-            inproc_way.idle.add(*inproc.snapshot())
-            offline_way.idle.add(*cli_snapshot(cfg))
-        for _ in range(n):
-            os.utime(home / "memories" / "MEMORY.md")
-            inproc_way.touched.add(*inproc.snapshot())
-            os.utime(home / "memories" / "MEMORY.md")
-            offline_way.touched.add(*cli_snapshot(cfg))
+        if "unchanged" in MEASURES:
+            log("  unchanged snapshots")
+            changes.settle()
+            inproc.snapshot()  # the content path once: it records the fingerprint
+            for _ in range(n):
+                inproc_way.idle.add(*inproc.snapshot())
+                offline_way.idle.add(*cli_snapshot(cfg))
+            for _ in range(n):
+                os.utime(home / "memories" / "MEMORY.md")
+                inproc_way.touched.add(*inproc.snapshot())
+                os.utime(home / "memories" / "MEMORY.md")
+                offline_way.touched.add(*cli_snapshot(cfg))
 
+        if "restore" not in MEASURES:
+            shutil.rmtree(where, ignore_errors=True)
+            return
         log(f"  restores ({n} rounds)")
-        blob_key = store.blob_key(offline_way.full_runs.results[-1]["id"])
+        newest = offline_way.full_runs.results[-1] if offline_way.full_runs.results else first
+        blob_key = store.blob_key(newest["id"])
 
         def floor() -> float:
             took = floor_restore(store, blob_key, work)
@@ -451,18 +467,22 @@ def daemon_phase(case: Case, key: str, template: Path, store: Store, tmp: Path) 
             changes(home)
             return way.full_runs.add(*cli_snapshot(cfg))
 
-        log(f"  daemon: full snapshots ({DAEMON_PAIRS} rounds)")
-        way.full = rounds(original.snapshot, {"cli": full}, DAEMON_PAIRS)["cli"]
-        log("  daemon: unchanged snapshots")
-        changes.settle()
-        cli_snapshot(cfg)
-        for _ in range(DAEMON_PAIRS):
-            way.idle.add(*cli_snapshot(cfg))
-        for _ in range(DAEMON_PAIRS):
-            os.utime(home / "memories" / "MEMORY.md")
-            way.touched.add(*cli_snapshot(cfg))
+        if "full" in MEASURES:
+            log(f"  daemon: full snapshots ({DAEMON_PAIRS} rounds)")
+            way.full = rounds(original.snapshot, {"cli": full}, DAEMON_PAIRS)["cli"]
+        if "unchanged" in MEASURES:
+            log("  daemon: unchanged snapshots")
+            changes.settle()
+            cli_snapshot(cfg)
+            for _ in range(DAEMON_PAIRS):
+                way.idle.add(*cli_snapshot(cfg))
+            for _ in range(DAEMON_PAIRS):
+                os.utime(home / "memories" / "MEMORY.md")
+                way.touched.add(*cli_snapshot(cfg))
+        if "restore" not in MEASURES:
+            return
         log(f"  daemon: restores ({DAEMON_PAIRS} rounds)")
-        sid = way.full_runs.results[-1]["id"]
+        sid = way.full_runs.results[-1]["id"] if way.full_runs.results else res["id"]
         blob_key = store.blob_key(sid)
 
         def restore() -> float:
@@ -663,6 +683,7 @@ def main() -> None:
     keys = chosen("BENCH_SNAPSHOT_HOMES", "agent50,small,wal" if quick() else "agent50,agent500,small,wal")
     stores = chosen("BENCH_SNAPSHOT_STORES", "file,s3")
     daemon = os.environ.get("BENCH_SNAPSHOT_DAEMON", "1") != "0"
+    ways = chosen("BENCH_SNAPSHOT_WAYS", "offline,daemon")
     server = MotoServer().start() if "s3" in stores else None
     cases: list[Case] = []
     try:
@@ -677,11 +698,16 @@ def main() -> None:
                 for kind in stores:
                     log(f"{label} on {kind}:")
                     case = Case(key, label, kind, raw, target)
-                    offline_phase(
-                        case, key, template, make_store(kind, server, tmp / f"store-off-{key}-{kind}"), tmp
-                    )
+                    if "offline" in ways:
+                        offline_phase(
+                            case,
+                            key,
+                            template,
+                            make_store(kind, server, tmp / f"store-off-{key}-{kind}"),
+                            tmp,
+                        )
                     # With a daemon the store is reached as in-process: its rows are on the file store.
-                    if daemon and kind == "file" and key != "agent500":
+                    if daemon and "daemon" in ways and kind == "file" and key != "agent500":
                         daemon_phase(
                             case, key, template, make_store(kind, server, tmp / f"store-up-{key}-{kind}"), tmp
                         )

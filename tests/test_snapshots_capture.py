@@ -55,6 +55,77 @@ def test_globs(rel: str, pattern: str, hit: bool) -> None:
     assert cap.matches(rel, [pattern]) is hit
 
 
+WALK_PATTERNS = (
+    "logs/**",
+    "/top.txt",
+    "cache/",
+    "*.tmp",
+    "n?te.md",
+    "**/*.png",
+    "deep/**/x.bin",
+    "a/b/c.txt",
+    "[x].md",
+)
+
+
+def test_the_walk_leaves_out_exactly_what_the_patterns_match(tmp_path: Path) -> None:
+    """The walk matches one-component patterns against names only (its directories were
+    already tested): the same answers as matching every whole path."""
+    home = tmp_path / "home"
+    rels = [
+        "top.txt",
+        "sub/top.txt",
+        "cache/x",
+        "sub/cache/y",
+        "sub/cache.d/z",
+        "f.tmp",
+        "sub/g.tmp/h",
+        "note.md",
+        "sub/nate.md",
+        "sub/notes.md",
+        "i.png",
+        "sub/deep/j.png",
+        "deep/x.bin",
+        "deep/1/2/x.bin",
+        "sub/deep/x.bin",
+        "a/b/c.txt",
+        "z/a/b/c.txt",
+        "[x].md",
+        "x.md",
+        "logs/l",
+        "sub/logs/l",
+        "sub/.env",
+        "sub/auth.json/k",
+        "state.db-wal",
+        "sub/gateway.pid",
+    ]
+    for rel in rels:
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(rel)
+    rules = cap.rules(list(WALK_PATTERNS), encrypted=False)
+    walked = cap.walk(home, rules)
+    kept = {rel for rel, _ in walked.entries}
+    secrets = {rel for rel, _ in walked.secrets}
+    every = {str(p.relative_to(home)) for p in home.rglob("*")}
+
+    def hidden(rel: str, patterns: tuple[str, ...]) -> bool:
+        parts = rel.split("/")
+        return any(cap.matches("/".join(parts[: i + 1]), patterns) for i in range(len(parts)))
+
+    assert kept == {r for r in every if not hidden(r, rules.all)}
+    # A secret is listed (its content kept out under other names) unless a directory above it is left out.
+    assert secrets == {
+        r
+        for r in every
+        if (home / r).is_file()
+        and cap.matches(r, rules.secret)
+        and not hidden(str(Path(r).parent), rules.all)
+    }
+    assert "sub/auth.json/k" not in kept | secrets
+    assert {"sub/top.txt", "sub/cache.d/z", "sub/notes.md", "x.md", "z/a/b/c.txt", "sub/logs/l"} <= kept
+    assert "sub/deep/x.bin" in kept and "deep/1/2/x.bin" not in kept
+
+
 def test_walk_leaves_out_runtime_files_and_secrets(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home")
     got = scan(home, user=("logs/**",))

@@ -104,6 +104,26 @@ def _any_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{_glob_regex(p).pattern})" for p in patterns))
 
 
+def _one_name(pattern: str) -> bool:
+    """Whether a pattern matches exactly one path component (no `/`, no `**`): it matches a
+    path iff it matches the path's name or one of its directories' names."""
+    return "/" not in pattern.rstrip("/") and "**" not in pattern  # as _glob_regex anchors
+
+
+@lru_cache(maxsize=64)
+def _split_regex(patterns: tuple[str, ...]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    """For a walk that never enters a matched directory: one regex for the entry's name
+    (patterns of one component: its directories were already tested), one for its whole
+    path (the others). Same answers as :func:`_any_regex`, without a prefix search per name."""
+    names = []
+    for p in patterns:
+        if _one_name(p):
+            body = _glob_regex(p).pattern.removeprefix("^(?:.*/)?").removesuffix("(?:/.*)?$")
+            names.append(f"(?:{body})")
+    name_rx = re.compile("|".join(names)) if names else None
+    return name_rx, _any_regex(tuple(p for p in patterns if not _one_name(p)))
+
+
 def matches(rel: str, patterns: Iterable[str]) -> bool:
     """Whether a home-relative path (or a directory above it) matches any pattern."""
     rx = _any_regex(tuple(patterns))
@@ -184,7 +204,8 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
     """Stat every entry of `home` once, sorted by name, parents before children."""
     out = Walk(home=home, started_ns=time.time_ns())
     root_real = os.path.realpath(home)
-    secret_rx, exclude_rx = _any_regex(rules_.secret), _any_regex(rules_.exclude)
+    secret_name, secret_path = _split_regex(rules_.secret)
+    any_name, any_path = _split_regex(rules_.all)
     wal_rx = _any_regex(_WAL_PATTERNS)
     assert wal_rx is not None
     skipped = set(skip)
@@ -198,17 +219,23 @@ def walk(home: Path, rules_: Rules, *, skip: Iterable[str] = ()) -> Walk:
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if rel in skipped:
+            if skipped and rel in skipped:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if secret_rx is not None and secret_rx.match(rel):
-                if stat.S_ISREG(st.st_mode):
-                    out.secrets.append((rel, st))
-                continue
-            if exclude_rx is not None and exclude_rx.match(rel):
+            name = entry.name
+            # One test for the many entries no rule names; then which rule.
+            if (any_name is not None and any_name.fullmatch(name)) or (
+                any_path is not None and any_path.match(rel)
+            ):
+                if (secret_name is not None and secret_name.fullmatch(name)) or (
+                    secret_path is not None and secret_path.match(rel)
+                ):
+                    if stat.S_ISREG(st.st_mode):
+                        out.secrets.append((rel, st))
+                    continue
                 if stat.S_ISREG(st.st_mode) and wal_rx.match(rel):
                     out.side[rel] = st
                 continue
@@ -389,7 +416,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
         if cached is not None:
             return cached
         try:
-            sha = _sha256(os.path.join(home_s, rel))
+            sha = _sha256(f"{home_s}/{rel}")
         except FileNotFoundError:
             return None
         hashed += st.st_size
@@ -442,7 +469,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             continue
         db: DbCopy | None = None
         skey = stat_key(st)
-        path = os.path.join(home_s, rel)
+        path = f"{home_s}/{rel}"
         if skey not in cache and is_sqlite(path):
             try:
                 db, made = _copy_database(home, rel, st, walked, cache)

@@ -502,8 +502,13 @@ def _refuse_unsafe(root: Path) -> list[dict[str, str]]:
 SavedAs = Callable[[Path], tuple[str | None, str | None]]
 
 
-def commit(prepared: Prepared, home: Path, *, saved_as: SavedAs, store: Store | None = None) -> RestoreResult:
-    """Swap the prepared tree in; keep the old home as home.previous (see :func:`swap_in`)."""
+def commit(
+    prepared: Prepared, home: Path, *, saved_as: SavedAs | None, store: Store | None = None
+) -> RestoreResult:
+    """Swap the prepared tree in; keep the old home as home.previous (see :func:`swap_in`).
+
+    With `saved_as` None no marker is written: the caller marks home.previous later
+    (:func:`mark_previous`), off the critical path; until then it counts as unsaved."""
     mark = time.monotonic()
     kept = swap_in(prepared.staging, home, saved_as=saved_as, store=store, bot=prepared.bot)
     prepared.steps["swap"] = round(time.monotonic() - mark, 3)
@@ -583,8 +588,8 @@ def swap_in(
     if home.exists():
         sid, digest = saved_as(home) if saved_as is not None else (None, None)
         home.rename(previous)
-        with contextlib.suppress(OSError):
-            _marker(previous).write_text(json.dumps({"snapshot": sid, "digest": digest, "at": now_iso()}))
+        if saved_as is not None:
+            _write_marker(previous, sid, digest)
     home.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging.rename(home)
@@ -594,6 +599,39 @@ def swap_in(
         raise
     home.chmod(0o700)  # it holds the bot's secrets once rendered
     return kept
+
+
+def _write_marker(previous: Path, sid: str | None, digest: str | None) -> None:
+    with contextlib.suppress(OSError):
+        _marker(previous).write_text(json.dumps({"snapshot": sid, "digest": digest, "at": now_iso()}))
+
+
+def tree_id(path: Path) -> tuple[int, int] | None:
+    """Which directory `path` names now (device, inode): a later rename shows as a change."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def mark_previous(home: Path, moved: tuple[int, int], saved_as: SavedAs) -> bool:
+    """After a swap: record which snapshot holds home.previous's content (its marker).
+
+    Done after the restore answered, while nothing writes the tree any more (it was moved
+    aside with the gateway stopped). Only when home.previous is still the tree `moved`
+    aside: a restore in between has already kept it under a dated name, and a marker
+    written now would describe another tree. Until the marker exists, home.previous
+    counts as unsaved (kept), so a late or lost marker never deletes anything.
+    """
+    previous = rollback_path(home)
+    if tree_id(previous) != moved or _marker(previous).exists():
+        return False
+    sid, digest = saved_as(previous)
+    if tree_id(previous) != moved:
+        return False
+    _write_marker(previous, sid, digest)
+    return True
 
 
 def home_saved_as(

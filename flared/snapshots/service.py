@@ -68,6 +68,7 @@ class SnapshotService:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
         self._guard = threading.Lock()
+        self._marks: dict[str, Callable[[], object]] = {}  # bot -> home.previous marker still to write
         self.scheduler = Scheduler(self, self._pool.submit, self._stop)
 
     # ------------------------------------------------------------------ state
@@ -110,14 +111,59 @@ class SnapshotService:
             home, self._rules(), self._cache(bot), known, self._work(bot) / "digest", shortcut
         )
 
-    def _after_restore(self, st: BotState, res: restoring.RestoreResult) -> None:
+    def _after_restore(
+        self,
+        st: BotState,
+        res: restoring.RestoreResult,
+        fingerprint: concurrent.futures.Future[str | None] | None = None,
+    ) -> None:
         """The restored home is the snapshot: record its fingerprint, so an idle bot stays idle
-        (when it is the latest and nothing was refused); old homes are deleted in the background."""
+        (when it is the latest and nothing was refused); old homes are deleted in the background.
+
+        `fingerprint` is the staging tree's, walked before the swap (while the gateway stopped):
+        the swap renames only the top directory, which a fingerprint leaves out."""
         st.fingerprint = None
         if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
             with contextlib.suppress(OSError):
-                st.fingerprint = cap.walk(self.home(st.name), self._rules()).fingerprint()
+                st.fingerprint = (
+                    fingerprint.result()
+                    if fingerprint is not None
+                    else cap.walk(self.home(st.name), self._rules()).fingerprint()
+                )
         restoring.empty_trash(self.home(st.name))
+
+    def _staging_fingerprint(self, prepared: restoring.Prepared) -> str | None:
+        """Only when :meth:`_after_restore` will keep it (the latest, nothing refused)."""
+        latest = prepared.id == prepared.fence.snapshot_id or prepared.damaged_etag is not None
+        if prepared.refused or not latest:
+            return None
+        return cap.walk(prepared.staging, self._rules()).fingerprint()
+
+    def _defer_mark(self, bot: str, moved: tuple[int, int] | None, saved_as: restoring.SavedAs) -> None:
+        """Learn whether the home just moved aside is held by a snapshot after answering: a
+        stat walk, or a content digest when the gateway changed it, takes up to seconds."""
+        if moved is None:
+            return
+        home, st = self.home(bot), self.state(bot)
+        with self._guard:
+            self._marks[bot] = lambda: restoring.mark_previous(home, moved, saved_as)
+
+        def run() -> None:
+            with self._exclusive(st):
+                self._flush_mark(bot)
+
+        with contextlib.suppress(RuntimeError):  # shutting down: the next restore marks it first
+            self._pool.submit(run)
+
+    def _flush_mark(self, bot: str) -> None:
+        """Write home.previous's marker now if a restore left it to do (the bot's lock is held)."""
+        with self._guard:
+            mark = self._marks.pop(bot, None)
+        if mark is not None:
+            try:
+                mark()
+            except Exception:  # a failure here only keeps home.previous as if unsaved
+                log.exception("bot %s: could not tell whether home.previous is in a snapshot", bot)
 
     def state(self, bot: str) -> BotState:
         with self._guard:
@@ -446,6 +492,7 @@ class SnapshotService:
         """
         st = self.state(bot)
         with self._exclusive(st):
+            self._flush_mark(bot)  # the last restore's home.previous, before this one moves it
             phase = st.phase
             st.phase = "restoring"
             stopped = False
@@ -479,18 +526,25 @@ class SnapshotService:
                         known.setdefault(
                             catalog.read_manifest(self.store, bot, latest_id).content_digest, latest_id
                         )
+                saved_as = self._saved_as(bot, known, prepared.fence)
                 mark = time.monotonic()
-                if self.gateways is not None:
-                    self.gateways.stop(bot)
-                    stopped = True
-                prepared.steps["stop"] = round(time.monotonic() - mark, 3)
+                # The restored tree's fingerprint is walked while the gateway stops (mostly a wait).
+                fingerprint: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+                walker = threading.Thread(
+                    target=_resolve, args=(fingerprint, lambda: self._staging_fingerprint(prepared))
+                )
+                walker.start()
                 try:
-                    res = restoring.commit(
-                        prepared,
-                        self.home(bot),
-                        saved_as=self._saved_as(bot, known, prepared.fence),
-                        store=self.store,
-                    )
+                    if self.gateways is not None:
+                        self.gateways.stop(bot)
+                        stopped = True
+                        prepared.steps["stop"] = round(time.monotonic() - mark, 3)
+                finally:
+                    waited = time.monotonic()
+                    walker.join()
+                prepared.steps["fingerprint"] = round(time.monotonic() - waited, 3)  # beyond the stop
+                try:
+                    res = restoring.commit(prepared, self.home(bot), saved_as=None, store=self.store)
                 except OSError as exc:
                     restoring.discard(prepared.staging)
                     return {
@@ -499,9 +553,10 @@ class SnapshotService:
                         "local": True,
                         "error": f"restore stopped, the home is as it was: {pipeline.describe_os_error(exc)}",
                     }
+                self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
                 st.fence, st.fenced, st.gate = res.fence, None, None
-                self._after_restore(st, res)
+                self._after_restore(st, res, fingerprint)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.
                 st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
@@ -588,3 +643,10 @@ class SnapshotService:
             "restore": st.restore,
             "running": st.running,
         }
+
+
+def _resolve(future: concurrent.futures.Future[str | None], fn: Callable[[], str | None]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # handed to whoever reads the result
+        future.set_exception(exc)

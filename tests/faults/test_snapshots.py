@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from flared.config.loader import LoadedConfig, load_config
+from flared.snapshots import capture as cap
 from flared.snapshots import catalog
 from flared.snapshots import restore as restoring
 from flared.snapshots.manifest import Latest, Manifest, blob_key, latest_key, manifest_key
@@ -269,6 +270,78 @@ def test_home_previous_is_deleted_only_when_a_snapshot_holds_it(tmp_path: Path) 
     third = svc.restore("athena")
     assert third["result"] == "restored" and third["kept"] is None
     assert unsaved_copies() == [kept]  # still there, never deleted
+
+
+def wait_marker(home: Path) -> dict[str, Any]:
+    marker = restoring.rollback_path(home).with_name("home.previous.json")
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, "home.previous was never marked"
+        time.sleep(0.05)
+    data: dict[str, Any] = json.loads(marker.read_text())
+    return data
+
+
+def test_restore_marks_home_previous_after_answering(tmp_path: Path) -> None:
+    """The restore answers before it learns whether the home it moved aside is in a snapshot
+    (a walk, or a digest when the gateway wrote to it); the marker follows in the background
+    and says the snapshot only when the content is the snapshot's."""
+    svc = ready_service(load(tmp_path))
+    home = make_home(svc.home("athena"))
+    saved = snap(svc)
+    first = svc.restore("athena")
+    assert first["result"] == "restored" and first["kept"] is None
+    assert wait_marker(home)["snapshot"] == saved["id"]
+    (home / "memories" / "MEMORY.md").write_text("written after the snapshot\n")
+    assert svc.restore("athena")["result"] == "restored"
+    marker = wait_marker(home)
+    assert marker["snapshot"] is None and marker["digest"]
+    assert (
+        restoring.rollback_path(home) / "memories" / "MEMORY.md"
+    ).read_text() == "written after the snapshot\n"
+
+
+def test_a_restored_home_is_idle_by_the_fingerprint_walked_before_the_swap(tmp_path: Path) -> None:
+    """The restored tree's fingerprint is walked in staging (while the gateway stops): it must
+    be the home's after the swap, or the next snapshot would re-read everything."""
+    svc = ready_service(load(tmp_path))
+    home = make_home(svc.home("athena"))
+    past = time.time() - 60  # older than the racy window, as a home that has been around
+    for p in [home, *home.rglob("*")]:
+        os.utime(p, (past, past), follow_symlinks=False)
+    snap(svc)
+    assert svc.restore("athena")["result"] == "restored"
+    recorded = svc.state("athena").fingerprint
+    assert recorded is not None and recorded == cap.walk(home, svc._rules()).fingerprint()
+    again = svc.snapshot("athena")
+    assert again["result"] == "unchanged" and "hash" not in again["steps"], again
+
+
+def test_mark_previous_describes_only_the_tree_moved_aside(tmp_path: Path) -> None:
+    """A restore in between kept home.previous under a dated name: a late marker must not
+    describe the tree that took its place."""
+    home = tmp_path / "home"
+    previous = restoring.rollback_path(home)
+    previous.mkdir()
+    moved = restoring.tree_id(previous)
+    assert moved is not None
+    previous.rename(tmp_path / "home.previous-kept")
+    previous.mkdir()  # another tree, unsaved
+    asked: list[Path] = []
+
+    def saved_as(p: Path) -> tuple[str | None, str | None]:
+        asked.append(p)
+        return "20300101T000000Z-abcdef", "digest"
+
+    assert not restoring.mark_previous(home, moved, saved_as)
+    assert asked == [] and not previous.with_name("home.previous.json").exists()
+    now = restoring.tree_id(previous)
+    assert now is not None and restoring.mark_previous(home, now, saved_as)
+    assert (
+        json.loads(previous.with_name("home.previous.json").read_text())["snapshot"]
+        == "20300101T000000Z-abcdef"
+    )
+    assert not restoring.mark_previous(home, now, saved_as)  # marked once
 
 
 # ---------------------------------------------------------------------- links and secrets
