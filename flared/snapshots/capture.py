@@ -18,6 +18,9 @@ files its own read created (a read-only connection leaves them behind).
 Content hashes are cached by (device, inode, size, mtime, ctime), so the
 digest re-reads only changed files; a stat-only fingerprint of the walk lets
 an idle bot skip even that.
+
+Size: the walk, its rules (exclusions, secrets, links) and the digest are
+one pass over the home; split, each part would walk or re-stat it again.
 """
 
 from __future__ import annotations

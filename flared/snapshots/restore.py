@@ -11,6 +11,10 @@ Two halves, so a running gateway is stopped only for the second:
 - :func:`commit` swaps the staging dir in. The old home is kept as
   ``home.previous``; an older ``home.previous`` is deleted only when its
   content is in a snapshot, and kept under a dated name otherwise.
+
+Size: both halves and the home.previous bookkeeping share the staging,
+trash and marker paths and the local-failure classification; the store side
+is :mod:`.catalog`, the unpacking itself unsquashfs.
 """
 
 from __future__ import annotations
