@@ -70,6 +70,17 @@ def baseline_tree(ref: str, kind: str, dest: Path) -> Path:
     server = server.replace(
         "public: bool = False\n    ) -> None:", "public: bool = False, **_: Any\n    ) -> None:", 1
     )
+    # Later additions the daemon uses: options it passes (audit) are ignored, and the admin
+    # page's listener cannot be bound (the daemon then runs without it and says so).
+    server = server.replace(
+        "tree: ProcessTree | None = None,\n    ) -> None:",
+        "tree: ProcessTree | None = None,\n        **_: Any,\n    ) -> None:",
+        1,
+    )
+    server += (
+        "\n\ndef bind_tcp(address: tuple[str, int]) -> socket.socket:\n"
+        '    raise OSError("the baseline serves no admin page")\n'
+    )
     (mixed / "flared/control/server.py").write_text(server)
     return mixed
 
