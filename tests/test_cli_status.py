@@ -137,3 +137,11 @@ def test_final_snapshot_lines_and_restore_lines() -> None:
     assert restore_line({"result": "empty"}) == "started fresh: the store held no snapshot"
     assert restore_line({"result": "failed", "error": "no space"}) == "restore failed: no space"
     assert snapshot_age("not-an-id") is None
+
+
+def test_the_admin_page_is_shown_with_its_url_or_why_it_is_not_served() -> None:
+    text = render(status(bot(), admin={"url": "http://127.0.0.1:8643/admin/", "error": None}))
+    assert "admin page: http://127.0.0.1:8643/admin/ (`flared admin` prints a sign-in link)" in text
+    why = "admin page not served: cannot listen on 127.0.0.1:8643 (Address already in use); set admin.port"
+    assert why in render(status(bot(), admin={"url": None, "error": why}))
+    assert "admin page" not in render(status(bot(), admin={"url": None, "error": None}))  # turned off

@@ -225,6 +225,11 @@ def render_status(out: Out, d: dict[str, Any]) -> None:
         )
     if "leases" in d:
         out.print(f"leases in use: {len(d['leases'])}")
+    admin = d.get("admin") or {}
+    if admin.get("url"):
+        out.print(f"admin page: {admin['url']} (`flared admin` prints a sign-in link)")
+    elif admin.get("error"):
+        out.print(out.style(str(admin["error"]), "yellow"))
     if d.get("cron"):
         render_cron(out, d["cron"])
     if not running:
