@@ -454,7 +454,10 @@ class Gateways:
     def _judge(self, bot: str, proc: dict[str, Any]) -> None:
         name = program_name(bot)
         paths = BotPaths.of(self.live.config.state_dir, bot)
-        watch, verdict = judge(self._watches.get(name, RunWatch()), proc, startup_failed_at(paths.home))
+        before = self._watches.get(name, RunWatch())
+        # Hermes' record matters only for a run that ended since the last look: read it only then
+        ended = not before.seen or float(proc.get("stop") or 0) > before.stop
+        watch, verdict = judge(before, proc, startup_failed_at(paths.home) if ended else None)
         self._watches[name] = watch
         if proc.get("statename") == "RUNNING" and watch.fast_exits == 0 and bot in self._loops:
             now = float(proc.get("now") or time.time())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from flared.cli.text import Out
 from flared.cli.text import human_age as human_age
-from flared.cli.text import human_bytes as human_bytes
+from flared.config.units import human_bytes as human_bytes
 
 if TYPE_CHECKING:
     from flared.config.loader import ConfigError, LoadedConfig

@@ -28,7 +28,8 @@ from flared.cli.common import (
     load_or_exit,
 )
 from flared.cli.remote import connect
-from flared.cli.text import Out, human_age, human_bytes
+from flared.cli.text import Out, human_age
+from flared.config.units import human_bytes
 from flared.control.client import ConnectionLost, ControlError, DaemonNotRunning
 
 _READINESS_STYLE = {"ready": "green", "starting": "yellow", "failed": "red", "stopped": "dim"}

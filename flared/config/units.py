@@ -67,6 +67,17 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"invalid size {value!r}: use bytes or a unit, such as 64KiB, 1MiB or 2GiB")
 
 
+def human_bytes(n: float | None) -> str:
+    """A size as people read it (``12.9 KiB``): the CLI's and the operator bot's answers."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def format_size(n: int) -> str:
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= size and n % size == 0:

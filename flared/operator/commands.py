@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from flared.config.units import human_bytes
+
 #: name -> (usage, minimum args, maximum args, one-line help)
 SPEC: dict[str, tuple[str, int, int, str]] = {
     "help": ("help", 0, 1, "this list"),
@@ -70,16 +72,6 @@ def _age(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def _size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
-
-
 def render_status(st: dict[str, Any]) -> str:
     cfg = st.get("config") or {}
     lines = [
@@ -131,7 +123,7 @@ def render_snapshots(bot: str, snaps: list[dict[str, Any]]) -> str:
     if not snaps:
         return f"{bot} has no snapshots yet."
     rows = [
-        f"`{s['id']}`  {str(s.get('created_at', ''))[:16].replace('T', ' ')}  {_size(s.get('packed_size'))}"
+        f"`{s['id']}`  {str(s.get('created_at', ''))[:16].replace('T', ' ')}  {human_bytes(s.get('packed_size'))}"
         + ("  *latest*" if s.get("latest") else "")
         for s in snaps[:20]
     ]
@@ -144,7 +136,7 @@ def render_snapshot_results(results: list[dict[str, Any]]) -> str:
     for r in results:
         if r["result"] == "ok":
             out.append(
-                f":white_check_mark: {r['bot']}: snapshot `{r['id']}` ({_size(r.get('bytes_uploaded'))} uploaded)"
+                f":white_check_mark: {r['bot']}: snapshot `{r['id']}` ({human_bytes(r.get('bytes_uploaded'))} uploaded)"
             )
         elif r["result"] == "unchanged":
             out.append(f":white_check_mark: {r['bot']}: unchanged since `{r.get('id')}`, nothing uploaded")
@@ -190,7 +182,7 @@ def restore_preview(bot: str, snapshot: dict[str, Any] | None, bot_status: dict[
     which = "the latest snapshot" if snapshot.get("latest") else "an older snapshot"
     return (
         f"Restore *{bot}* from {which} `{snapshot['id']}` ({str(snapshot.get('created_at', ''))[:16].replace('T', ' ')}, "
-        f"{_size(snapshot.get('packed_size'))})? This stops its gateway and replaces {current}."
+        f"{human_bytes(snapshot.get('packed_size'))})? This stops its gateway and replaces {current}."
     )
 
 

@@ -39,6 +39,7 @@ from flared.snapshots.manifest import (
     new_id,
     now_iso,
 )
+from flared.snapshots.steps import StepTimer
 from flared.snapshots.stores import PreconditionFailed, Progress, Store, StoreError
 from flared.snapshots.stores.local import file_sha256
 
@@ -167,14 +168,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
     if not job.home.is_dir():
         return SnapshotResult("skipped", bot, reason="the bot has no Hermes home yet")
     steps: dict[str, float] = {}
-    mark = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal mark
-        now = time.monotonic()
-        steps[name] = round(steps.get(name, 0.0) + now - mark, 3)
-        mark = now
-
+    step = StepTimer(steps)
     skip = _inside_home(job.home, job.work, job.cache)
     try:
         walked = cap.walk(job.home, rules, skip=skip)

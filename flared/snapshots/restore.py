@@ -52,6 +52,7 @@ from flared.snapshots.manifest import (
     valid_id,
 )
 from flared.snapshots.pipeline import WRITER, announce, clean_work, describe_os_error
+from flared.snapshots.steps import StepTimer
 from flared.snapshots.stores import (
     NotFound,
     PreconditionFailed,
@@ -297,14 +298,7 @@ def _unpack_one(
     progress: Progress | None,
     steps: dict[str, float],
 ) -> tuple[Manifest, int]:
-    mark = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal mark
-        now = time.monotonic()
-        steps[name] = round(steps.get(name, 0.0) + now - mark, 3)
-        mark = now
-
+    step = StepTimer(steps)
     try:
         raw = store.get_bytes(manifest_key(bot, sid))[0]
     except NotFound:
