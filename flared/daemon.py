@@ -50,6 +50,7 @@ from flared.policy.reload import Reloader
 from flared.policy.watch import Watcher, watch_config
 from flared.sandboxes.manager import LeaseManager
 from flared.snapshots.service import SnapshotService
+from flared.stopping import Deadline, final_snapshot_deadline, not_saved_line
 from flared.supervisor import Layout, SupervisorClient, SupervisorError
 
 log = logging.getLogger("flared")
@@ -79,6 +80,7 @@ class Daemon:
         self.admin_page: AdminPage | None = None
         self.admin_error: str | None = None
         self.watcher: Watcher | None = None
+        self.stopwaitsecs: int | None = None  # supervisord's, for flared: bounds the final snapshots
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -94,6 +96,7 @@ class Daemon:
         except SupervisorError as exc:
             log.error("%s", exc)
             return 1
+        self.stopwaitsecs = self._own_stopwaitsecs()
         self.serve_control()
         self.start_services()
         with contextlib.suppress(OSError):
@@ -109,8 +112,26 @@ class Daemon:
                 trimmed = time.monotonic()
             self._wake.wait(RECONCILE_EVERY)
             self._wake.clear()
-        self.shutdown()
-        return 0
+        return self.shutdown()
+
+    def _own_stopwaitsecs(self) -> int | None:
+        """supervisord's stopwaitsecs for flared, which the final snapshots must fit (None: unknown)."""
+        try:
+            wait = self.supervisor.stopwaitsecs("flared")
+        except Exception as exc:  # an older supervisord, or not run by one: the budget alone applies
+            log.debug("cannot read flared's stopwaitsecs from supervisord: %s", exc)
+            return None
+        deadline = self.final_snapshot_deadline(wait)
+        if deadline.source != "snapshots.shutdown_budget":
+            log.warning(
+                "snapshots.shutdown_budget (%g s) does not fit: final snapshots get %s",
+                self.live.config.snapshots.shutdown_budget,
+                deadline,
+            )
+        return wait
+
+    def final_snapshot_deadline(self, stopwaitsecs: int | None) -> Deadline:
+        return final_snapshot_deadline(float(self.live.config.snapshots.shutdown_budget), stopwaitsecs)
 
     def serve_control(self) -> None:
         loaded = self.live.loaded
@@ -234,31 +255,40 @@ class Daemon:
         except Exception as exc:  # supervisord already going away
             log.warning("asking supervisord to shut down: %s", exc)
 
-    def shutdown(self) -> None:
-        started = time.time()
+    def shutdown(self) -> int:
+        """Final snapshots within their deadline, then the rest; 1 when one that was due did not happen."""
+        deadline = self.final_snapshot_deadline(self.stopwaitsecs)
+        on = self.live.config.snapshots.on_shutdown
+        if on:
+            log.info("final snapshots: deadline %s", deadline)
+        taken: dict[str, dict[str, Any]] = {}
         try:
-            self.snapshots.shutdown(final_snapshots=self.live.config.snapshots.on_shutdown)
+            taken = self.snapshots.shutdown(final_snapshots=on, deadline=deadline)
         except Exception:
             log.exception("final snapshots failed")
+        finals = self._final_snapshots(taken)
         with contextlib.suppress(Exception):
-            write_stop_record(self.live.loaded.state_dir, self._final_snapshots(started))
+            write_stop_record(self.live.loaded.state_dir, finals)
         with contextlib.suppress(Exception):
             self.leases.stop()
         if self.control is not None:
             self.control.stop()
+        line = not_saved_line(finals)
+        if line is not None:
+            log.error("%s", line)
         log.info("flared stopped")
+        return 1 if line is not None else 0
 
-    def _final_snapshots(self, since: float) -> list[dict[str, Any]]:
-        """What each bot's final snapshot did, for `flared up` and `flared stop` to print."""
+    def _final_snapshots(self, taken: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """What each bot's final snapshot did (or why none was due), for `flared up` and `flared stop`."""
         out = []
         for bot in self.gateways.enabled_bots():
-            st = _safe(functools.partial(self.snapshots.status, bot.name), None) or {}
-            last = st.get("last") or {}
-            if not self.live.config.snapshots.on_shutdown:
+            if bot.name in taken:
+                out.append({"bot": bot.name, **taken[bot.name]})
+            elif not self.live.config.snapshots.on_shutdown:
                 out.append({"bot": bot.name, "result": "off", "reason": "snapshots.on_shutdown is false"})
-            elif last.get("trigger") == "shutdown" and _after(last.get("at"), since):
-                out.append(dict(last))
             else:
+                st = _safe(functools.partial(self.snapshots.status, bot.name), None) or {}
                 why = st.get("fenced") or st.get("gate") or f"not taken ({st.get('phase') or 'unknown'})"
                 out.append({"bot": bot.name, "result": "skipped", "reason": why})
         return out
@@ -382,13 +412,6 @@ def _audit(log_: AuditLog, actor: str, req: Request, resp: Response) -> None:
 
 
 STOP_RECORD = "last-stop.json"
-
-
-def _after(iso: Any, since: float) -> bool:
-    try:
-        return datetime.fromisoformat(str(iso)).timestamp() >= since - 1
-    except ValueError:
-        return False
 
 
 def write_stop_record(state_dir: Path, finals: list[dict[str, Any]]) -> None:

@@ -231,6 +231,13 @@ class SupervisorClient:
     def process(self, name: str) -> dict[str, Any]:
         return dict(self.supervisor.getProcessInfo(f"{name}:{name}"))
 
+    def stopwaitsecs(self, name: str) -> int | None:
+        """How long supervisord waits for program ``name`` to stop before it SIGKILLs it."""
+        for conf in self.supervisor.getAllConfigInfo():
+            if conf.get("name") == name:
+                return int(conf["stopwaitsecs"])
+        return None
+
     def start(self, name: str, wait: bool = True) -> None:
         with contextlib.suppress(xmlrpc.client.Fault):
             self.supervisor.startProcessGroup(name, wait)

@@ -40,6 +40,8 @@ EXEC = ROOT / "images/exec/Dockerfile"
 ENTRYPOINT = ROOT / "images/agent/entrypoint.sh"
 IMAGE_CONF = ROOT / "supervisord/supervisord.conf"
 VENV_BIN = Path(sys.executable).parent
+# What the image's CMD runs supervisord under (flared/cli/foreground.py).
+WATCHER = ["python", "-m", "flared.cli.foreground", "--container", "--"]
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -176,9 +178,9 @@ def test_agent_image_runs_the_committed_supervisord_config_under_tini_as_hermes(
     assert "supervisord/supervisord.conf /etc/hermes-flare/supervisord.conf" in copies
     entry = json.loads(next(args for i, args in ins if i == "ENTRYPOINT"))
     cmd = json.loads(next(args for i, args in ins if i == "CMD"))
-    # The entrypoint (root) hands over to `hermes`, then tini runs supervisord.
+    # The entrypoint (root) hands over to `hermes`, then tini runs supervisord under the watcher.
     assert entry == ["/usr/local/bin/hermes-flare-entrypoint", "/usr/bin/tini", "--"]
-    assert cmd == ["supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
+    assert cmd == [*WATCHER, "supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
     env = " ".join(args for i, args in ins if i == "ENV")
     assert "FLARE_RUN_AS=hermes" in env
     assert next(args for i, args in ins if i == "EXPOSE") == "7979"
@@ -237,8 +239,9 @@ def put_config(port: int, text: str) -> tuple[int, bool]:
 
 @contextlib.contextmanager
 def container_start(
-    tmp_path: Path, yaml_text: str, group: str
+    tmp_path: Path, yaml_text: str, group: str, *, stopwaitsecs: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """The image's start command on this machine; ``stopwaitsecs``: supervisord's for flared."""
     state, config = tmp_path / "state", tmp_path / "etc/hermes-flare.yaml"
     port = free_port()
     env = {
@@ -257,8 +260,12 @@ def container_start(
     }
     # The entrypoint makes the state dirs, but supervisord's own paths come from its conf.
     conf = redirected_conf(tmp_path, state, config)
+    if stopwaitsecs is not None:
+        text = conf.read_text()
+        assert "\nstopwaitsecs=90\n" in text
+        conf.write_text(text.replace("\nstopwaitsecs=90\n", f"\nstopwaitsecs={stopwaitsecs}\n"))
     proc = subprocess.Popen(
-        ["sh", str(ENTRYPOINT), "supervisord", "-n", "-c", str(conf)],
+        ["sh", str(ENTRYPOINT), *WATCHER, "supervisord", "-n", "-c", str(conf)],
         env=env,
         start_new_session=True,
         stdout=(tmp_path / "container.log").open("wb"),

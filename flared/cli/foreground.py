@@ -11,6 +11,13 @@ this module, so the terminal holds a process without pydantic or Hermes
 - after the stop, what each final snapshot did (id and size).
 
 Usage (by `flared up` only): ``python -m flared.cli.foreground PID STATE_DIR SOCKET``.
+
+The Agent image runs it too, between tini and supervisord
+(``python -m flared.cli.foreground --container -- supervisord ...``, the state
+dir from ``$FLARE_STATE_DIR``): supervisord exits 0 whatever its programs did,
+so this is what makes the container exit non-zero, and say why in its log,
+when a final snapshot that was due did not happen. It prints no status lines
+there (the admin page's sign-in link must not reach a log).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any
 from flared.cli.status import final_snapshot_lines, read_stop_record, restore_line
 from flared.cli.text import Out
 from flared.control.client import ConnectionLost, ControlClient, ControlError, DaemonNotRunning
+from flared.lifeline import die_with_parent
+from flared.stopping import not_saved_line
 
 #: Poll quickly until every bot settled (ready or failed), then now and then for changes.
 FAST_POLL_S, SLOW_POLL_S = 0.5, 15.0
@@ -88,8 +97,39 @@ def say_admin(out: Out, client: ControlClient, admin: dict[str, Any]) -> bool:
     return True
 
 
+def spawn_supervisord(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Fork supervisord in its own process group (so Ctrl-C reaches it once, forwarded by the
+    watcher), which gets SIGTERM (a graceful stop) if the watcher is killed outright."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setpgid(0, 0)
+            die_with_parent(signal.SIGTERM)
+            if env is None:
+                os.execvp(argv[0], argv)
+            else:
+                os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return child
+
+
 def main(argv: list[str]) -> int:
-    child, state_dir, sock = int(argv[0]), Path(argv[1]), Path(argv[2])
+    if argv[:1] == ["--container"]:
+        if argv[1:2] != ["--"] or len(argv) < 3:
+            print(
+                "usage: python -m flared.cli.foreground --container -- supervisord ARGS...", file=sys.stderr
+            )
+            return 2
+        state = os.environ.get("FLARE_STATE_DIR", "/var/lib/hermes-flare")
+        return watch(spawn_supervisord(argv[2:]), Path(state), None)
+    return watch(int(argv[0]), Path(argv[1]), Path(argv[2]))
+
+
+def watch(child: int, state_dir: Path, sock: Path | None) -> int:
+    """Until supervisord (``child``) exits; then what the final snapshots did and the exit status.
+
+    ``sock``: flared's control socket, polled for the bots' progress (None: say nothing of it)."""
     out = Out(sys.stderr)
     started = time.time()
     stopping: list[int] = []
@@ -107,7 +147,7 @@ def main(argv: list[str]) -> int:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, forward)
 
-    client = ControlClient(sock)
+    client = ControlClient(sock) if sock is not None else None
     reporter = Reporter(out)
     next_poll, settled, admin_said = 0.0, False, False
     while True:
@@ -115,7 +155,7 @@ def main(argv: list[str]) -> int:
         if pid == child:
             break
         now = time.monotonic()
-        if not stopping and now >= next_poll:
+        if client is not None and not stopping and now >= next_poll:
             with contextlib.suppress(DaemonNotRunning, ConnectionLost, ControlError, OSError, ValueError):
                 status = client.request("GET", "/status", timeout=5)
                 settled = reporter.feed(status)
@@ -125,12 +165,15 @@ def main(argv: list[str]) -> int:
         time.sleep(0.1 if stopping or not settled else 0.5)
     code = os.waitstatus_to_exitcode(status)
     record = read_stop_record(state_dir)
-    if record is not None and _stopped_after(record, started):
-        for line in final_snapshot_lines(record.get("final_snapshots") or []):
-            out.print(line)
+    finals = (record.get("final_snapshots") or []) if record and _stopped_after(record, started) else []
+    for line in final_snapshot_lines(finals):
+        out.print(line)
     out.print(f"hermes-flare stopped{'' if code == 0 else f' (supervisord exited {code})'}")
+    lost = not_saved_line(finals)
+    if lost is not None:
+        out.print(f"{out.style('error', 'red')}: {lost}")
     if code == 0 or (stopping and code in (-signal.SIGINT, -signal.SIGTERM)):
-        return 0
+        return 1 if lost is not None else 0
     return 128 - code if code < 0 else code
 
 

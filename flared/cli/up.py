@@ -9,7 +9,6 @@ and after the stop prints what each final snapshot did.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -27,6 +26,7 @@ from flared.cli.common import (
     emit,
     load_or_exit,
 )
+from flared.cli.foreground import spawn_supervisord
 from flared.cli.remote import connect
 from flared.cli.text import Out
 from flared.config import handoff
@@ -126,14 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Neither supervisord nor the watcher keeps the secrets of this shell: they are in the
     # 0600 handoff file for flared alone, and every gateway gets only its own `.env`.
     base_env = handoff.base_env()
-    child = os.fork()
-    if child == 0:  # supervisord: its own process group, so Ctrl-C reaches it once (forwarded)
-        try:
-            os.setpgid(0, 0)
-            _term_when_parent_dies()
-            os.execve(supervisord, ["supervisord", "-n", "-c", str(conf)], base_env)
-        finally:
-            os._exit(127)
+    child = spawn_supervisord([supervisord, "-n", "-c", str(conf)], base_env)
     os.execve(
         sys.executable,
         [
@@ -149,17 +142,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached
 
 
-def _term_when_parent_dies() -> None:
-    """Linux: supervisord gets SIGTERM (a graceful stop) if the watcher is killed outright."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     from flared.cli.status import final_snapshot_lines, read_stop_record
+    from flared.stopping import not_saved_line
 
     err = Out(sys.stderr)
     remote = connect(args)
@@ -189,15 +174,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
     record = read_stop_record(state_dir)
     if record is not None and not _written_since(record, asked):
         record = None
-    data = {"stopped": True, "supervisord_pid": pid, "final_snapshots": (record or {}).get("final_snapshots")}
+    finals: list[dict[str, Any]] = (record or {}).get("final_snapshots") or []
+    data = {
+        "stopped": True,
+        "supervisord_pid": pid,
+        "final_snapshots": finals if record else None,
+        "error": not_saved_line(finals),
+    }
 
     def render(out: Out, d: dict[str, Any]) -> None:
-        for line in final_snapshot_lines(d.get("final_snapshots") or []):
+        for line in final_snapshot_lines(finals):
             out.print(line)
         out.print("hermes-flare stopped")
+        if d["error"]:
+            Out(sys.stderr).print(f"error: {d['error']}")
 
     emit(args, data, render)
-    return EXIT_OK
+    return EXIT_FAILED if data["error"] else EXIT_OK
 
 
 def _written_since(record: dict[str, Any], since: float) -> bool:
@@ -264,4 +257,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     adopt_handoff()
     loaded = load_or_exit(args)
     setup_logging(loaded)
-    return Daemon(loaded).run()
+    daemon = Daemon(loaded)
+    code = daemon.run()
+    if daemon.snapshots.abandoned:
+        # A final snapshot is still stuck on the store: exit now, as its deadline said,
+        # rather than join its thread until supervisord's SIGKILL (which says nothing).
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
