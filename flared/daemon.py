@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flared import __version__
+from flared import __version__, orphans
 from flared.admin.page import AdminPage
 from flared.admin.sessions import AdminSessions
 from flared.api import build_router
@@ -49,13 +49,15 @@ from flared.policy.cron import CronService
 from flared.policy.reload import Reloader
 from flared.policy.watch import Watcher, watch_config
 from flared.sandboxes.manager import LeaseManager
+from flared.sandboxes.types import SandboxError
+from flared.snapshots.final import Deadline, final_snapshot_deadline, not_saved_line
 from flared.snapshots.service import SnapshotService
-from flared.stopping import Deadline, final_snapshot_deadline, not_saved_line
 from flared.supervisor import Layout, SupervisorClient, SupervisorError
 
 log = logging.getLogger("flared")
 
 RECONCILE_EVERY = 2.0
+GATEWAYS_WAIT_S = 10.0  # at most, for orphaned gateways to end before the final snapshots
 TRIM_EVERY = 60.0  # seconds between handing freed heap back to the OS
 
 
@@ -81,6 +83,7 @@ class Daemon:
         self.admin_error: str | None = None
         self.watcher: Watcher | None = None
         self.stopwaitsecs: int | None = None  # supervisord's, for flared: bounds the final snapshots
+        self.supervisord_pid: int | None = None  # the parent that started flared, if supervisord
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,8 +100,15 @@ class Daemon:
             log.error("%s", exc)
             return 1
         self.stopwaitsecs = self._own_stopwaitsecs()
+        self.supervisord_pid = parent_if_supervisord()
         self.serve_control()
-        self.start_services()
+        try:
+            self.start_services()
+        except SandboxError as exc:  # another flared on this state dir (flared up ends orphans first)
+            log.error("cannot start: %s; `flared status` shows who runs, `flared stop` stops it", exc)
+            if self.control is not None:
+                self.control.stop()
+            return 1
         with contextlib.suppress(OSError):
             publish_socket(loaded.path, socket_path(loaded))
         self.watcher = watch_config(loaded.path, self.reloader.from_disk, self._stop)
@@ -259,6 +269,8 @@ class Daemon:
         """Final snapshots within their deadline, then the rest; 1 when one that was due did not happen."""
         deadline = self.final_snapshot_deadline(self.stopwaitsecs)
         on = self.live.config.snapshots.on_shutdown
+        if self.supervisord_pid is not None and os.getppid() != self.supervisord_pid:
+            self._wait_for_orphaned_gateways(min(GATEWAYS_WAIT_S, deadline.seconds / 2))
         if on:
             log.info("final snapshots: deadline %s", deadline)
         taken: dict[str, dict[str, Any]] = {}
@@ -278,6 +290,20 @@ class Daemon:
             log.error("%s", line)
         log.info("flared stopped")
         return 1 if line is not None else 0
+
+    def _wait_for_orphaned_gateways(self, timeout: float) -> None:
+        """supervisord died (its gateways got SIGINT, flared SIGTERM, at once): let the gateways
+        end first, as supervisord's own stop would, so the final snapshot holds their last words.
+
+        flared's stderr was supervisord's pipe, gone with it: the log goes to flared.log itself."""
+        log_to_file(Layout(self.live.loaded.state_dir).logs / "flared.log")
+        gateways = [o for o in orphans.find(self.live.loaded.state_dir) if o.what.startswith("the gateway")]
+        log.warning(
+            "supervisord is gone; waiting up to %g s for %s to end before the final snapshots",
+            timeout,
+            ", ".join(map(str, gateways)) or "no gateway",
+        )
+        orphans.wait_gone([o.pid for o in gateways], timeout)
 
     def _final_snapshots(self, taken: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """What each bot's final snapshot did (or why none was due), for `flared up` and `flared stop`."""
@@ -409,6 +435,15 @@ def _audit(log_: AuditLog, actor: str, req: Request, resp: Response) -> None:
     detail = str(body.get("error") or "") if resp.status >= 400 else ""
     args = [f"{k}={v}" for k, v in sorted(req.query.items())]
     log_.append(actor, f"{req.method} {req.path}", args, result, detail)
+
+
+def log_to_file(path: Path) -> None:
+    """Point the root logger's handlers at ``path`` (appended), keeping their formatters."""
+    with contextlib.suppress(OSError):
+        stream = path.open("a", buffering=1)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(stream)
 
 
 STOP_RECORD = "last-stop.json"

@@ -38,6 +38,23 @@ def die_with_parent(sig: int) -> bool:
     return os.getppid() == parent
 
 
+def spawn_supervisord(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Fork supervisord in its own process group (so Ctrl-C reaches it once, forwarded by the
+    watcher), which gets SIGTERM (a graceful stop) if the watcher is killed outright."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setpgid(0, 0)
+            die_with_parent(signal.SIGTERM)
+            if env is None:
+                os.execvp(argv[0], argv)
+            else:
+                os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    return child
+
+
 def wrapped(sig: signal.Signals, command: list[str]) -> list[str]:
     """``command`` run so that it gets ``sig`` when its parent (supervisord) dies."""
     return [sys.executable, "-m", "flared.lifeline", sig.name, "--", *command]

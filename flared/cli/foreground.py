@@ -31,14 +31,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from flared import orphans
 from flared.cli.status import final_snapshot_lines, read_stop_record, restore_line
 from flared.cli.text import Out
 from flared.control.client import ConnectionLost, ControlClient, ControlError, DaemonNotRunning
-from flared.lifeline import die_with_parent
-from flared.stopping import not_saved_line
+from flared.lifeline import spawn_supervisord
+from flared.snapshots.final import not_saved_line
 
 #: Poll quickly until every bot settled (ready or failed), then now and then for changes.
 FAST_POLL_S, SLOW_POLL_S = 0.5, 15.0
+#: After supervisord was killed, how long to wait for its programs to stop (flared's deadline is shorter).
+ORPHANS_WAIT_S = 300.0
 
 
 class Reporter:
@@ -97,23 +100,6 @@ def say_admin(out: Out, client: ControlClient, admin: dict[str, Any]) -> bool:
     return True
 
 
-def spawn_supervisord(argv: list[str], env: dict[str, str] | None = None) -> int:
-    """Fork supervisord in its own process group (so Ctrl-C reaches it once, forwarded by the
-    watcher), which gets SIGTERM (a graceful stop) if the watcher is killed outright."""
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setpgid(0, 0)
-            die_with_parent(signal.SIGTERM)
-            if env is None:
-                os.execvp(argv[0], argv)
-            else:
-                os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    return child
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--container"]:
         if argv[1:2] != ["--"] or len(argv) < 3:
@@ -164,6 +150,17 @@ def watch(child: int, state_dir: Path, sock: Path | None) -> int:
             next_poll = now + (SLOW_POLL_S if settled else FAST_POLL_S)
         time.sleep(0.1 if stopping or not settled else 0.5)
     code = os.waitstatus_to_exitcode(status)
+    if code < 0 and not stopping:
+        left = orphans.find(state_dir)
+        if left:
+            # supervisord was killed: its programs got their stop signals from the kernel
+            # (flared.lifeline); flared's final snapshots are worth the wait.
+            out.print(
+                f"supervisord was killed ({signal.Signals(-code).name}); waiting for "
+                f"{', '.join(map(str, left))} to stop (flared takes its final snapshots) ..."
+            )
+            for pid in orphans.wait_gone([o.pid for o in left], ORPHANS_WAIT_S):
+                out.print(f"pid {pid} is still running: `flared up` ends it next time")
     record = read_stop_record(state_dir)
     finals = (record.get("final_snapshots") or []) if record and _stopped_after(record, started) else []
     for line in final_snapshot_lines(finals):

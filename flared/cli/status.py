@@ -31,7 +31,7 @@ from flared.cli.remote import connect
 from flared.cli.text import Out, human_age
 from flared.config.units import human_bytes
 from flared.control.client import ConnectionLost, ControlError, DaemonNotRunning
-from flared.stopping import NOT_SAVED
+from flared.snapshots.final import NOT_SAVED
 
 _READINESS_STYLE = {"ready": "green", "starting": "yellow", "failed": "red", "stopped": "dim"}
 

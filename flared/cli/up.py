@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flared import orphans
 from flared.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -26,11 +27,12 @@ from flared.cli.common import (
     emit,
     load_or_exit,
 )
-from flared.cli.foreground import spawn_supervisord
 from flared.cli.remote import connect
 from flared.cli.text import Out
 from flared.config import handoff
 from flared.control.client import ControlError
+from flared.lifeline import spawn_supervisord
+from flared.orphans import alive
 
 if TYPE_CHECKING:
     from flared.config.loader import LoadedConfig
@@ -91,6 +93,7 @@ def prepare_up(loaded: LoadedConfig) -> Path:
             f"hermes-flare is already running for {loaded.state_dir} (`flared stop` stops it; "
             "or use another state_dir)"
         )
+    end_orphans(loaded)
     for d in (layout.root, layout.logs):
         d.mkdir(parents=True, exist_ok=True)
     import shutil
@@ -107,6 +110,30 @@ def prepare_up(loaded: LoadedConfig) -> Path:
     # which every gateway would inherit (config/handoff.py).
     handoff.write(layout.handoff, handoff.secret_part(os.environ))
     return layout.conf
+
+
+def end_orphans(loaded: LoadedConfig) -> None:
+    """End what a previous run left running on this state dir after its supervisord died.
+
+    Its flared would hold the sandboxes' lock and its gateways the bots' ports: the new run
+    would crash-loop against them. They are stopped as supervisord would have (flared last,
+    with its final snapshots); one this user cannot end is refused with what to do."""
+    found = orphans.find(loaded.state_dir)
+    if not found:
+        return
+    err = Out(sys.stderr)
+    err.print(
+        f"a previous run on {loaded.state_dir} lost its supervisord and left running: "
+        f"{', '.join(str(o) for o in found)}; ending them (flared takes its final snapshots) ..."
+    )
+    left = orphans.end(found, flared_grace=float(loaded.config.snapshots.shutdown_budget) + 10, say=err.print)
+    if left:
+        pids = " ".join(str(o.pid) for o in left)
+        raise CommandError(
+            f"cannot end {', '.join(str(o) for o in left)} (another user's?), which still use "
+            f"{loaded.state_dir}: end them (`sudo kill {pids}`), then run `flared up` again"
+        )
+    err.print("ended; starting afresh")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -144,7 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from flared.cli.status import final_snapshot_lines, read_stop_record
-    from flared.stopping import not_saved_line
+    from flared.snapshots.final import not_saved_line
 
     err = Out(sys.stderr)
     remote = connect(args)
@@ -167,7 +194,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGTERM)  # flared is gone already: supervisord stops the gateways
     err.print(f"stopping hermes-flare (pid {pid}): gateways first, then a final snapshot of each bot ...")
     deadline = time.monotonic() + args.timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             raise CommandError(f"still stopping after {args.timeout:.0f} s (supervisord pid {pid})")
         time.sleep(0.1)
@@ -211,14 +238,6 @@ def _supervisord_pid(pidfile: Path) -> int | None:
     return pid if b"supervisord" in cmdline else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped
-    except (OSError, IndexError):
-        return False
-
-
 def setup_logging(loaded: LoadedConfig) -> None:
     import logging
 
@@ -252,8 +271,14 @@ def adopt_handoff() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flared.control.auth import parent_if_supervisord
     from flared.daemon import Daemon
+    from flared.lifeline import die_with_parent
 
+    if parent_if_supervisord() is not None:
+        # A kill -9 of supervisord must not leave flared running unsupervised: SIGTERM then
+        # (a graceful stop, final snapshots included), as supervisord's own stop would send.
+        die_with_parent(signal.SIGTERM)
     adopt_handoff()
     loaded = load_or_exit(args)
     setup_logging(loaded)

@@ -39,13 +39,13 @@ from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
+from flared.snapshots.final import NOT_SAVED, Deadline
 from flared.snapshots.manifest import now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
 from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
 from flared.snapshots.stores.factory import open_store
-from flared.stopping import NOT_SAVED, Deadline
 
 log = logging.getLogger("flared.snapshots")
 

@@ -1,8 +1,8 @@
-"""The final snapshots' deadline and what makes a stop a failure (flared/stopping.py, pure)."""
+"""The final snapshots' deadline and what makes a stop a failure (flared/snapshots/final.py, pure)."""
 
 from __future__ import annotations
 
-from flared.stopping import Deadline, final_snapshot_deadline, not_saved, not_saved_line
+from flared.snapshots.final import Deadline, final_snapshot_deadline, not_saved, not_saved_line
 
 
 def test_the_budget_applies_when_supervisord_leaves_room_for_it() -> None:

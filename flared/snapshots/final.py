@@ -1,4 +1,4 @@
-"""How flared stops: the deadline of the final snapshots, and what their results mean.
+"""The final snapshots at a stop: their deadline, and what their results mean.
 
 At a stop supervisord (the image's, or the one `flared up` starts) stops the
 gateways first, then sends flared SIGTERM and SIGKILLs it ``stopwaitsecs``
