@@ -7,7 +7,9 @@ crash-loops with a traceback). Real supervisord, flared and Hermes gateways.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flared import orphans
 from tests.fixtures.flare import FlareUp, bot
@@ -150,3 +153,37 @@ def test_the_next_up_ends_what_a_dead_supervisord_left_running(tmp_path: Path) -
     assert "Traceback" not in logs and "another flared process" not in logs, logs
     ended = [line.split()[:2] for line in note.read_text().splitlines()]
     assert ended == [["gateway", "SIGINT"], ["flared", "SIGTERM"]], ended
+
+
+def test_in_the_image_a_killed_supervisord_still_ends_with_the_final_snapshot(tmp_path: Path) -> None:
+    """The container ends when tini's child does: the watcher between them waits for flared's
+    final snapshot (its disk goes with the container) and exits non-zero."""
+    from tests.faults.test_shutdown import wait_ready as wait_container_ready
+    from tests.test_images import container_start
+
+    data: dict[str, Any] = {
+        "version": 1,
+        "state_dir": "./overridden-by-FLARE_STATE_DIR",
+        "snapshots": {"every": "1h", "on_change": {"enabled": False}},
+        "bots": [bot("athena")],
+    }
+    with container_start(tmp_path, yaml.safe_dump(data), group="default") as (proc, port, state):
+        wait_container_ready(proc, port, tmp_path)
+        (state / "bots" / "athena" / "home" / "MEMORY.md").write_text("said just before the kill")
+        supervisord = int((state / "supervisor" / "supervisord.pid").read_text().split()[0])
+        os.kill(supervisord, signal.SIGKILL)
+        code = proc.wait(60)
+        left = orphans.find(state)
+    log = (tmp_path / "container.log").read_text()
+    assert code == 128 + signal.SIGKILL, log
+    assert left == [], left
+    assert "supervisord was killed (SIGKILL); waiting for flared (pid " in log, log
+    final = re.search(r"athena: final snapshot (\S+): ", log)
+    assert final, log
+    from flared.snapshots import restore as restoring
+    from flared.snapshots.stores.local import LocalStore
+
+    assert json.loads((tmp_path / "store" / "athena" / "latest.json").read_text())["id"] == final.group(1)
+    out = tmp_path / "restored" / "home"
+    res = restoring.restore(LocalStore(tmp_path / "store"), "athena", out, tmp_path / "work", key=None)
+    assert res.id == final.group(1) and (out / "MEMORY.md").read_text() == "said just before the kill"
