@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from flared.config.units import human_bytes
 from flared.snapshots.hashcache import DbCopy, HashCache, db_key, settled, stat_key
 
 log = logging.getLogger("flared.snapshots")
@@ -344,6 +345,42 @@ def backup_sqlite(src: Path, dest: Path) -> None:
             os.unlink(f"{dest}{side}")
 
 
+class DatabaseCopyFailed(Exception):
+    """A file with SQLite's header could not be copied consistently: the snapshot must fail.
+
+    Packing its main file instead would drop what its WAL holds (the newest turns) and
+    publish that as `latest`. `needed`/`free`: bytes the copy takes at most, and what its
+    directory has free (for a full disk).
+    """
+
+    def __init__(self, message: str, *, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+
+
+def free_bytes(path: Path) -> int:
+    """What an unprivileged writer may still put at `path` (or the nearest existing parent)."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.statvfs(p)
+            return st.f_bavail * st.f_frsize
+    return 0
+
+
+def _copy_failed(rel: str, exc: sqlite3.Error, needed: int, where: Path) -> DatabaseCopyFailed:
+    free = free_bytes(where)
+    text = (
+        f"{rel} could not be copied consistently ({exc}); the snapshot is not published, latest is unchanged"
+    )
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or free < needed:
+        text += (
+            f": the copy needs up to {human_bytes(needed)} in {where}, {human_bytes(free)} is free "
+            "there; free some space and the next snapshot takes it"
+        )
+    return DatabaseCopyFailed(text, needed=needed, free=free)
+
+
 def db_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -361,7 +398,8 @@ def _copy_database(
 ) -> tuple[DbCopy | None, bool]:
     """A consistent copy of one database and whether it was made now (False: reused).
 
-    (None, False) when the file is not a readable database after all.
+    (None, False) when the file is no longer a database (replaced since the walk); any other
+    failure raises :class:`DatabaseCopyFailed`: never a database packed without its WAL.
     """
     wal = walked.side.get(f"{rel}-wal")
     reusable = settled(st, walked.started_ns, RACY_WINDOW_NS) and (
@@ -378,11 +416,14 @@ def _copy_database(
         tmp.unlink()
     try:
         backup_sqlite(home / rel, tmp)
-    except sqlite3.DatabaseError as exc:
-        log.warning("%s: not a readable SQLite database (%s); packing it as a file", rel, exc)
+    except sqlite3.Error as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        return None, False
+        if not is_sqlite(home / rel):  # replaced or removed since the walk: it is no database now
+            log.warning("%s: no longer a SQLite database (%s); packing it as a file", rel, exc)
+            return None, False
+        needed = st.st_size + (wal.st_size if wal is not None else 0)
+        raise _copy_failed(rel, exc, needed, tmp.parent) from None
     os.chmod(tmp, stat.S_IMODE(st.st_mode))
     with contextlib.suppress(PermissionError):
         os.chown(tmp, st.st_uid, st.st_gid)

@@ -72,6 +72,8 @@ class SnapshotResult:
     left_out: list[dict[str, str]] = field(default_factory=list)  # beyond the rules: path and why
     hashed_bytes: int = 0  # file contents read to hash them (0: every hash came from the cache)
     copied: list[str] = field(default_factory=list)  # databases backed up this time (not reused)
+    needed_bytes: int | None = None  # a database copy that did not fit: what it needs
+    free_bytes: int | None = None  # and what was free there
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -299,6 +301,10 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
     except pack.PackError as exc:
         return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
+    except cap.DatabaseCopyFailed as exc:
+        return SnapshotResult(
+            "failed", bot, reason=str(exc), steps=steps, needed_bytes=exc.needed, free_bytes=exc.free
+        )
     except OSError as exc:
         return SnapshotResult("failed", bot, reason=describe_os_error(exc), steps=steps)
     finally:

@@ -221,6 +221,54 @@ def test_disk_full_during_snapshot_fails_cleanly_and_keeps_latest(tmp_path: Path
     restorable(svc.store, tmp_path)
 
 
+DATABASE_ON_FULL_DISK = (
+    CHILD_PRELUDE
+    + r"""
+import sqlite3
+from flared.snapshots import catalog
+cfg, mount = sys.argv[1], Path(sys.argv[2])
+svc = ready(cfg)
+home = svc.home("athena")
+# The gateway's connection stays open: the newest turns are in the WAL, not yet in state.db.
+db = sqlite3.connect(home / "state.db", isolation_level=None)
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.executemany("INSERT INTO messages(body) VALUES (?)", [("turn %d " % i + "x" * 2000,) for i in range(1500)])
+failed = svc.snapshot("athena")
+latest, _ = catalog.read_latest(svc.store, "athena")
+status = svc.status("athena")["last"]
+remount(mount, "64m")
+again = svc.snapshot("athena")
+db.close()
+print(json.dumps({"failed": failed, "latest": latest.id, "status": status, "again": again}))
+"""
+)
+
+
+def test_a_full_disk_never_packs_a_database_without_its_wal(tmp_path: Path) -> None:
+    """ "database or disk is full" was taken for "not a database": state.db was packed without
+    its WAL (every recent turn gone from `latest`), reported ok."""
+    loaded = load(tmp_path)
+    svc = ready_service(loaded)
+    make_home(svc.home("athena"))
+    first = snap(svc)
+    cache = loaded.state_dir / "snapshots" / "cache"
+    out = in_tmpfs(cache, "1m", DATABASE_ON_FULL_DISK, str(loaded.path), str(cache))
+    failed = out["failed"]
+    assert failed["result"] == "failed", failed
+    reason = failed["reason"]
+    assert "state.db" in reason and "could not be copied consistently" in reason, reason
+    assert "database or disk is full" in reason and "is free" in reason and "Traceback" not in reason
+    assert failed["needed_bytes"] > failed["free_bytes"] >= 0, failed
+    assert out["latest"] == first["id"] and out["status"]["result"] == "failed"  # no raw db published
+    # Kept working: with room the next snapshot holds every turn, the WAL's included.
+    assert out["again"]["result"] == "ok", out["again"]
+    back = tmp_path / "back" / "home"
+    res = restoring.restore(svc.store, "athena", back, tmp_path / "rw", key=None)
+    assert res.result == "restored" and res.id == out["again"]["id"]
+    rows = sqlite3.connect(back / "state.db").execute("SELECT count(*) FROM messages").fetchone()
+    assert rows == (500 + 1500,)
+
+
 def test_an_io_error_while_unpacking_is_this_machines_not_the_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
