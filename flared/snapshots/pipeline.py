@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import time
@@ -42,6 +43,8 @@ from flared.snapshots.manifest import (
 from flared.snapshots.steps import StepTimer
 from flared.snapshots.stores import PreconditionFailed, Progress, Store, StoreError
 from flared.snapshots.stores.local import file_sha256
+
+log = logging.getLogger("flared.snapshots")
 
 #: Identifies this flared process in `latest.json` (which writer moved it).
 WRITER = uuid.uuid4().hex[:12]
@@ -95,6 +98,7 @@ class SnapshotJob:
     on_in_flight: Callable[[str], None] = lambda _id: None
     force: bool = False  # skip the stat fast path
     cache: Path | None = None  # where content hashes and database copies are kept between runs
+    unconfirmed: tuple[str, ...] = ()  # ids this state dir uploaded and has not seen published
 
 
 def clean_work(work: Path) -> None:
@@ -152,6 +156,13 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         latest, etag = read_latest(store, bot)
     except StoreError as exc:
         return SnapshotResult("failed", bot, reason=str(exc))
+    if etag != job.fence.etag and _our_unanswered_write(job, latest, etag):
+        log.warning(
+            "bot %s: latest.json names %s, the snapshot this flared published without hearing the "
+            "store's reply: continuing from it",
+            bot,
+            job.fence.snapshot_id,
+        )
     if etag != job.fence.etag:
         who = (
             f"{latest.id} (generation {latest.generation}, host {latest.host or '?'})"
@@ -268,11 +279,10 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         generation = (latest.generation if latest else 0) + 1
         pointer = Latest(bot, sid, generation, captured.digest, now_iso(), host(), WRITER).to_bytes()
         try:
-            if etag is None:
-                new_etag = store.put_bytes(latest_key(bot), pointer, if_none_match=True)
-            else:
-                new_etag = store.put_bytes(latest_key(bot), pointer, if_match=etag)
-        except PreconditionFailed:
+            new_etag = _move_latest(store, bot, sid, pointer, etag)
+        except StoreError as exc:
+            return SnapshotResult("failed", bot, id=sid, reason=str(exc), steps=steps)
+        if new_etag is None:
             for k in (manifest_key(bot, sid), blob_key(bot, sid)):
                 with contextlib.suppress(StoreError):
                     store.delete(k)
@@ -309,6 +319,48 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         return SnapshotResult("failed", bot, reason=describe_os_error(exc), steps=steps)
     finally:
         shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _move_latest(store: Store, bot: str, sid: str, pointer: bytes, etag: str | None) -> str | None:
+    """Move `latest.json` from `etag` to `pointer` (naming `sid`): its new ETag, or None when
+    another writer moved it first.
+
+    A write the store applied but whose reply was lost looks like a failure, or (the SDK
+    retries) like another writer's move: the pointer is read back, and naming `sid` it is
+    this write. When even that read fails, StoreError says the outcome is unknown; the next
+    snapshot tells (:func:`_our_unanswered_write`), and nothing is deleted meanwhile.
+    """
+    try:
+        if etag is None:
+            return store.put_bytes(latest_key(bot), pointer, if_none_match=True)
+        return store.put_bytes(latest_key(bot), pointer, if_match=etag)
+    except StoreError as exc:
+        try:
+            now, now_etag = read_latest(store, bot)
+        except StoreError:
+            raise StoreError(
+                f"{exc}; whether latest.json now names {sid} is unknown (the store did not answer): "
+                "the next snapshot finds out, nothing was deleted"
+            ) from None
+        if now is not None and now.id == sid and now_etag is not None:
+            log.warning("bot %s: the store applied latest.json -> %s although its reply was lost", bot, sid)
+            return now_etag
+        if isinstance(exc, PreconditionFailed):
+            return None
+        raise
+
+
+def _our_unanswered_write(job: SnapshotJob, latest: Latest | None, etag: str | None) -> bool:
+    """Whether `latest.json` moved from the fence by this flared's own write, whose outcome
+    it never learned (the reply was lost, and so was the read-back): it names a snapshot this
+    state dir uploaded and has not seen published, one generation on. Then the fence
+    moves there (in `job`)."""
+    if latest is None or etag is None or latest.id not in job.unconfirmed:
+        return False
+    if latest.generation != job.fence.generation + 1:
+        return False
+    job.fence = Fence(etag, latest.generation, latest.id)
+    return True
 
 
 def _inside_home(home: Path, *dirs: Path | None) -> list[str]:

@@ -184,14 +184,62 @@ class SnapshotService:
         st.in_flight = list(raw.get("in_flight") or [])
         st.last = raw.get("last")
         st.last_ok = raw.get("last_ok")
+        st.elsewhere = dict(raw.get("elsewhere") or {})
+        was = raw.get("store")
+        if was is not None and was != self.store.description:  # edited while flared was down
+            st.elsewhere[was] = {k: raw.get(k) for k in ("fence", "fingerprint", "fenced")}
 
     def _persisted_fence(self, bot: str) -> tuple[Fence | None, str | None, str | None]:
+        """The fence recorded for the store the config names now (the one recorded last when
+        no record names it)."""
         try:
             raw = json.loads(self._state_file(bot).read_text())
         except (OSError, ValueError):
             return None, None, None
+        here = self.store.description
+        if raw.get("store") not in (None, here) and isinstance((raw.get("elsewhere") or {}).get(here), dict):
+            raw = raw["elsewhere"][here]
         fence = Fence(**raw["fence"]) if raw.get("fence") else None
         return fence, raw.get("fingerprint"), raw.get("fenced")
+
+    def _follow_store(self, st: BotState) -> None:
+        """The fence is per store: when the config names another store (edited at runtime),
+        what this flared knew of the old one is put aside, and of the new one taken up again
+        if it wrote there before. A store new to the bot is read: empty, the bot's snapshots
+        start there; holding the same pointer (the same bucket through another endpoint),
+        nothing changes; holding another writer's snapshot, the bot is fenced there.
+        Raises StoreError when the new store cannot say (the next snapshot tries again)."""
+        here = self.store.description
+        if st.store is None:  # recorded before flared told stores apart: the current one
+            st.store = here
+        if st.store == here:
+            return
+        record = st.elsewhere.get(here)
+        if record is None:
+            latest, etag = catalog.read_latest(self.store, st.name)
+            if st.fence is not None and etag == st.fence.etag:
+                record = st.pointer()
+            elif latest is None:
+                record = {"fence": {"etag": None}, "fingerprint": None, "fenced": None}
+            else:
+                fenced = (
+                    f"the store holds snapshot {latest.id}, written by another writer; "
+                    f"`flared restore --bot {st.name}` takes it (the current home is kept as "
+                    f"home.previous), `flared snapshot --bot {st.name} --takeover` overwrites it"
+                )
+                record = {
+                    "fence": {"etag": etag, "generation": latest.generation, "snapshot_id": latest.id},
+                    "fingerprint": None,
+                    "fenced": fenced,
+                }
+        st.elsewhere[st.store] = st.pointer()
+        st.elsewhere.pop(here, None)
+        st.take_pointer(record)
+        st.store = here
+        log.info(
+            "bot %s: snapshots now go to %s%s", st.name, here, f" (fenced: {st.fenced})" if st.fenced else ""
+        )
+        self._save(st)
 
     def _save(self, st: BotState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +326,7 @@ class SnapshotService:
     def _confirm(self, st: BotState, *, fresh: bool) -> bool:
         """Learn the fence from the store without restoring: adopted a live gateway, or
         started fresh while the store was unreachable."""
+        st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
         fence, fingerprint, fenced = self._persisted_fence(st.name)
         if latest is None:
@@ -303,6 +352,7 @@ class SnapshotService:
     def _boot_once(self, st: BotState) -> bool:
         home = self.home(st.name)
         st.phase = "restoring"
+        st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
         fence, _fingerprint, fenced = self._persisted_fence(st.name)
         has_local = home.is_dir() and any(home.iterdir())
@@ -362,9 +412,16 @@ class SnapshotService:
             return SnapshotResult(
                 "skipped", bot, reason=st.gate or "the bot's restore has not finished yet"
             ).as_dict()
-        if st.fenced and not takeover:
+        if st.fenced and not takeover and st.store in (None, self.store.description):
             return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
         with self._exclusive(st):
+            try:
+                self._follow_store(st)
+            except StoreError as exc:
+                st.last_attempt = time.time()
+                return SnapshotResult("failed", bot, reason=str(exc)).as_dict()
+            if st.fenced and not takeover:
+                return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
             st.running = True
             try:
                 return self._snapshot_locked(st, reason, takeover, progress)
@@ -376,6 +433,7 @@ class SnapshotService:
     ) -> dict[str, Any]:
         assert st.fence is not None
         if takeover:
+            st.store = self.store.description
             latest, etag = catalog.read_latest(self.store, st.name)
             st.fence = Fence(etag, latest.generation if latest else 0, latest.id if latest else None)
             st.fenced, st.fingerprint = None, None
@@ -402,6 +460,7 @@ class SnapshotService:
             progress=progress,
             on_in_flight=in_flight,
             cache=self._cache(st.name),
+            unconfirmed=tuple(st.in_flight),
         )
         try:
             res = pipeline.take_snapshot(job)
@@ -417,9 +476,9 @@ class SnapshotService:
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
+            if st.fence.snapshot_id in st.in_flight:  # published (maybe without our hearing it)
+                st.in_flight.remove(st.fence.snapshot_id)
             if res.result == "ok":
-                if res.id in st.in_flight:
-                    st.in_flight.remove(res.id)
                 st.last_ok = {"id": res.id, "at": res.at}
                 log.info(
                     "bot %s: snapshot %s (%s): %d bytes in %.2f s",
@@ -556,6 +615,7 @@ class SnapshotService:
                 self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
                 st.fence, st.fenced, st.gate = res.fence, None, None
+                st.store = self.store.description
                 self._after_restore(st, res, fingerprint)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.

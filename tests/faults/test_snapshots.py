@@ -523,6 +523,92 @@ def test_the_store_going_away_mid_upload_loses_nothing(tmp_path: Path) -> None:
         assert restorable(svc.store, tmp_path) == again["id"]
 
 
+@pytest.mark.parametrize("lost", ["one reply", "every reply", "every reply and the read-back"])
+def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path: Path, lost: str) -> None:
+    """The store applied the conditional PUT of latest.json, the reply was lost: flared reported
+    failure (or, when the SDK's retry met its own write, "fenced" and deleted the very snapshot
+    latest.json named) and then fenced itself until `--takeover`."""
+    from tests.fixtures.faultproxy import FaultProxy
+    from tests.fixtures.s3server import shared_server, store_config
+
+    with store_config() as section:
+        pass
+    fault = {"on": False, "puts": 0}
+
+    def rule(method: str, path: str) -> str | None:
+        if not fault["on"] or "latest.json" not in path:
+            return None
+        if method == "PUT":
+            fault["puts"] += 1
+            return "lose reply" if lost != "one reply" or fault["puts"] == 1 else None
+        if method == "GET" and fault["puts"] and lost == "every reply and the read-back":
+            return "drop"
+        return None
+
+    with FaultProxy(shared_server().endpoint, rule) as proxy:
+        section.update(endpoint=proxy.endpoint, timeout="3s")
+        svc = ready_service(load(tmp_path, section))
+        home = make_home(svc.home("athena"))
+        snap(svc)
+        (home / "memories" / "USER.md").write_text("told just before the reply was lost\n")
+        expect = tree(home, skip=NEVER)
+        fault["on"] = True
+        res = svc.snapshot("athena")
+        assert any(str(what).startswith("lost") for _m, _p, what in proxy.seen)
+        if lost == "every reply and the read-back":
+            assert res["result"] == "failed" and "latest.json" in res["reason"], res
+        else:
+            assert res["result"] == "ok", res
+        fault["on"] = False
+        # The store holds what was sent: latest names this snapshot, whole.
+        latest, _ = catalog.read_latest(svc.store, "athena")
+        assert latest is not None and latest.id == res["id"]
+        assert restorable(svc.store, tmp_path, expect) == res["id"]
+        # Not fenced by its own write: the next snapshots go on from there.
+        again = svc.snapshot("athena")
+        assert again["result"] == "unchanged" and again["id"] == res["id"], again
+        (home / "memories" / "USER.md").write_text("and after\n")
+        after = svc.snapshot("athena")
+        assert after["result"] == "ok" and svc.status("athena")["fenced"] is None, after
+        assert svc.state("athena").in_flight == []
+
+
+def test_a_store_edited_at_runtime_and_back_does_not_pause_snapshots(tmp_path: Path) -> None:
+    """The fence was one for any store: on the edited store the bot was fenced ("another writer
+    moved latest.json to nothing"), and back on the first store it stayed fenced for good."""
+    from flared.snapshots.scheduler import due
+
+    first_store = load(tmp_path)
+    svc = ready_service(first_store)
+    home = make_home(svc.home("athena"))
+    first = snap(svc)
+    # The other store holds this bot's snapshots from another machine: fenced there, rightly.
+    other = tmp_path / "other"
+    elsewhere = SnapshotService(load(tmp_path / "elsewhere-machine", {"url": f"file://{other}"}))
+    make_home(elsewhere.home("athena"))
+    with elsewhere._exclusive(elsewhere.state("athena")):
+        elsewhere._confirm(elsewhere.state("athena"), fresh=False)
+    assert elsewhere.snapshot("athena")["result"] == "ok"
+    svc.update(load(tmp_path, {"url": f"file://{other}"}))
+    st = svc.state("athena")
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) == "store changed"
+    there = svc.snapshot("athena")
+    assert there["result"] == "fenced" and "written by another writer" in there["reason"], there
+    # Back to the first store: not paused; the scheduler takes it up at once.
+    svc.update(load(tmp_path))
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) == "store changed"
+    (home / "memories" / "USER.md").write_text("told while the store was edited\n")
+    back = svc.snapshot("athena")
+    assert back["result"] == "ok" and svc.status("athena")["fenced"] is None, back
+    latest, _ = catalog.read_latest(svc.store, "athena")
+    assert latest is not None and latest.id == back["id"] and latest.generation == 2
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) != "store changed"
+    # A restarted flared remembers both stores: the first one still unfenced.
+    again = ready_service(first_store)
+    assert again.state("athena").fenced is None and again.snapshot("athena")["result"] == "unchanged"
+    assert first["id"] != back["id"]
+
+
 # ---------------------------------------------------------------------- latest.json and ids
 
 
