@@ -450,6 +450,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
     backed_up: list[str] = []
     left_out = list(walked.left_out)
     hashed = 0
+    raw_size = 0  # what the snapshot holds: a database by its copy (its WAL's content included)
     copies: set[str] = set()
 
     home_s = str(home)
@@ -537,6 +538,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             left_out.append((rel, f"it has the content of {secret_shas[sha]}"))
             continue
         entries.append(Entry(rel, "f", st, sha256=sha, source=source, database=db is not None))
+        raw_size += db_size(Path(source)) if db is not None else st.st_size
 
     for rel, why in left_out:
         log.warning("snapshot leaves out %s: %s", rel, why)
@@ -550,7 +552,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
         entries=entries,
         digest=digest(entries),
         files=len(files),
-        raw_size=sum(e.st.st_size for e in entries if e.kind == "f"),
+        raw_size=raw_size,
         databases=databases,
         left_out=left_out,
         duplicates=len(sizes) < len(content_files),

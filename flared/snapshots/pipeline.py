@@ -27,8 +27,8 @@ from typing import Any
 from flared import __version__
 from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
-from flared.snapshots import crypto, pack
-from flared.snapshots.catalog import Fence, encryption_key, read_latest
+from flared.snapshots import crypto, pack, shrink
+from flared.snapshots.catalog import Fence, encryption_key, read_latest, read_manifest
 from flared.snapshots.hashcache import HashCache
 from flared.snapshots.manifest import (
     Latest,
@@ -41,7 +41,7 @@ from flared.snapshots.manifest import (
     now_iso,
 )
 from flared.snapshots.steps import StepTimer
-from flared.snapshots.stores import PreconditionFailed, Progress, Store, StoreError
+from flared.snapshots.stores import NotFound, PreconditionFailed, Progress, Store, StoreError
 from flared.snapshots.stores.local import file_sha256
 
 log = logging.getLogger("flared.snapshots")
@@ -75,6 +75,7 @@ class SnapshotResult:
     left_out: list[dict[str, str]] = field(default_factory=list)  # beyond the rules: path and why
     hashed_bytes: int = 0  # file contents read to hash them (0: every hash came from the cache)
     copied: list[str] = field(default_factory=list)  # databases backed up this time (not reused)
+    shrink: list[str] = field(default_factory=list)  # not published: what the home lost (:mod:`.shrink`)
     needed_bytes: int | None = None  # a database copy that did not fit: what it needs
     free_bytes: int | None = None  # and what was free there
 
@@ -99,6 +100,8 @@ class SnapshotJob:
     force: bool = False  # skip the stat fast path
     cache: Path | None = None  # where content hashes and database copies are kept between runs
     unconfirmed: tuple[str, ...] = ()  # ids this state dir uploaded and has not seen published
+    basis: str | None = None  # the snapshot the home was restored from, when not `latest`
+    accept_shrink: bool = False  # publish a home that lost most of its basis (:mod:`.shrink`)
 
 
 def clean_work(work: Path) -> None:
@@ -208,6 +211,11 @@ def _take(job: SnapshotJob) -> SnapshotResult:
                 hashed_bytes=captured.hashed_bytes,
                 copied=captured.backed_up,
             )
+        if latest is not None and not job.accept_shrink:
+            refused = _refuse_shrink(job, latest, captured)
+            if refused is not None:
+                refused.steps, refused.left_out = steps, left_out
+                return refused
         sid = new_id()
         blob = job.work / f"{sid}.sqsh"
         announce(job.progress, "packing")
@@ -319,6 +327,31 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         return SnapshotResult("failed", bot, reason=describe_os_error(exc), steps=steps)
     finally:
         shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _refuse_shrink(job: SnapshotJob, latest: Latest, captured: cap.Captured) -> SnapshotResult | None:
+    """A failed result when the home lost most of what its basis snapshot held, else None.
+
+    Without a readable basis manifest there is nothing to compare with: published."""
+    basis_id = job.basis or latest.id
+    try:
+        basis = read_manifest(job.store, job.bot, basis_id)
+    except (NotFound, ValueError) as exc:
+        log.warning("bot %s: no manifest of %s to compare with (%s)", job.bot, basis_id, exc)
+        return None
+    lost = shrink.losses(
+        basis, captured.databases, captured.raw_size, lambda rel: os.path.lexists(job.home / rel)
+    )
+    if not lost:
+        return None
+    return SnapshotResult(
+        "failed",
+        job.bot,
+        reason=shrink.refusal(job.bot, basis, latest.id, lost),
+        shrink=lost,
+        raw_size=captured.raw_size,
+        file_count=captured.files,
+    )
 
 
 def _move_latest(store: Store, bot: str, sid: str, pointer: bytes, etag: str | None) -> str | None:

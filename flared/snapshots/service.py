@@ -123,6 +123,9 @@ class SnapshotService:
         `fingerprint` is the staging tree's, walked before the swap (while the gateway stopped):
         the swap renames only the top directory, which a fingerprint leaves out."""
         st.fingerprint = None
+        # What the next snapshot is compared with (:mod:`.shrink`): the snapshot restored.
+        st.basis = res.id if res.fence is not None and res.id != res.fence.snapshot_id else None
+        st.shrunk = None
         if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
             with contextlib.suppress(OSError):
                 st.fingerprint = (
@@ -184,6 +187,7 @@ class SnapshotService:
         st.in_flight = list(raw.get("in_flight") or [])
         st.last = raw.get("last")
         st.last_ok = raw.get("last_ok")
+        st.basis = raw.get("basis")
         st.elsewhere = dict(raw.get("elsewhere") or {})
         was = raw.get("store")
         if was is not None and was != self.store.description:  # edited while flared was down
@@ -405,7 +409,13 @@ class SnapshotService:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(
-        self, bot: str, reason: str = "manual", *, takeover: bool = False, progress: Progress | None = None
+        self,
+        bot: str,
+        reason: str = "manual",
+        *,
+        takeover: bool = False,
+        accept_shrink: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         st = self.state(bot)
         if st.fence is None:
@@ -424,12 +434,12 @@ class SnapshotService:
                 return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
             st.running = True
             try:
-                return self._snapshot_locked(st, reason, takeover, progress)
+                return self._snapshot_locked(st, reason, takeover, progress, accept_shrink)
             finally:
                 st.running = False
 
     def _snapshot_locked(
-        self, st: BotState, reason: str, takeover: bool, progress: Progress | None
+        self, st: BotState, reason: str, takeover: bool, progress: Progress | None, accept_shrink: bool
     ) -> dict[str, Any]:
         assert st.fence is not None
         if takeover:
@@ -461,6 +471,8 @@ class SnapshotService:
             on_in_flight=in_flight,
             cache=self._cache(st.name),
             unconfirmed=tuple(st.in_flight),
+            basis=st.basis,
+            accept_shrink=accept_shrink,
         )
         try:
             res = pipeline.take_snapshot(job)
@@ -473,9 +485,11 @@ class SnapshotService:
         out["trigger"] = reason
         st.last = out
         snapshot_history.record(snapshot_history.history_path(self.dir, st.name), out)
+        st.shrunk = res.reason if res.shrink else None
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
+            st.basis = None  # latest holds this home now
             if st.fence.snapshot_id in st.in_flight:  # published (maybe without our hearing it)
                 st.in_flight.remove(st.fence.snapshot_id)
             if res.result == "ok":
@@ -497,7 +511,8 @@ class SnapshotService:
         else:
             if change_seen is not None:
                 st.last_change = change_seen  # try again after the next quiet period
-            log.warning("bot %s: snapshot %s: %s", st.name, res.result, res.reason)
+            level = logging.ERROR if res.shrink else logging.WARNING
+            log.log(level, "bot %s: snapshot %s: %s", st.name, res.result, res.reason)
         if res.result == "ok" or st.in_flight or time.time() - st.last_prune > PRUNE_EVERY:
             self._prune_locked(st)
         self._save(st)
@@ -698,6 +713,7 @@ class SnapshotService:
             "last_ok": last_ok,
             "next_due_in_s": next_due,
             "fenced": st.fenced,
+            "shrunk": st.shrunk,
             "gated": st.fence is None,
             "gate": st.gate,
             "restore": st.restore,

@@ -27,6 +27,8 @@ class BotState:
     store: str | None = None  # the store `fence`, `fenced` and `fingerprint` are about
     elsewhere: dict[str, dict[str, Any]] = field(default_factory=dict)  # the same, per store used before
     in_flight: list[str] = field(default_factory=list)
+    basis: str | None = None  # the snapshot the home was restored from, when not `latest`
+    shrunk: str | None = None  # the last snapshot was refused: the home lost most of its basis
     last: dict[str, Any] | None = None
     last_ok: dict[str, Any] | None = None
     restore: dict[str, Any] | None = None
@@ -57,6 +59,7 @@ class BotState:
             "store": self.store,
             "elsewhere": self.elsewhere,
             "in_flight": self.in_flight,
+            "basis": self.basis,
             "last": self.last,
             "last_ok": self.last_ok,
         }

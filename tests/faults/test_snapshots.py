@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -816,3 +817,67 @@ def test_kill_9_of_the_whole_tree_under_wal_writes_loses_nothing_snapshotted(tmp
     committed_before = dict(published)[latest.id]
     assert len(rows) >= 2 * committed_before and len(rows) % 2 == 0  # whole transactions only
     assert rows[-1][1] == f"pair {len(rows) // 2}"
+
+
+# ---------------------------------------------------------------------- a home that lost its memory
+
+
+def test_a_deleted_home_is_never_published_as_latest(tmp_path: Path) -> None:
+    """`rm -rf <state>/bots/B/home` while running: flared re-rendered the config into an empty
+    home, and the next snapshot and the final one published it (a few KB) as `latest`."""
+    (tmp_path / "up").mkdir()
+    with FlareUp(tmp_path / "up", [bot("athena")]) as flare:
+        flare.wait_running("athena", timeout=120)
+        home = flare.state_dir / "bots" / "athena" / "home"
+        deadline = time.monotonic() + 60
+        while not (home / "state.db").exists():  # the gateway's sessions database
+            assert time.monotonic() < deadline, flare.read_logs()
+            time.sleep(0.2)
+        (home / "memories").mkdir(exist_ok=True)
+        (home / "memories" / "MEMORY.md").write_text(
+            "".join(f"fact {i}: the user likes tea\n" for i in range(40000))
+        )
+        good = flare.cli("snapshot", "--json")
+        assert good.returncode == 0, good.stdout + good.stderr
+        good_id = json.loads(good.stdout)["results"][0]["id"]
+        store = SnapshotService(load_config(flare.config_path)).store
+        held = catalog.read_manifest(store, "athena", good_id)
+        assert "state.db" in held.databases
+
+        for _ in range(20):  # the gateway and flared write into it meanwhile: "Directory not empty"
+            if subprocess.run(["rm", "-rf", str(home)], capture_output=True).returncode == 0:
+                break
+        deadline = time.monotonic() + 30
+        while not (home / "config.yaml").exists():  # flared renders the config again
+            assert time.monotonic() < deadline, flare.read_logs()
+            time.sleep(0.2)
+        refused = flare.cli("snapshot", "--json")
+        r = json.loads(refused.stdout)["results"][0]
+        assert refused.returncode == 1 and r["result"] == "failed", r
+        # Hermes opens its databases anew (a fresh state.db; response_store.db on the next
+        # request, or not yet): the content left decides.
+        assert re.fullmatch(r"[0-9.]+ KiB of content left of 1\.[0-9] MiB", r["shrink"][-1]), r["shrink"]
+        assert set(r["shrink"][:-1]) <= {"response_store.db is gone", "state.db is gone"}, r
+        assert (
+            f"lost most of what snapshot {good_id} held" in r["reason"] and "--accept-shrink" in r["reason"]
+        )
+        assert "flared restore --bot athena" in r["reason"]
+        snap_status = flare.bot_status("athena")["snapshots"]
+        assert snap_status["shrunk"] == r["reason"]
+        text = flare.cli("status")
+        assert f"snapshots: not published: this home lost most of what snapshot {good_id}" in text.stdout
+        assert "--accept-shrink" in flare.cli("snapshot", "--help").stdout
+        assert catalog.read_latest(store, "athena")[0].id == good_id  # type: ignore[union-attr]
+        assert "lost most of what snapshot" in (flare.state_dir / "logs" / "flared.log").read_text()
+        # The final snapshot at stop is refused the same way.
+        assert flare.stop() is not None
+    latest, _ = catalog.read_latest(store, "athena")
+    assert latest is not None and latest.id == good_id
+    assert (
+        "final snapshot: failed not published: this home lost"
+        in (flare.state_dir / "logs" / "flared.log").read_text()
+    )
+    # Nothing lost: `flared restore` brings the sessions back.
+    back = run_cli("restore", "--bot", "athena", "--json", "-c", str(flare.config_path))
+    assert back.returncode == 0 and json.loads(back.stdout)["id"] == good_id, back.stdout + back.stderr
+    assert (home / "state.db").exists()
