@@ -1,8 +1,10 @@
 """One snapshot of one bot, start to end; no threads, no timers.
 
 Steps: walk (stat only; an unchanged fingerprint stops here), hash (cached
-per file; an unchanged digest stops here), pack straight from the home,
-upload, verify, manifest, then `latest` by a conditional write. A crash at
+per file; an unchanged digest stops here; a home that lost most of its last
+snapshot stops here too, :mod:`.shrink`), pack straight from the home,
+upload, verify, manifest, then `latest` by a conditional write (a lost reply
+recognised as this writer's own). A crash at
 any point leaves `latest` pointing at a complete, verified snapshot; what was
 uploaded before the crash is an orphan that
 :func:`flared.snapshots.catalog.prune` removes later.
