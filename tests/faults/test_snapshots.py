@@ -881,3 +881,40 @@ def test_a_deleted_home_is_never_published_as_latest(tmp_path: Path) -> None:
     back = run_cli("restore", "--bot", "athena", "--json", "-c", str(flare.config_path))
     assert back.returncode == 0 and json.loads(back.stdout)["id"] == good_id, back.stdout + back.stderr
     assert (home / "state.db").exists()
+
+
+def test_a_store_edited_in_the_yaml_and_back_is_followed_by_the_running_daemon(tmp_path: Path) -> None:
+    """The same through `flared up`: the watcher applies each edit, the scheduler follows."""
+    other = tmp_path / "other-store"
+    elsewhere = SnapshotService(load(tmp_path / "elsewhere-machine", {"url": f"file://{other}"}))
+    make_home(elsewhere.home("athena"))
+    with elsewhere._exclusive(elsewhere.state("athena")):
+        elsewhere._confirm(elsewhere.state("athena"), fresh=False)
+    assert elsewhere.snapshot("athena")["result"] == "ok"
+    (tmp_path / "up").mkdir()
+    with FlareUp(tmp_path / "up", [bot("athena")]) as flare:
+        flare.wait_running("athena", timeout=120)
+        first = flare.cli("snapshot", "--json")
+        assert first.returncode == 0, first.stdout + first.stderr
+        own_store = dict(flare.data["store"])
+
+        def snapshots() -> dict[str, Any]:
+            return dict(flare.bot_status("athena")["snapshots"])
+
+        def edit(store: dict[str, Any]) -> None:
+            before = flare.status()["config"]["digest"]
+            flare.write_config({**flare.data, "store": store})
+            flare._wait(lambda: flare.status()["config"]["digest"] != before, 20, "the edit applied")
+
+        edit({"url": f"file://{other}"})
+        there = flare.cli("snapshot", "--json")
+        assert json.loads(there.stdout)["results"][0]["result"] == "fenced", there.stdout  # rightly
+        assert "written by another writer" in (snapshots()["fenced"] or "")
+        edit(own_store)
+        flare._wait(lambda: snapshots()["fenced"] is None, 40, "unfenced back home")  # by the scheduler
+        home = flare.state_dir / "bots" / "athena" / "home"
+        (home / "memories").mkdir(exist_ok=True)
+        (home / "memories" / "MEMORY.md").write_text("told after the store came back\n")
+        again = flare.cli("snapshot", "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json.loads(again.stdout)["results"][0]["result"] == "ok"
