@@ -29,7 +29,7 @@ from typing import Any
 from flared import __version__
 from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
-from flared.snapshots import crypto, pack, shrink
+from flared.snapshots import catalog, crypto, pack, shrink
 from flared.snapshots.catalog import Fence, encryption_key, read_latest, read_manifest
 from flared.snapshots.hashcache import HashCache
 from flared.snapshots.manifest import (
@@ -161,7 +161,13 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         latest, etag = read_latest(store, bot)
     except StoreError as exc:
         return SnapshotResult("failed", bot, reason=str(exc))
-    if etag != job.fence.etag and _our_unanswered_write(job, latest, etag):
+    own = (
+        catalog.own_unanswered_write(job.fence, latest, etag, job.unconfirmed)
+        if etag != job.fence.etag
+        else None
+    )
+    if own is not None:
+        job.fence = own
         log.warning(
             "bot %s: latest.json names %s, the snapshot this flared published without hearing the "
             "store's reply: continuing from it",
@@ -363,7 +369,7 @@ def _move_latest(store: Store, bot: str, sid: str, pointer: bytes, etag: str | N
     A write the store applied but whose reply was lost looks like a failure, or (the SDK
     retries) like another writer's move: the pointer is read back, and naming `sid` it is
     this write. When even that read fails, StoreError says the outcome is unknown; the next
-    snapshot tells (:func:`_our_unanswered_write`), and nothing is deleted meanwhile.
+    snapshot tells (:func:`.catalog.own_unanswered_write`), and nothing is deleted meanwhile.
     """
     try:
         if etag is None:
@@ -383,19 +389,6 @@ def _move_latest(store: Store, bot: str, sid: str, pointer: bytes, etag: str | N
         if isinstance(exc, PreconditionFailed):
             return None
         raise
-
-
-def _our_unanswered_write(job: SnapshotJob, latest: Latest | None, etag: str | None) -> bool:
-    """Whether `latest.json` moved from the fence by this flared's own write, whose outcome
-    it never learned (the reply was lost, and so was the read-back): it names a snapshot this
-    state dir uploaded and has not seen published, one generation on. Then the fence
-    moves there (in `job`)."""
-    if latest is None or etag is None or latest.id not in job.unconfirmed:
-        return False
-    if latest.generation != job.fence.generation + 1:
-        return False
-    job.fence = Fence(etag, latest.generation, latest.id)
-    return True
 
 
 def _inside_home(home: Path, *dirs: Path | None) -> list[str]:

@@ -39,7 +39,7 @@ from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
-from flared.snapshots.manifest import now_iso, valid_id
+from flared.snapshots.manifest import Latest, now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
@@ -206,6 +206,23 @@ class SnapshotService:
         fence = Fence(**raw["fence"]) if raw.get("fence") else None
         return fence, raw.get("fingerprint"), raw.get("fenced")
 
+    def _recorded_fence(
+        self, st: BotState, latest: Latest | None, etag: str | None
+    ) -> tuple[Fence | None, str | None, str | None]:
+        """The persisted fence, moved on to this machine's own write whose reply was lost
+        before flared restarted (then the recorded fingerprint and fence are stale)."""
+        fence, fingerprint, fenced = self._persisted_fence(st.name)
+        own = catalog.own_unanswered_write(fence, latest, etag, st.in_flight) if fence is not None else None
+        if own is None:
+            return fence, fingerprint, fenced
+        log.warning(
+            "bot %s: latest.json names %s, which this machine published without hearing the store's "
+            "reply: continuing from it",
+            st.name,
+            own.snapshot_id,
+        )
+        return own, None, None
+
     def _follow_store(self, st: BotState) -> None:
         """The fence is per store: when the config names another store (edited at runtime),
         what this flared knew of the old one is put aside, and of the new one taken up again
@@ -332,7 +349,7 @@ class SnapshotService:
         started fresh while the store was unreachable."""
         st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
-        fence, fingerprint, fenced = self._persisted_fence(st.name)
+        fence, fingerprint, fenced = self._recorded_fence(st, latest, etag)
         if latest is None:
             st.fence = Fence(None)
         elif not fresh and fence is not None and fence.etag == etag:
@@ -358,7 +375,7 @@ class SnapshotService:
         st.phase = "restoring"
         st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
-        fence, _fingerprint, fenced = self._persisted_fence(st.name)
+        fence, _fingerprint, fenced = self._recorded_fence(st, latest, etag)
         has_local = home.is_dir() and any(home.iterdir())
         if has_local and ((fence is not None and fence.etag == etag) or latest is None):
             # This machine's home is the source of `latest` (or the store is new): it is at

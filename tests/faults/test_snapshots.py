@@ -524,7 +524,9 @@ def test_the_store_going_away_mid_upload_loses_nothing(tmp_path: Path) -> None:
         assert restorable(svc.store, tmp_path) == again["id"]
 
 
-@pytest.mark.parametrize("lost", ["one reply", "every reply", "every reply and the read-back"])
+@pytest.mark.parametrize(
+    "lost", ["one reply", "every reply", "every reply and the read-back", "all that, then flared restarts"]
+)
 def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path: Path, lost: str) -> None:
     """The store applied the conditional PUT of latest.json, the reply was lost: flared reported
     failure (or, when the SDK's retry met its own write, "fenced" and deleted the very snapshot
@@ -542,13 +544,14 @@ def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path
         if method == "PUT":
             fault["puts"] += 1
             return "lose reply" if lost != "one reply" or fault["puts"] == 1 else None
-        if method == "GET" and fault["puts"] and lost == "every reply and the read-back":
+        if method == "GET" and fault["puts"] and lost.startswith(("every reply and", "all that")):
             return "drop"
         return None
 
     with FaultProxy(shared_server().endpoint, rule) as proxy:
         section.update(endpoint=proxy.endpoint, timeout="3s")
-        svc = ready_service(load(tmp_path, section))
+        loaded = load(tmp_path, section)
+        svc = ready_service(loaded)
         home = make_home(svc.home("athena"))
         snap(svc)
         (home / "memories" / "USER.md").write_text("told just before the reply was lost\n")
@@ -556,7 +559,7 @@ def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path
         fault["on"] = True
         res = svc.snapshot("athena")
         assert any(str(what).startswith("lost") for _m, _p, what in proxy.seen)
-        if lost == "every reply and the read-back":
+        if lost.startswith(("every reply and", "all that")):
             assert res["result"] == "failed" and "latest.json" in res["reason"], res
         else:
             assert res["result"] == "ok", res
@@ -565,6 +568,9 @@ def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path
         latest, _ = catalog.read_latest(svc.store, "athena")
         assert latest is not None and latest.id == res["id"]
         assert restorable(svc.store, tmp_path, expect) == res["id"]
+        if lost == "all that, then flared restarts":
+            svc = ready_service(loaded)  # adopts the running gateway: reads the fence it recorded
+            assert svc.status("athena")["fenced"] is None
         # Not fenced by its own write: the next snapshots go on from there.
         again = svc.snapshot("athena")
         assert again["result"] == "unchanged" and again["id"] == res["id"], again
