@@ -375,10 +375,25 @@ def _copy_failed(rel: str, exc: sqlite3.Error, needed: int, where: Path) -> Data
     )
     if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or free < needed:
         text += (
-            f": the copy needs up to {human_bytes(needed)} in {where}, {human_bytes(free)} is free "
+            f": the copy needs {human_bytes(needed)} in {where}, {human_bytes(free)} is free "
             "there; free some space and the next snapshot takes it"
         )
     return DatabaseCopyFailed(text, needed=needed, free=free)
+
+
+def _copy_size(src: Path) -> int | None:
+    """How big a consistent copy of `src` is: its pages as of now, the WAL's included (the
+    WAL file itself can be many times that). None when SQLite cannot say."""
+    try:
+        db = sqlite3.connect(f"file:{src}?mode=rw", uri=True, timeout=5)
+        try:
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            (size,) = db.execute("PRAGMA page_size").fetchone()
+            return int(pages) * int(size)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
 
 
 def db_size(path: Path) -> int:
@@ -422,7 +437,7 @@ def _copy_database(
         if not is_sqlite(home / rel):  # replaced or removed since the walk: it is no database now
             log.warning("%s: no longer a SQLite database (%s); packing it as a file", rel, exc)
             return None, False
-        needed = st.st_size + (wal.st_size if wal is not None else 0)
+        needed = _copy_size(home / rel) or st.st_size + (wal.st_size if wal is not None else 0)
         raise _copy_failed(rel, exc, needed, tmp.parent) from None
     os.chmod(tmp, stat.S_IMODE(st.st_mode))
     with contextlib.suppress(PermissionError):
