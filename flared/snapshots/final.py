@@ -62,6 +62,6 @@ def not_saved_line(finals: list[dict[str, Any]]) -> str | None:
         return None
     bots = ", ".join(str(r.get("bot")) for r in bad)
     return (
-        f"the final snapshot of {bots} did not happen: the store keeps the snapshot before it (if any); "
-        "what changed since is only on this disk (`flared snapshot` publishes it once the store answers)"
+        f"the final snapshot of {bots} did not happen (why: above): the store keeps the snapshot "
+        "before it (if any); what changed since is only on this disk (`flared snapshot` tries again)"
     )
