@@ -105,7 +105,11 @@ class Daemon:
         try:
             self.start_services()
         except SandboxError as exc:  # another flared on this state dir (flared up ends orphans first)
-            log.error("cannot start: %s; `flared status` shows who runs, `flared stop` stops it", exc)
+            log.error(
+                "cannot start: %s; unless a `flared exec` runs, it is a flared an earlier run left: stop "
+                "this run (`flared stop` or Ctrl-C) and start it again (`flared up` ends such leftovers)",
+                exc,
+            )
             if self.control is not None:
                 self.control.stop()
             return 1
