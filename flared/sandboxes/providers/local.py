@@ -37,6 +37,7 @@ from typing import Any
 
 from flared.config.models import SandboxProfile
 from flared.sandboxes.providers import process
+from flared.sandboxes.providers.removal import remove_tree
 from flared.sandboxes.types import (
     TIMEOUT_EXIT,
     ExecRequest,
@@ -204,10 +205,11 @@ class LocalProvider:
         for proc in procs:
             process.kill_tree(proc)
         base = self.lease_dir(lease_id)
-        if base.exists():
-            _make_removable(base)
-            shutil.rmtree(base, ignore_errors=True)
-        if base.exists():
+        try:
+            remove_tree(base)
+        except OSError as exc:
+            raise SandboxError(f"could not remove sandbox directory {base}: {exc}") from exc
+        if os.path.lexists(base):
             raise SandboxError(f"could not remove sandbox directory {base}")
 
     def reap_orphans(self) -> int:
@@ -377,13 +379,3 @@ def _within(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _make_removable(path: Path) -> None:
-    """A sandbox may chmod its own dirs to 000; undo that so rmtree can work (we are root or owner)."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(dirpath, d), 0o700)
