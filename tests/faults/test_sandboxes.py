@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -429,3 +430,42 @@ def test_lease_clean_up_never_follows_a_link(tmp_path: Path, caplog: pytest.LogC
     assert not [d for d in dirs if os.path.lexists(d)], "lease directories left behind"
     assert modes_of(private + shared) == before
     assert (outside / "inner" / "keep").read_text() == "keep\n"
+
+
+# ---------------------------------------------------------------------------- host paths in /proc
+
+
+def test_a_lease_sees_no_host_path_of_the_state_dir_in_its_mount_table() -> None:
+    """Issue 20 item 2: /proc/self/mountinfo names each bind's source by its path on the host.
+
+    Leases under the state dir showed that path (a home dir, a user name) on
+    every line of the sandbox's mount table. The state dir here sits where
+    anyone may search it (so leases used to live inside it), under a name the
+    check can find.
+    """
+    from flared.sandboxes.providers.local import LocalProvider, sandbox_root
+
+    parent = Path(tempfile.mkdtemp(prefix="i20-alice-projects-", dir="/var/tmp"))
+    parent.chmod(0o755)
+    state = parent / "state"
+    provider = LocalProvider(sandbox_root(state), hidden=[state])
+    lease = new_lease_id("default")
+    data = provider.create(lease, SandboxProfile())
+    try:
+        r = provider.exec(
+            lease,
+            data,
+            SandboxProfile(),
+            ExecRequest(
+                command="cat /proc/self/mountinfo /proc/self/mounts /proc/1/mountinfo; id -un; ls /workspace /tmp",
+                cwd="/workspace",
+            ),
+        )
+        assert r.exit_code == 0, r.stderr
+        assert "/workspace" in r.stdout and "/etc/passwd" in r.stdout  # the mount table was read
+        assert "sandbox\n" in r.stdout  # the generated /etc/passwd is the one bound
+        assert parent.name not in r.stdout, r.stdout
+        assert str(state) not in r.stdout
+    finally:
+        provider.destroy(lease, data)
+        shutil.rmtree(parent)
