@@ -246,7 +246,6 @@ def own_entry(bot: BotConfig, job: dict[str, Any]) -> dict[str, Any]:
         "timezone": None,
         "enabled": bool(job.get("enabled", True)),
         "bot": bot.name,
-        "synced": True,
         "hermes_id": job.get("id"),
         "next_run": job.get("next_run_at"),
         "last_run": job.get("last_run_at"),
