@@ -9,7 +9,7 @@
  */
 import { Hono, type Context } from "hono";
 import { serveAdmin } from "./admin";
-import { GROUP_HEADER } from "./agent";
+import { COLD_START_TIMEOUT_MS, GROUP_HEADER } from "./agent";
 import { requireAuth } from "./auth";
 import type { AppEnv, Env } from "./env";
 
@@ -18,8 +18,10 @@ type C = Context<AppEnv>;
 /** Who asked, for flared's audit log; flared trusts it only from the Worker (internal token). */
 export const ACTOR_HEADER = "X-Flare-Actor";
 
-/** How long one group's flared may take to answer a proxied request. */
-export const PROXY_TIMEOUT_MS = 30_000;
+/** How long a running flared may take to answer a proxied request. */
+export const FLARED_ANSWER_MS = 30_000;
+/** A proxied request's whole budget: a cold start of the container, then flared's answer. */
+export const PROXY_TIMEOUT_MS = COLD_START_TIMEOUT_MS + FLARED_ANSWER_MS;
 
 export class RouteError extends Error {
   constructor(
@@ -98,13 +100,13 @@ export async function callAgent(
   }
 }
 
-/** flared's answer as the client's, keeping its status and JSON body. */
+/** flared's answer as the client's, keeping its status, JSON body and any Retry-After. */
 async function relay(res: Response): Promise<Response> {
   const text = await res.text();
-  return new Response(text, {
-    status: res.status,
-    headers: { "Content-Type": res.headers.get("Content-Type") ?? "application/json" },
-  });
+  const headers: Record<string, string> = { "Content-Type": res.headers.get("Content-Type") ?? "application/json" };
+  const retry = res.headers.get("Retry-After");
+  if (retry) headers["Retry-After"] = retry;
+  return new Response(text, { status: res.status, headers });
 }
 
 async function proxyToGroup(c: C, group: string, path: string, body?: string): Promise<Response> {

@@ -120,6 +120,10 @@ export class Agent extends RealAgent {
   async setPlainError(text: string | null): Promise<void> {
     this.flared.plainError = text;
   }
+  /** Ports of the next starts listen only this long after the start (a slow cold start). */
+  async setListenAfter(ms: number): Promise<void> {
+    this.box.listenAfterMs = ms;
+  }
   /** The next container start fails with this message (null: starts work again). */
   async setStartFault(message: string | null): Promise<void> {
     this.box.startFault = message;
