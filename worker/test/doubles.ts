@@ -169,6 +169,7 @@ export class FakeExec extends DurableObject<Env> {
     if (configuration.sleepAfter !== undefined) await this.ctx.storage.put("sleepAfter", configuration.sleepAfter);
   }
   async setNetwork(network: boolean): Promise<boolean> {
+    if ((await this.ctx.storage.get<string>("fault")) === "broken-object") throw new Error("Durable Object reset because its code was updated.");
     const stored = await this.ctx.storage.get<boolean>("network");
     if (stored === undefined) await this.ctx.storage.put("network", network);
     return stored === undefined || stored === network;
@@ -192,7 +193,7 @@ export class FakeExec extends DurableObject<Env> {
   }
 
   // Test controls.
-  async setFault(fault: "unavailable" | "undestroyable" | null): Promise<void> {
+  async setFault(fault: "unavailable" | "undestroyable" | "broken-object" | null): Promise<void> {
     await this.ctx.storage.put("fault", fault);
   }
   async stats(): Promise<{ execs: number; destroyed: boolean; sleepAfter: string | number | undefined; network: boolean | undefined }> {
