@@ -41,6 +41,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
         cfg = live.config
         return {
             "ok": True,
+            "version": __version__,
             "config_digest": live.loaded.digest,
             "last_tick": daemon.last_tick.isoformat() if daemon.last_tick else None,
             "group": os.environ.get("FLARE_GROUP") or (cfg.bots[0].group if cfg.bots else "default"),

@@ -146,6 +146,40 @@ async function fanOut(c: C, path: string, body?: string): Promise<Response> {
   return c.json({ groups: Object.fromEntries(answers.map(([g, , body]) => [g, body])) }, ok ? 200 : 502);
 }
 
+/**
+ * The version check of a rollout: a group whose flared is not the version
+ * this Worker was rendered with (FLARED_VERSION) runs an image from another
+ * deploy. Present only when flared reports a version.
+ */
+export function versionMismatch(env: Env, status: unknown): { worker_expects: string; container_runs: string } | null {
+  const want = env.FLARED_VERSION;
+  const flared = (status as { flared?: { version?: unknown } } | null)?.flared;
+  const got = flared?.version;
+  if (!want || typeof got !== "string" || got === want) return null;
+  return { worker_expects: want, container_runs: got };
+}
+
+/** /api/status with `version_mismatch` on each group's answer whose flared reports a version. */
+async function statusWithVersions(c: C): Promise<Response> {
+  const single = Boolean(c.req.query("group"));
+  const res = await fanOut(c, "/status");
+  const text = await res.text();
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return new Response(text, res);
+  }
+  const flag = (status: unknown): void => {
+    if (typeof status !== "object" || status === null || !("flared" in status)) return;
+    const v = (status as { flared?: { version?: unknown } }).flared?.version;
+    if (typeof v === "string") (status as Record<string, unknown>).version_mismatch = versionMismatch(c.env, status);
+  };
+  if (single) flag(body);
+  else for (const status of Object.values((body.groups ?? {}) as Record<string, unknown>)) flag(status);
+  return new Response(JSON.stringify(body), { status: res.status, headers: res.headers });
+}
+
 async function jsonBody(c: C): Promise<Record<string, unknown>> {
   const text = await c.req.text();
   if (!text.trim()) return {};
@@ -175,7 +209,7 @@ export function buildApp(): Hono<AppEnv> {
 
   app.use("/api/*", requireAuth());
 
-  app.get("/api/status", (c) => fanOut(c, "/status"));
+  app.get("/api/status", statusWithVersions);
   app.get("/api/config", (c) => fanOut(c, "/config"));
 
   app.get("/api/snapshots", (c) => {

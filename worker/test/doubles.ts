@@ -41,6 +41,8 @@ class InMemoryFlared {
   pushes = 0;
   digest: string | undefined;
   delayMs = 0;
+  /** The flared version /status reports (the image's). */
+  version = "0.1.0";
   /** When set, every answer is this text with status 500 (not JSON). */
   plainError: string | null = null;
   private startsSeen = 0;
@@ -78,6 +80,7 @@ class InMemoryFlared {
     if (url.pathname === "/bots/nobody/restart") {
       return Response.json({ error: "no bot named 'nobody'" }, { status: 404 });
     }
+    if (url.pathname === "/status") return Response.json({ flared: { ...seen, version: this.version } });
     return Response.json({ flared: seen });
   }
 }
@@ -113,6 +116,9 @@ export class Agent extends RealAgent {
   }
   async setDigest(digest: string): Promise<void> {
     this.flared.digest = digest;
+  }
+  async setFlaredVersion(version: string): Promise<void> {
+    this.flared.version = version;
   }
   async setDelay(ms: number): Promise<void> {
     this.flared.delayMs = ms;
