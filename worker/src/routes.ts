@@ -11,6 +11,7 @@ import { Hono, type Context } from "hono";
 import { serveAdmin } from "./admin";
 import { COLD_START_TIMEOUT_MS, GROUP_HEADER } from "./agent";
 import { requireAuth } from "./auth";
+import { chatCompletions, listModels, openAIError } from "./chat";
 import type { AppEnv, Env } from "./env";
 
 type C = Context<AppEnv>;
@@ -257,12 +258,18 @@ export function buildApp(): Hono<AppEnv> {
     return c.json({ group, ...result });
   });
 
+  // OpenAI-compatible chat with the bots (model = bot), behind the same auth.
+  app.use("/v1/*", requireAuth());
+  app.get("/v1/models", (c) => listModels(c));
+  app.post("/v1/chat/completions", chatCompletions);
+
   // The admin page (its files only; every call it makes goes through /api/* above).
   app.get("/admin", serveAdmin);
   app.get("/admin/*", serveAdmin);
 
   app.notFound((c) => c.json({ error: `no route ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
   app.onError((err, c) => {
+    if (err instanceof RouteError && new URL(c.req.url).pathname.startsWith("/v1/")) return openAIError(err.status, err.message);
     if (err instanceof RouteError) return c.json({ error: err.message }, err.status);
     console.error("unhandled error", err instanceof Error ? err.message : String(err));
     return c.json({ error: "internal error" }, 500);

@@ -37,6 +37,47 @@ export interface SeenRequest {
 
 /** flared's control API inside the container double (state per container start). */
 class InMemoryFlared {
+  /** A streamed chat sends its first chunk, then waits for this before the rest. */
+  private gate: Promise<void> = Promise.resolve();
+  private openGate: () => void = () => undefined;
+  holdStreams(): void {
+    this.gate = new Promise((resolve) => (this.openGate = resolve));
+  }
+  releaseStreams(): void {
+    this.openGate();
+  }
+
+  /** flared's relay to a bot's Hermes API: the answer names the bot and what it was asked. */
+  chat(bot: string, body: string, session: string | null): Response {
+    const req = JSON.parse(body) as { messages?: unknown; stream?: boolean };
+    if (!Array.isArray(req.messages)) return Response.json({ error: "messages is required (a list)" }, { status: 400 });
+    const last = (req.messages.at(-1) as { content?: string } | undefined)?.content ?? "";
+    const answer = `${bot} heard: ${last}`;
+    const headers = { "X-Hermes-Session-Id": session ?? "session-new" };
+    if (!req.stream) {
+      return Response.json(
+        { object: "chat.completion", model: "hermes-model", choices: [{ index: 0, message: { role: "assistant", content: answer }, finish_reason: "stop" }] },
+        { headers },
+      );
+    }
+    const enc = new TextEncoder();
+    const event = (delta: object, finish: string | null = null) =>
+      enc.encode(`data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`);
+    const gate = this.gate;
+    const [first, rest] = [answer.slice(0, 5), answer.slice(5)];
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(event({ role: "assistant", content: first }));
+        await gate;
+        controller.enqueue(event({ content: rest }));
+        controller.enqueue(event({}, "stop"));
+        controller.enqueue(enc.encode("data: [DONE]\n\n"));
+        controller.close();
+      },
+    });
+    return new Response(stream, { headers: { ...headers, "Content-Type": "text/event-stream" } });
+  }
+
   seen: SeenRequest[] = [];
   pushes = 0;
   digest: string | undefined;
@@ -77,6 +118,8 @@ class InMemoryFlared {
       this.pushes++;
       return Response.json({ applied: true, config_digest: this.digest });
     }
+    const chat = /^\/bots\/([^/]+)\/chat\/completions$/.exec(url.pathname);
+    if (chat && req.method === "POST") return this.chat(decodeURIComponent(chat[1]!), body, req.headers.get("X-Hermes-Session-Id"));
     if (url.pathname === "/bots/nobody/restart") {
       return Response.json({ error: "no bot named 'nobody'" }, { status: 404 });
     }
@@ -116,6 +159,13 @@ export class Agent extends RealAgent {
   }
   async setDigest(digest: string): Promise<void> {
     this.flared.digest = digest;
+  }
+  /** Streamed chats stop after their first chunk until releaseStreams(). */
+  async holdStreams(): Promise<void> {
+    this.flared.holdStreams();
+  }
+  async releaseStreams(): Promise<void> {
+    this.flared.releaseStreams();
   }
   async setFlaredVersion(version: string): Promise<void> {
     this.flared.version = version;
