@@ -52,7 +52,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, 
             }
             workdir = tmp_path_factory.mktemp("topology")
             with Topology(
-                workdir, yaml_text=SHIPPED_YAML, secrets=secrets, store_endpoint=f"http://{BRIDGE_HOST}:{moto.port}"
+                workdir,
+                yaml_text=SHIPPED_YAML,
+                secrets=secrets,
+                store_endpoint=f"http://{BRIDGE_HOST}:{moto.port}",
             ) as topo:
                 yield topo, fake
     finally:
@@ -74,7 +77,11 @@ def bot_state(topo: Topology) -> str | None:
         return None
     platforms = (bots[0].get("hermes") or {}).get("platforms") or {}
     state = str(bots[0]["state"])
-    return state if state != "RUNNING" or platforms.get("api_server") == "connected" else "RUNNING (api starting)"
+    return (
+        state
+        if state != "RUNNING" or platforms.get("api_server") == "connected"
+        else "RUNNING (api starting)"
+    )
 
 
 def flared_started(topo: Topology) -> float:
@@ -114,7 +121,10 @@ def test_the_topology(world: tuple[Topology, FakeLLM]) -> None:
     code, answer, _ = topo.request(
         "POST",
         "/v1/chat/completions",
-        {"model": "hermes", "messages": [{"role": "user", "content": "remember that my dog is called Yodel"}]},
+        {
+            "model": "hermes",
+            "messages": [{"role": "user", "content": "remember that my dog is called Yodel"}],
+        },
     )
     timings["first_chat"] = time.monotonic() - t0
     assert code == 200, answer

@@ -68,7 +68,7 @@ class Ingress(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_CONNECT(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_CONNECT(self) -> None:
         target = self.headers.get("X-Dst-Addr") or self.path
         host, _, port = target.rpartition(":")
         try:
@@ -83,7 +83,7 @@ class Ingress(BaseHTTPRequestHandler):
         self.close_connection = True
         pump(self.connection, upstream)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path != "/ca":
             self.reply(404, b"not found")
             return
@@ -93,7 +93,7 @@ class Ingress(BaseHTTPRequestHandler):
         except OSError as exc:
             self.reply(500, f"no CA: {exc}".encode())
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         if self.path != "/egress":
             self.reply(404, b"not found")
             return

@@ -85,10 +85,18 @@ class Api(BaseHTTPRequestHandler):
         self.wfile.write(raw)
 
     def not_found(self) -> None:
-        self.reply(404, {"code": "NOT_FOUND", "message": f"the exec double has no {self.command} {self.path}",
-                         "context": {}, "httpStatus": 404, "timestamp": now()})
+        self.reply(
+            404,
+            {
+                "code": "NOT_FOUND",
+                "message": f"the exec double has no {self.command} {self.path}",
+                "context": {},
+                "httpStatus": 404,
+                "timestamp": now(),
+            },
+        )
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         if self.path == "/api/ping":
             self.reply(200, {"success": True, "message": "pong", "timestamp": now()})
         elif self.path == "/api/version":
@@ -96,7 +104,7 @@ class Api(BaseHTTPRequestHandler):
         else:
             self.not_found()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.loads(raw or b"{}")
         if self.path == "/api/session/create":
