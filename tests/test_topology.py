@@ -133,6 +133,27 @@ def test_the_topology(world: tuple[Topology, FakeLLM]) -> None:
     code, models, _ = topo.request("GET", "/v1/models")
     assert [m["id"] for m in models["data"]] == ["hermes"]
 
+    # A command the bot runs goes to an Exec sandbox: flared's cloudflare provider calls
+    # sandboxes.flare.internal, which the sidecar and workerd hand to the Worker.
+    fake.script(
+        llm.tool(
+            "terminal",
+            {"command": "echo ran-in-$(test -f /usr/local/bin/exec-double.py && echo exec || echo agent)"},
+            when=lambda r: r.is_agent_turn and "run the check" in r.last_user_text,
+        ),
+        llm.echo_tool_result("out: "),
+    )
+    t0 = time.monotonic()
+    code, answer, _ = topo.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "hermes", "messages": [{"role": "user", "content": "run the check"}]},
+    )
+    timings["first_exec_chat"] = time.monotonic() - t0
+    assert code == 200, answer
+    assert "ran-in-exec" in answer["choices"][0]["message"]["content"], answer
+    assert [n for n in topo.containers() if "-Exec-" in n and not n.endswith("-proxy")], topo.containers()
+
     # A snapshot taken through /api and listed there.
     code, taken, _ = topo.request("POST", "/api/snapshots", {"bot": "hermes"})
     assert code == 200, taken

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +124,7 @@ class Api(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # PID 1: stop at once
     server = ThreadingHTTPServer(("0.0.0.0", 3000), Api)
     server.daemon_threads = True
     sys.stderr.write("exec-double: listening on 3000\n")
