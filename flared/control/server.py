@@ -472,7 +472,13 @@ class ControlServer:
         sock.sendall(b"".join(p for p in parts if p))  # one write: head and body in one segment
 
     def _send_stream(
-        self, conn: h11.Connection, sock: socket.socket, resp: Response, stream: Iterator[bytes], *, close: bool
+        self,
+        conn: h11.Connection,
+        sock: socket.socket,
+        resp: Response,
+        stream: Iterator[bytes],
+        *,
+        close: bool,
     ) -> None:
         """Chunked: each piece reaches the client when it is made (a chat's tokens)."""
         headers = [("Content-Type", resp.content_type), ("Transfer-Encoding", "chunked")]
@@ -481,7 +487,9 @@ class ControlServer:
             headers.append(("Connection", "close"))
         sock.settimeout(self.limits.body_timeout)  # a client that never reads
         try:
-            head = conn.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status)))
+            head = conn.send(
+                h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status))
+            )
             sock.sendall(head or b"")
             for piece in stream:
                 if piece:
