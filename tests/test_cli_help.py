@@ -85,3 +85,17 @@ def test_a_bad_value_from_the_environment_names_the_variable(
     monkeypatch.setenv("UXT_PORT", "8642")
     assert main(["validate", "-c", str(cfg)]) == 2
     assert "(from $FLARE_SNAPSHOTS__EVERY)" in capsys.readouterr().err
+
+
+def test_config_before_the_command_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flared -c FILE status` used to exit 2 with "invalid choice" (issue 23)."""
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("version: 1\nbots:\n  - name: hermes\n    modle: {}\n")
+    assert main(["-c", str(cfg), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:4:5: bots[0].modle: unknown key 'modle'" in err and "invalid choice" not in err
+    good = tmp_path / "good.yaml"
+    good.write_text("version: 1\nbots: []\n")
+    assert main(["--config", str(cfg), "validate", "-c", str(good)]) == 0  # the later one wins
+    assert main(["-c", str(good), "validate", "--json"]) == 0
+    assert '"valid": true' in capsys.readouterr().out

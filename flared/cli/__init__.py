@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input (config or arguments).",
     )
     parser.add_argument("--version", action="version", version=f"flared {__version__}")
+    # `flared -c FILE status` as well as `flared status -c FILE`: a separate dest, because a
+    # subcommand's own default (None) would overwrite the value given before it.
+    parser.add_argument(
+        "-c", "--config", dest="config_before", metavar="FILE", help="config file, for any command"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin):
         module.register(sub)
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INVALID
+    if args.config_before is not None and getattr(args, "config", None) is None:
+        args.config = args.config_before  # the one after the subcommand wins when both are given
     try:
         return int(args.func(args))
     except SystemExit as exc:  # load_or_exit and friends
