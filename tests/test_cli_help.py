@@ -99,3 +99,37 @@ def test_config_before_the_command_is_accepted(tmp_path: Path, capsys: pytest.Ca
     assert main(["--config", str(cfg), "validate", "-c", str(good)]) == 0  # the later one wins
     assert main(["-c", str(good), "validate", "--json"]) == 0
     assert '"valid": true' in capsys.readouterr().out
+
+
+def test_hints_name_the_flared_that_works_here(tmp_path: Path) -> None:
+    """The README runs `.venv/bin/flared`; hints used to say bare `flared ...`, not on PATH (issue 23)."""
+    import os
+    import subprocess
+
+    from tests.fixtures.flare import FLARED, ROOT, free_port
+
+    cfg = tmp_path / "hermes-flare.yaml"
+    cfg.write_text(
+        "version: 1\nbots:\n  - name: solo\n    model: {provider: custom, base_url: 'http://127.0.0.1:9/v1'"
+        f", model: m}}\n    api: {{port: {free_port()}}}\n"
+    )
+    bin_dir = str(ROOT / ".venv" / "bin")
+    bare = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p.rstrip("/") != bin_dir)
+
+    def hint(cwd: Path, path: str) -> str:
+        out = subprocess.run(
+            [*FLARED, "chat", "-c", str(cfg), "hi"],
+            cwd=cwd,
+            env={**os.environ, "PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 1, out.stderr
+        return out.stderr
+
+    assert "(`.venv/bin/flared status` says; start everything with `.venv/bin/flared up`)" in hint(ROOT, bare)
+    assert f"start everything with `{bin_dir}/flared up`" in hint(tmp_path, bare)
+    assert "(`flared status` says; start everything with `flared up`)" in hint(
+        tmp_path, bin_dir + os.pathsep + bare
+    )

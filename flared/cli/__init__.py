@@ -20,6 +20,7 @@ import sys
 from flared import __version__
 from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
+from flared.cli.text import localize_hints
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    originals = localize_hints()
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = originals
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from flared.cli.status import final_snapshot_lines, read_stop_record, restore_line
-from flared.cli.text import Out
+from flared.cli.text import Out, localize_hints
 from flared.control.client import ConnectionLost, ControlClient, ControlError, DaemonNotRunning
 
 #: Poll quickly until every bot settled (ready or failed), then now and then for changes.
@@ -65,7 +65,7 @@ class Reporter:
             ready = str(b.get("readiness") or "")
             key = ready + "|" + str(b.get("error") or "")
             if ready == "ready" and self.said.get(name, "").split("|")[0] != "ready":
-                api = f": chat API on {b['api']} (try: flared chat hello)" if b.get("api") else ""
+                api = f": chat API on {b['api']} (try: `flared chat hello`)" if b.get("api") else ""
                 again = " again" if name in self.said else ""
                 self.out.print(f"{name}: {self.out.style('ready' + again, 'green')}{api}")
                 self.said[name] = key
@@ -116,6 +116,7 @@ def say_admin(out: Out, client: ControlClient, admin: dict[str, Any]) -> bool:
 
 def main(argv: list[str]) -> int:
     child, state_dir, sock = int(argv[0]), Path(argv[1]), Path(argv[2])
+    localize_hints()
     out = Out(sys.stderr)
     started = time.time()
     stopping: list[int] = []
