@@ -156,7 +156,7 @@ def test_another_program_on_the_port_is_named_not_printed(tmp_path: Path) -> Non
             assert out.returncode == 1, out.stderr
             assert "<html" not in (out.stdout + out.stderr).lower()
             assert (
-                f"flared chat: something other than bot 'solo's Hermes API answered on "
+                f"flared chat: something other than the Hermes API of bot 'solo' answered on "
                 f"http://127.0.0.1:{port} (HTTP 501, text/html, server 'SimpleHTTP/"
             ) in out.stderr, out.stderr
             assert f"page 'Error response'): another program holds port {port}." in out.stderr

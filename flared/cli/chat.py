@@ -283,7 +283,7 @@ def foreign_answer(ep: Endpoint, where: str, resp: Any) -> str | None:
         what.append(f"page {title.group(1)[:80]!r}")
     port = where.rsplit(":", 1)[-1]
     return (
-        f"something other than bot {ep.bot!r}'s Hermes API answered on {where} ({', '.join(what)}): "
+        f"something other than the Hermes API of bot {ep.bot!r} answered on {where} ({', '.join(what)}): "
         f"another program holds port {port}. Stop that program, or give the bot a free port in the "
         "config (`api: {port: N}`; the edit is applied live), then chat again."
     )
