@@ -133,3 +133,13 @@ def test_hints_name_the_flared_that_works_here(tmp_path: Path) -> None:
     assert "(`flared status` says; start everything with `flared up`)" in hint(
         tmp_path, bin_dir + os.pathsep + bare
     )
+    # Data is printed as it is: a rendered file's comment names the command, not this install.
+    render = subprocess.run(
+        [*FLARED, "render", "supervisord", "--image"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": bare},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert render.stdout == (ROOT / "supervisord" / "supervisord.conf").read_text()

@@ -48,20 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose stdout is data (a file, log lines), printed as it is, hints or not.
+DATA_OUT = frozenset({"render", "schema", "logs"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     originals = localize_hints()
     try:
-        return _main(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, usage errors
+            return int(exc.code or 0)
+    finally:
+        sys.stdout, sys.stderr = originals
+    data = args.command in DATA_OUT or bool(getattr(args, "json", False))
+    localize_hints(stdout=not data)
+    try:
+        return _run(parser, args)
     finally:
         sys.stdout, sys.stderr = originals
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors
-        return int(exc.code or 0)
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INVALID

@@ -170,11 +170,13 @@ class HintForms:
         return getattr(self.stream, name)
 
 
-def localize_hints() -> tuple[TextIO, TextIO]:
-    """Wrap stdout and stderr in :class:`HintForms` when needed; returns the originals to put back."""
+def localize_hints(*, stdout: bool = True) -> tuple[TextIO, TextIO]:
+    """Wrap stderr (and stdout, unless it carries data: a rendered file, JSON, log lines)
+    in :class:`HintForms` when needed; returns the originals to put back."""
     originals = (sys.stdout, sys.stderr)
     form = flared_form()
     if form != "flared":
-        sys.stdout = HintForms(sys.stdout, form)
+        if stdout:
+            sys.stdout = HintForms(sys.stdout, form)
         sys.stderr = HintForms(sys.stderr, form)
     return originals
