@@ -10,10 +10,12 @@ line prefixed with where it came from.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flared.cli.common import EXIT_INVALID, EXIT_OK, CommandError, Subparsers, add_config_arg
 from flared.cli.remote import Remote, connect
@@ -47,6 +49,13 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--supervisord", action="store_true", help="supervisord's log")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines of each log to show first (default 40)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="copy new lines of flared's log and every gateway's (bots added later too) to stdout "
+        "until stopped, prefixed and redacted, read from the files: what the Agent image runs so "
+        "`docker logs` shows them",
+    )
     p.set_defaults(func=cmd_logs)
 
 
@@ -66,6 +75,8 @@ def _sources(args: argparse.Namespace, bots: list[str]) -> list[Source]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.mirror:
+        return cmd_mirror(args)
     if args.lines < 0:
         raise CommandError("--lines must be 0 or more", EXIT_INVALID)
     remote = connect(args)
@@ -172,3 +183,101 @@ class _FileReader(_Reader):
 
         text, offset = read_from(self._path(src), src.offset)
         return self._redact(text), offset
+
+
+# ---------------------------------------------------------------------- the container's log
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    """Run :class:`LogMirror` until SIGTERM (supervisord stops it last), then copy what is left."""
+    from flared.config import handoff
+
+    handoff.adopt()  # the secrets to redact, handed over as flared gets them
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    mirror = LogMirror(getattr(args, "config", None), sys.stdout)
+    while not stopping:
+        mirror.tick()
+        time.sleep(FOLLOW_EVERY_S)
+    mirror.tick()  # the final snapshots, written while the gateways and flared stopped
+    return EXIT_OK
+
+
+class LogMirror:
+    """Copies new lines of flared's log and each gateway's to one stream, prefixed and redacted.
+
+    Read from the files, not through the daemon: it must see flared's boot
+    and its final snapshot, when the daemon does not answer. A log that
+    existed before the mirror started is followed from its end (the state
+    volume keeps the last run's lines); one that appears later, from its
+    start. The config is read again when the file changes, so a bot added
+    by an edit is followed and new secrets are redacted.
+    """
+
+    def __init__(self, config_path: str | None, out: TextIO, *, clock: Any = time.time) -> None:
+        self.config_path = config_path
+        self.out = out
+        self.started = clock()
+        self.loaded: LoadedConfig | None = None
+        self.stamp: tuple[int, int] | None = None
+        self.said_error = ""
+        self.offsets: dict[Path, int] = {}
+
+    def _reload(self) -> None:
+        from flared.config.loader import ConfigError, load_config
+        from flared.config.where import find_config
+
+        path = find_config(self.config_path)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = (0, 0)
+        if stamp == self.stamp:
+            return
+        try:
+            self.loaded = load_config(str(path), check_state_dir=False)
+            self.stamp, self.said_error = stamp, ""
+        except ConfigError as exc:
+            self.stamp = stamp
+            text = "; ".join(str(i) for i in exc.issues)
+            if text != self.said_error:  # said once per edit, the last good config still redacts
+                self.said_error = text
+                self._write("logs", text if self.loaded is None else f"config not reread: {text}")
+
+    def sources(self) -> list[tuple[str, Path]]:
+        from flared.hermes.paths import BotPaths
+
+        if self.loaded is None:
+            return []
+        state = self.loaded.state_dir
+        out = [("flared", state / "logs" / "flared.log")]
+        out += [(f"gateway-{b}", BotPaths.of(state, b).gateway_log) for b in self.loaded.config.bot_names]
+        return out
+
+    def tick(self) -> None:
+        from flared.api.core import read_from
+        from flared.config.redact import redact_text
+
+        self._reload()
+        for name, path in self.sources():
+            if path not in self.offsets:
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # not yet: from its first line once it appears
+                self.offsets[path] = st.st_size if st.st_mtime < self.started else 0
+            text, self.offsets[path] = read_from(path, self.offsets[path])
+            if text:
+                assert self.loaded is not None
+                for line in redact_text(text, self.loaded.config).splitlines():
+                    self._write(name, line)
+        self.out.flush()
+
+    def _write(self, name: str, line: str) -> None:
+        self.out.write(f"[{name}] {line}\n")
