@@ -76,8 +76,9 @@ fi
 
 if [ -n "$run_as" ]; then
   uid=$(id -u "$run_as") || { echo "hermes-flare: no user $run_as (FLARE_RUN_AS)" >&2; exit 2; }
-  # flared replaces the YAML on PUT /config (temp file + rename in its dir).
-  chown "$run_as:" "$(dirname "$config")" "$config"
+  # flared replaces the YAML on PUT /config (temp file + rename in its dir). A YAML
+  # mounted read-only (compose.yaml) stays as it is: edits come from the host.
+  chown "$run_as:" "$(dirname "$config")" "$config" 2>/dev/null || true
   # A state dir that arrives owned by someone else (a fresh volume) is handed
   # over whole; otherwise only what this script just made.
   if [ "$(stat -c %u "$state")" != "$uid" ]; then
@@ -92,6 +93,10 @@ if [ -n "$run_as" ]; then
     chown -R "$run_as:" "$store" 2>/dev/null || true
   fi
   for dir in "$state" ${store:+"$store"}; do can_write "$run_as" "$dir" || refuse "$dir" "$uid"; done
+  # The container's log is this process's stdout/stderr, pipes the engine made
+  # root's: supervisord (as $run_as) reopens /dev/stdout for the 'logs' program,
+  # which is refused (EACCES) unless they are handed over too.
+  chown --dereference "$run_as" /proc/self/fd/1 /proc/self/fd/2 2>/dev/null || true
   home=$(getent passwd "$run_as" | cut -d: -f6)
   export HOME="${home:-$state}" USER="$run_as" LOGNAME="$run_as"
   set -- setpriv --reuid="$run_as" --regid="$run_as" --init-groups --inh-caps=-all --no-new-privs -- "$@"
