@@ -99,6 +99,10 @@ def test_config_before_the_command_is_accepted(tmp_path: Path, capsys: pytest.Ca
     assert main(["--config", str(cfg), "validate", "-c", str(good)]) == 0  # the later one wins
     assert main(["-c", str(good), "validate", "--json"]) == 0
     assert '"valid": true' in capsys.readouterr().out
+    state = tmp_path / "state"
+    good.write_text(f"version: 1\nstate_dir: {state}\nbots: []\n")
+    assert main(["-c", str(good), "status"]) == 0  # the command of the issue, no daemon running
+    assert capsys.readouterr().out.startswith("flared not running")
 
 
 def test_hints_name_the_flared_that_works_here(tmp_path: Path) -> None:
