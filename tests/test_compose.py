@@ -179,6 +179,16 @@ def test_compose_chats_sandboxes_logs_and_keeps_the_memory_on_a_fresh_container(
         assert SECRET not in text
         assert podman("healthcheck", "run", compose.container, check=False).returncode == 0
 
+        # `restart` (what docs/vps.md says after an edit): flared restores-or-keeps before
+        # any gateway starts, never one from the last container's program files.
+        compose("restart")
+        deadline = time.monotonic() + 120
+        while podman("logs", compose.container).stdout.count("bot hermes: state ready") < 2:
+            assert time.monotonic() < deadline, podman("logs", compose.container).stdout[-3000:]
+            time.sleep(1)
+        assert "adopting it (no restore)" not in podman("logs", compose.container).stdout
+        compose.wait_ready()
+
         # Stop (the final snapshot goes to the store volume, created root-owned by podman) ...
         compose("down")
         # ... and a new machine: only the store volume is left.

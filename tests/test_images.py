@@ -441,3 +441,20 @@ def _refuses_volumes(tmp_path: Path) -> None:
     os.chown(store, 10001, 10001)
     res = start_as_10001()
     assert res.returncode == 0, res.stderr
+
+
+def test_the_entrypoint_drops_the_last_containers_gateway_programs(tmp_path: Path) -> None:
+    """A state volume kept across containers (compose) held gateway-*.conf: supervisord
+    started the gateways before flared restored anything ("adopting it (no restore)")."""
+    (tmp_path / "c.yaml").write_text("version: 1\n")
+    programs = tmp_path / "state" / "supervisor" / "programs"
+    programs.mkdir(parents=True)
+    (programs / "gateway-hermes.conf").write_text("[program:gateway-hermes]\ncommand=sleep 1\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
+        "FLARE_STATE_DIR": str(tmp_path / "state"),
+    }
+    res = subprocess.run(["sh", str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert programs.is_dir() and list(programs.iterdir()) == []

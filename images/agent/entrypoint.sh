@@ -63,6 +63,10 @@ refuse() {
   exit 2
 }
 
+# Gateways are added by flared only after each bot's restore: a state volume
+# that kept the last container's program files must not let supervisord start
+# them first (as `flared up` does locally).
+rm -rf "$state/supervisor/programs" 2>/dev/null || true
 mkdir -p "$state/logs" "$state/supervisor/programs" 2>/dev/null || [ "$(id -u)" -eq 0 ] || refuse "$state" "$(id -u)"
 
 # HTTPS egress interception (secrets injected at egress) presents certificates
