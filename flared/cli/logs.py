@@ -13,6 +13,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -219,7 +220,9 @@ class LogMirror:
     by an edit is followed and new secrets are redacted.
     """
 
-    def __init__(self, config_path: str | None, out: TextIO, *, clock: Any = time.time) -> None:
+    def __init__(
+        self, config_path: str | None, out: TextIO, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config_path = config_path
         self.out = out
         self.started = clock()
