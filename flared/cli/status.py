@@ -305,6 +305,8 @@ def render_cron(out: Out, cron: dict[str, Any]) -> None:
         if not j.get("enabled", True):
             note = "disabled"
         kind = j["kind"] if j["kind"] == "agent" else str(j.get("action"))
+        if j.get("source") == "hermes":
+            kind = "agent's own"  # made in chat with the cronjob tool, not in the YAML
         rows.append(
             [
                 j["name"],
