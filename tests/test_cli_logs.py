@@ -35,8 +35,11 @@ def test_mirror_copies_new_lines_prefixed_and_redacted(tmp_path: Path) -> None:
     (state / "logs").mkdir(parents=True)
     old = state / "logs" / "flared.log"
     old.write_text("from the last run of the container\n")
-    past = time.time() - 60
-    os.utime(old, (past, past))
+    # The entrypoint notes where each log ended when the container started; flared may
+    # write before the mirror first looks (supervisord starts both at once).
+    (state / "logs" / ".start-offsets").write_text(f"{old.stat().st_size} {old}\n")
+    with old.open("a") as fh:
+        fh.write("INFO flared: starting, before the mirror looked\n")
     bot = {
         "name": "hermes",
         "model": {"provider": "custom", "base_url": "http://127.0.0.1:9/v1", "model": "m"},
@@ -59,7 +62,7 @@ def test_mirror_copies_new_lines_prefixed_and_redacted(tmp_path: Path) -> None:
             env={**env, "FLARE_ENV_FILE": str(handoff)},
         )
     try:
-        time.sleep(1.0)
+        wait_for_text(out, f"[logs] following flared's log and 1 gateway log(s) in {state}\n", 60)
         with old.open("a") as fh:
             fh.write("INFO flared: hermes restored\nINFO half a li")
         wait_for_text(out, "[flared] INFO flared: hermes restored\n")
@@ -76,6 +79,7 @@ def test_mirror_copies_new_lines_prefixed_and_redacted(tmp_path: Path) -> None:
         proc.wait()
     text = out.read_text()
     assert "from the last run" not in text  # the volume's old lines are not repeated
+    assert text.startswith("[flared] INFO flared: starting, before the mirror looked\n")
     assert SECRET not in text
     assert "[flared] INFO half a line, finished\n" in text  # whole lines only
     assert text.rstrip().endswith("[flared] INFO final snapshot 20260101T000000Z-abcdef")

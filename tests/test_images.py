@@ -450,6 +450,9 @@ def test_the_entrypoint_drops_the_last_containers_gateway_programs(tmp_path: Pat
     programs = tmp_path / "state" / "supervisor" / "programs"
     programs.mkdir(parents=True)
     (programs / "gateway-hermes.conf").write_text("[program:gateway-hermes]\ncommand=sleep 1\n")
+    gateway_log = tmp_path / "state" / "bots" / "hermes" / "logs" / "gateway.log"
+    gateway_log.parent.mkdir(parents=True)
+    gateway_log.write_text("the last container's line\n")
     env = {
         "PATH": os.environ["PATH"],
         "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
@@ -458,3 +461,6 @@ def test_the_entrypoint_drops_the_last_containers_gateway_programs(tmp_path: Pat
     res = subprocess.run(["sh", str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert programs.is_dir() and list(programs.iterdir()) == []
+    # ... and notes where each log ends, for the log mirror (`flared logs --mirror`).
+    noted = (tmp_path / "state" / "logs" / ".start-offsets").read_text()
+    assert noted == f"26 {gateway_log}\n"

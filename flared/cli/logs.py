@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from flared.config.loader import LoadedConfig
 
 FOLLOW_EVERY_S = 0.5
+#: In ``<state>/logs``: "SIZE PATH" of each log as the Agent image's entrypoint found it at start.
+START_OFFSETS = ".start-offsets"
 
 
 class Source:
@@ -229,7 +231,10 @@ class LogMirror:
         self.loaded: LoadedConfig | None = None
         self.stamp: tuple[int, int] | None = None
         self.said_error = ""
+        self.announced = False
         self.offsets: dict[Path, int] = {}
+        self.noted: dict[Path, int] | None = None
+        self.by_note = False
 
     def _reload(self) -> None:
         from flared.config.loader import ConfigError, load_config
@@ -263,6 +268,39 @@ class LogMirror:
         out += [(f"gateway-{b}", BotPaths.of(state, b).gateway_log) for b in self.loaded.config.bot_names]
         return out
 
+    def _start_offsets(self) -> dict[Path, int] | None:
+        """The sizes the entrypoint noted at container start (:data:`START_OFFSETS`), if it did."""
+        assert self.loaded is not None
+        try:
+            text = (self.loaded.state_dir / "logs" / START_OFFSETS).read_text()
+        except OSError:
+            return None
+        noted: dict[Path, int] = {}
+        for line in text.splitlines():
+            size, _, path = line.partition(" ")
+            if size.isdigit() and path:
+                noted[Path(path)] = int(size)
+        return noted
+
+    def _first_offset(self, path: Path) -> int | None:
+        """Where to start a log first seen now; None while it does not exist.
+
+        In the image the entrypoint noted each log's size when the container
+        started, so lines flared wrote before this process looked are kept and
+        the last container's are not repeated; a log not noted is new. Without
+        that note: a log older than this process from its end, a newer one whole.
+        """
+        if self.noted is None:
+            found = self._start_offsets()
+            self.by_note, self.noted = found is not None, found or {}
+        if self.by_note:
+            return self.noted.get(path, 0)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size if st.st_mtime < self.started else 0
+
     def tick(self) -> None:
         from flared.api.core import read_from
         from flared.config.redact import redact_text
@@ -270,16 +308,19 @@ class LogMirror:
         self._reload()
         for name, path in self.sources():
             if path not in self.offsets:
-                try:
-                    st = path.stat()
-                except OSError:
+                first = self._first_offset(path)
+                if first is None:
                     continue  # not yet: from its first line once it appears
-                self.offsets[path] = st.st_size if st.st_mtime < self.started else 0
+                self.offsets[path] = first
             text, self.offsets[path] = read_from(path, self.offsets[path])
             if text:
                 assert self.loaded is not None
                 for line in redact_text(text, self.loaded.config).splitlines():
                     self._write(name, line)
+        if self.loaded is not None and not self.announced:  # once the starting offsets are taken
+            self.announced = True
+            n = len(self.loaded.config.bot_names)
+            self._write("logs", f"following flared's log and {n} gateway log(s) in {self.loaded.state_dir}")
         self.out.flush()
 
     def _write(self, name: str, line: str) -> None:

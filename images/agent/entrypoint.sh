@@ -69,6 +69,12 @@ refuse() {
 rm -rf "$state/supervisor/programs" 2>/dev/null || true
 mkdir -p "$state/logs" "$state/supervisor/programs" 2>/dev/null || [ "$(id -u)" -eq 0 ] || refuse "$state" "$(id -u)"
 
+# Where each log ends now: the 'logs' program (flared logs --mirror) copies to
+# the container's log only what this container adds, whenever it first looks.
+for log in "$state"/logs/*.log "$state"/bots/*/logs/gateway.log; do
+  [ ! -f "$log" ] || echo "$(stat -c %s "$log") $log"
+done > "$state/logs/.start-offsets" 2>/dev/null || true
+
 # HTTPS egress interception (secrets injected at egress) presents certificates
 # signed by this CA; Python's ssl, requests and httpx all honour these.
 if [ -f "$ca" ]; then
