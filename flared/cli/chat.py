@@ -8,9 +8,10 @@ the daemon knows what it started. Without a daemon the file is read.
 The answer streams to the terminal; ``--json`` waits for the whole answer.
 Each chat is a new conversation unless ``--session ID`` continues one (the
 id is printed on stderr; an id the bot does not have is refused, exit 2).
-Another program on the bot's port is named, not its page printed. When the agent fails (no key, the model server
-down), Hermes says so in the stream; that error is printed and the exit
-status is 1, with ``--json`` as ``{"error": ...}`` on stdout.
+Another program on the bot's port is named, not its page printed. When the
+agent fails (no key, the model server down), Hermes says so in the stream;
+that error is printed and the exit status is 1, with ``--json`` as
+``{"error": ...}`` on stdout.
 """
 
 from __future__ import annotations
