@@ -301,3 +301,35 @@ def test_render_needs_no_secrets(tmp_path: Path) -> None:
     res = run_cli("render", "wrangler", "-c", str(path), env=env)
     assert res.returncode == 2
     assert "bots[0].group" in res.stderr
+
+
+def test_deploy_render_only_says_the_account_id_is_missing_before_npm_ci(tmp_path: Path) -> None:
+    """`scripts/deploy --render-only` spent ~14 s in `npm ci` before saying so (issue 23).
+
+    The real script in a copy of the tree; `scripts/setup` there only records how
+    it was called (the real one would install into this worktree), `.venv` is this one.
+    """
+    import shutil
+    import subprocess
+
+    from tests.fixtures.flare import ROOT
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "deploy", tmp_path / "scripts" / "deploy")
+    setup = tmp_path / "scripts" / "setup"
+    setup.write_text('#!/bin/sh\necho "setup $*" >> "$(dirname "$0")/../setup.calls"\n')
+    setup.chmod(0o755)
+    shutil.copy2(ROOT / "hermes-flare.yaml", tmp_path / "hermes-flare.yaml")
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_ACCOUNT_ID"}
+    out = subprocess.run(
+        [str(tmp_path / "scripts" / "deploy"), "--render-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert re.search(r"hermes-flare\.yaml:\d+:\d+: cloudflare\.account_id: is not set", out.stderr)
+    assert (tmp_path / "setup.calls").read_text() == "setup \n"  # never `--worker` (npm ci)
+    assert not (tmp_path / "wrangler.toml").exists() and not (tmp_path / "wrangler.toml.new").exists()

@@ -4,6 +4,8 @@
 this module, so the terminal holds a process without pydantic or Hermes
 (~15 MB) whose job is to say what happens:
 
+- each edit of the config file: applied (what changed) or refused
+  (FILE:LINE:COL, the running config stays);
 - each bot's restore at boot (snapshot id, its age, the time taken), when
   its gateway is ready (with the API URL), or why it failed and what to do;
 - Ctrl-C (or SIGTERM/SIGHUP) is forwarded to supervisord once, which stops
@@ -33,13 +35,13 @@ from typing import Any
 
 from flared import orphans
 from flared.cli.status import final_snapshot_lines, read_stop_record, restore_line
-from flared.cli.text import Out
+from flared.cli.text import Out, localize_hints
 from flared.control.client import ConnectionLost, ControlClient, ControlError, DaemonNotRunning
 from flared.lifeline import spawn_supervisord
 from flared.snapshots.final import not_saved_line
 
 #: Poll quickly until every bot settled (ready or failed), then now and then for changes.
-FAST_POLL_S, SLOW_POLL_S = 0.5, 15.0
+FAST_POLL_S, SLOW_POLL_S = 0.5, 5.0
 #: After supervisord was killed, how long to wait for its programs to stop (flared's deadline is shorter).
 ORPHANS_WAIT_S = 300.0
 
@@ -52,9 +54,12 @@ class Reporter:
         self.said: dict[str, str] = {}  # bot -> the last readiness reported
         self.restores: dict[str, str] = {}
         self.gates: dict[str, str] = {}
+        self.config_error = ""
+        self.reload_at: object = None
 
     def feed(self, status: dict[str, Any]) -> bool:
         """Print what changed; True when every enabled bot is ready or failed."""
+        self.config(status.get("config") or {})
         settled = True
         for b in status.get("bots") or []:
             name = str(b.get("name"))
@@ -72,7 +77,7 @@ class Reporter:
             ready = str(b.get("readiness") or "")
             key = ready + "|" + str(b.get("error") or "")
             if ready == "ready" and self.said.get(name, "").split("|")[0] != "ready":
-                api = f": chat API on {b['api']} (try: flared chat hello)" if b.get("api") else ""
+                api = f": chat API on {b['api']} (try: `flared chat hello`)" if b.get("api") else ""
                 again = " again" if name in self.said else ""
                 self.out.print(f"{name}: {self.out.style('ready' + again, 'green')}{api}")
                 self.said[name] = key
@@ -86,6 +91,27 @@ class Reporter:
             if ready not in {"ready", "failed"}:
                 settled = False
         return settled
+
+    def config(self, config: dict[str, Any]) -> None:
+        """One line per edit of the file: applied (what changed) or refused (where, why)."""
+        errors = [str(e) for e in config.get("error") or []]
+        if "\n".join(errors) != self.config_error:
+            self.config_error = "\n".join(errors)
+            if errors:
+                more = f" (and {len(errors) - 1} more: `flared validate`)" if len(errors) > 1 else ""
+                self.out.print(
+                    f"{self.out.style('config edit refused', 'red')}, the running config stays: "
+                    f"{errors[0]}{more}"
+                )
+        reload = config.get("last_reload") or {}
+        if reload.get("at") is None or reload.get("at") == self.reload_at:
+            return
+        self.reload_at = reload.get("at")
+        if not reload.get("applied"):
+            return  # refused: said above, from the errors
+        changes = "; ".join(str(c) for c in reload.get("changes") or []) or "nothing that runs changed"
+        failures = "".join(f"; but {where}: {err}" for where, err in (reload.get("failures") or {}).items())
+        self.out.print(f"{self.out.style('config edit applied', 'green')}: {changes}{failures}")
 
 
 def say_admin(out: Out, client: ControlClient, admin: dict[str, Any]) -> bool:
@@ -116,6 +142,7 @@ def watch(child: int, state_dir: Path, sock: Path | None) -> int:
     """Until supervisord (``child``) exits; then what the final snapshots did and the exit status.
 
     ``sock``: flared's control socket, polled for the bots' progress (None: say nothing of it)."""
+    localize_hints()
     out = Out(sys.stderr)
     started = time.time()
     stopping: list[int] = []
