@@ -68,7 +68,9 @@ class Daemon:
         self.live = LiveConfig(loaded)
         layout = Layout(loaded.state_dir)
         self.supervisor = SupervisorClient(supervisor_socket or layout.socket)
-        self.gateways = Gateways(self.live, self.supervisor, layout, wake=self._wake.set)
+        self.gateways = Gateways(
+            self.live, self.supervisor, layout, wake=self._wake.set, may_stream=self._may_stream
+        )
         self.snapshots = SnapshotService(loaded, self.gateways)
         self.leases = LeaseManager(loaded)
         self.cron = CronService(loaded, snapshots=self.snapshots, leases=self.leases, gateways=self.gateways)
@@ -79,6 +81,9 @@ class Daemon:
         self.admin_page: AdminPage | None = None
         self.admin_error: str | None = None
         self.watcher: Watcher | None = None
+
+    def _may_stream(self, bot: str) -> bool:
+        return self.snapshots.may_stream(bot)
 
     # ------------------------------------------------------------------ lifecycle
 

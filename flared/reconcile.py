@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MANAGED_PREFIXES = ("gateway-", "operator")
+MANAGED_PREFIXES = ("gateway-", "operator", "litestream")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from flared import __version__
-from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, up, validate
+from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, stream, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flared {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin):
+    for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin, stream):
         module.register(sub)
     return parser
 

@@ -173,6 +173,13 @@ class SnapshotService:
                 self._load(st)
             return st
 
+    def may_stream(self, bot: str) -> bool:
+        """Whether this flared may stream the bot's databases: the same rule as snapshots (its
+        restore succeeded or the store confirmed it holds nothing, and it is not fenced)."""
+        with self._guard:
+            st = self.bots.get(bot)
+        return st is not None and st.fence is not None and not st.fenced
+
     def _state_file(self, bot: str) -> Path:
         return self.dir / f"{bot}.json"
 
