@@ -50,6 +50,9 @@ from flared.policy.reload import Reloader
 from flared.policy.watch import Watcher, watch_config
 from flared.sandboxes.manager import LeaseManager
 from flared.snapshots.service import SnapshotService
+from flared.stream.program import NAME as STREAM_PROGRAM
+from flared.stream.render import StreamLayout
+from flared.stream.status import report as stream_report
 from flared.supervisor import Layout, SupervisorClient, SupervisorError
 
 log = logging.getLogger("flared")
@@ -84,6 +87,29 @@ class Daemon:
 
     def _may_stream(self, bot: str) -> bool:
         return self.snapshots.may_stream(bot)
+
+    def _stream_status(self, procs: dict[str, dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
+        """Each bot's stream (replication lag and last error per database), or why it is off."""
+        cfg, gw = self.live.config, self.gateways
+        homes = {b.name: BotPaths.of(cfg.state_dir, b.name).home for b in gw.enabled_bots()}
+        why: dict[str, str] = {}
+        for bot in homes:
+            if bot not in gw.ready:
+                why[bot] = "waiting for its restore"
+            elif bot in gw.held:
+                why[bot] = "paused while a restore replaces its databases"
+            elif not self.snapshots.may_stream(bot):
+                st = self.snapshots.status(bot)
+                why[bot] = st.get("fenced") or st.get("gate") or "its snapshot fence is not known yet"
+        return stream_report(
+            cfg.snapshots.stream,
+            homes,
+            gw.streamed_bots(),
+            why,
+            procs.get(STREAM_PROGRAM),
+            StreamLayout(self.live.loaded.state_dir).socket,
+            now,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -275,6 +301,7 @@ class Daemon:
         procs = {p["name"]: p for p in _safe(self.supervisor.processes, [])}
         here = {b.name for b in gw.enabled_bots()}  # this container's group
         now = time.time()
+        streams = _safe(functools.partial(self._stream_status, procs, now), {})
         bots = []
         for index, bot in enumerate(cfg.bots):
             name = program_name(bot.name)
@@ -344,6 +371,7 @@ class Daemon:
             if bot.api is not None:
                 entry["api"] = f"http://{bot.api.host}:{bot.api.port}/v1"
             entry["snapshots"] = snap
+            entry["stream"] = streams.get(bot.name)
             bots.append(entry)
         loaded, errors = self.live.loaded, self.live.errors
         out: dict[str, Any] = {

@@ -26,7 +26,7 @@ from typing import Any
 from flared import __version__
 from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
-from flared.snapshots import crypto, pack
+from flared.snapshots import catalog, crypto, pack
 from flared.snapshots.catalog import Fence, encryption_key, read_latest
 from flared.snapshots.hashcache import HashCache
 from flared.snapshots.manifest import (
@@ -93,6 +93,8 @@ class SnapshotJob:
     on_in_flight: Callable[[str], None] = lambda _id: None
     force: bool = False  # skip the stat fast path
     cache: Path | None = None  # where content hashes and database copies are kept between runs
+    #: The stream's position now (taken before the walk): what the manifest pairs the home with.
+    stream_position: Callable[[], dict[str, Any] | None] | None = None
 
 
 def clean_work(work: Path) -> None:
@@ -164,7 +166,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             "--takeover` claims the bot",
         )
     key = encryption_key(job.policy)
-    rules = cap.rules(job.policy.exclude, encrypted=key is not None)
+    rules = cap.rules(catalog.left_out(job.policy), encrypted=key is not None)
     if not job.home.is_dir():
         return SnapshotResult("skipped", bot, reason="the bot has no Hermes home yet")
     steps: dict[str, float] = {}
@@ -178,6 +180,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             return SnapshotResult(
                 "unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp, steps=steps
             )
+        position = job.stream_position() if job.stream_position is not None else None
         clean_work(job.work)
         cache = HashCache(job.cache, job.work)
         captured = cap.capture(walked, cache)
@@ -260,6 +263,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             host=host(),
             parent=latest.id if latest else None,
             databases=captured.databases,
+            stream=position,
         )
         body = manifest.to_bytes()
         store.put_bytes(manifest_key(bot, sid), body)

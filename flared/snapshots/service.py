@@ -39,12 +39,15 @@ from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
-from flared.snapshots.manifest import now_iso, valid_id
+from flared.snapshots.manifest import Manifest, now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
 from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
 from flared.snapshots.stores.factory import open_store
+from flared.stream import restore as stream_restore
+from flared.stream import status as stream_status
+from flared.stream.render import StreamLayout, stream_key
 
 log = logging.getLogger("flared.snapshots")
 
@@ -88,7 +91,9 @@ class SnapshotService:
         return self.dir / "cache" / bot
 
     def _rules(self) -> cap.Rules:
-        return cap.rules(self.policy.exclude, encrypted=catalog.encryption_key(self.policy) is not None)
+        return cap.rules(
+            catalog.left_out(self.policy), encrypted=catalog.encryption_key(self.policy) is not None
+        )
 
     def _saved_as(self, bot: str, known: dict[str, str], fence: Fence | None) -> restoring.SavedAs:
         """How a restore learns whether the home it moves aside is held by a snapshot: the
@@ -179,6 +184,43 @@ class SnapshotService:
         with self._guard:
             st = self.bots.get(bot)
         return st is not None and st.fence is not None and not st.fenced
+
+    def _stream_position(self, bot: str) -> Callable[[], dict[str, Any] | None]:
+        socket = StreamLayout(self.loaded.state_dir).socket
+        return lambda: stream_status.position(socket, self.home(bot))
+
+    def _stream_into(self, bot: str, staging: Path, manifest: Manifest | None, exact: bool) -> str | None:
+        """Restore the bot's streamed databases into `staging` (None, or what went wrong).
+
+        The newest position, or with `exact` (`restore --id`) the one the snapshot recorded;
+        a snapshot taken without streaming keeps its own databases then."""
+        if not self.policy.stream.enabled:
+            return None
+        point = None
+        if exact:
+            point = stream_restore.Point.of_manifest(manifest.stream if manifest else None)
+            if point is None:
+                return None
+        try:
+            keys = (o.key for o in self.store.list(stream_key(bot) + "/"))
+            dbs = stream_restore.streamed_databases(bot, keys)
+            done = stream_restore.restore_into(
+                self.loaded.config, bot, dbs, staging, self._work(bot) / "stream", point
+            )
+        except stream_restore.StreamRestoreError as exc:
+            return f"the streamed databases could not be restored: {exc}"
+        except StoreUnreachable as exc:
+            return f"the stream could not be listed: {exc}"
+        except OSError as exc:
+            return f"the streamed databases could not be restored: {pipeline.describe_os_error(exc)}"
+        if done["databases"]:
+            log.info(
+                "bot %s: restored %s from the stream in %.2f s",
+                bot,
+                ", ".join(done["databases"]),
+                done["seconds"],
+            )
+        return None
 
     def _state_file(self, bot: str) -> Path:
         return self.dir / f"{bot}.json"
@@ -339,6 +381,7 @@ class SnapshotService:
                 key=catalog.encryption_key(self.policy),
                 on_reading=lambda sid: setattr(st, "reading", sid),
                 saved_as=self._saved_as(st.name, known, Fence(etag)),
+                before_commit=lambda p: self._stream_into(st.name, p.staging, p.manifest, exact=False),
             )
             st.restore = res.as_dict()
             if res.result == "failed":
@@ -348,6 +391,13 @@ class SnapshotService:
                 return False
             if res.result == "empty":
                 home.mkdir(parents=True, exist_ok=True)
+                # No snapshot yet, maybe a stream (lost before the first snapshot): nothing runs
+                # on this home, so its databases go straight in.
+                error = self._stream_into(st.name, home, None, exact=False)
+                if error is not None:
+                    st.phase, st.gate = "restore failed", error
+                    log.error("bot %s: %s", st.name, error)
+                    return False
                 log.info("bot %s: the store holds no snapshot: starting fresh", st.name)
             else:
                 log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
@@ -409,6 +459,7 @@ class SnapshotService:
             progress=progress,
             on_in_flight=in_flight,
             cache=self._cache(st.name),
+            stream_position=self._stream_position(st.name) if self.policy.stream.enabled else None,
         )
         try:
             res = pipeline.take_snapshot(job)
@@ -550,6 +601,14 @@ class SnapshotService:
                     waited = time.monotonic()
                     walker.join()
                 prepared.steps["fingerprint"] = round(time.monotonic() - waited, 3)  # beyond the stop
+                # With the gateway stopped (and Litestream no longer watching the home, see
+                # Gateways.streamed_bots): the stream's newest position is final.
+                mark = time.monotonic()
+                error = self._stream_into(bot, prepared.staging, prepared.manifest, snapshot_id is not None)
+                prepared.steps["stream"] = round(time.monotonic() - mark, 3)
+                if error is not None:
+                    restoring.discard(prepared.staging)
+                    return {"result": "failed", "bot": bot, "error": f"{error}; the home is as it was"}
                 try:
                     res = restoring.commit(prepared, self.home(bot), saved_as=None, store=self.store)
                 except OSError as exc:

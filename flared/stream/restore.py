@@ -1,0 +1,175 @@
+"""Put a bot's streamed databases into a restore's staging dir: `litestream restore`, in parallel.
+
+A restore is one consistent point: the home from the snapshot, each database
+from the stream, at its newest position (the default) or at the position
+the snapshot recorded when it was taken (`flared restore --id`: the manifest's
+``stream``). Every database is restored beside its final place, checked with
+``PRAGMA quick_check`` and only then renamed into the staging dir; the
+caller swaps the staging dir in while Litestream does not watch the home.
+
+A database the stream holds that cannot be restored fails the whole restore:
+starting with it missing would let Hermes create an empty one and Litestream
+ship that over the good replica.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flared.config.models import HermesFlareConfig
+from flared.hermes.paths import BotPaths
+from flared.stream.program import litestream_env, litestream_executable
+from flared.stream.render import replica, stream_key
+
+#: Databases restored at once (each `litestream restore` also fetches in parallel).
+PARALLEL = 4
+RESTORE_TIMEOUT = 600.0
+
+
+class StreamRestoreError(Exception):
+    """A streamed database could not be restored (the message names it and says why)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where in the stream to restore to: newest (both None), a time, or per-database TXIDs."""
+
+    at: str | None = None  # RFC 3339
+    txids: Mapping[str, int] | None = None
+
+    @classmethod
+    def of_manifest(cls, stream: Mapping[str, Any] | None) -> Point | None:
+        """The point a snapshot recorded; None when it was taken without streaming."""
+        if not stream:
+            return None
+        txids = {str(k): int(v) for k, v in (stream.get("txids") or {}).items()}
+        return cls(at=stream.get("at"), txids=txids)
+
+
+def streamed_databases(bot: str, keys: Iterable[str]) -> list[str]:
+    """Home-relative paths of the databases a listing of the bot's stream holds (pure)."""
+    prefix = stream_key(bot) + "/"
+    found = set()
+    for key in keys:
+        if key.startswith(prefix):
+            rel, sep, _ = key[len(prefix) :].partition("/ltx/")
+            if sep and rel:
+                found.add(rel)
+    return sorted(found)
+
+
+def restore_into(
+    cfg: HermesFlareConfig,
+    bot: str,
+    dbs: list[str],
+    staging: Path,
+    work: Path,
+    point: Point | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Restore these databases of the bot's stream into `staging` (raises StreamRestoreError).
+
+    Returns what was done: ``{"databases": [...], "seconds": s}``.
+    """
+    started = time.monotonic()
+    if not dbs:
+        return {"databases": [], "seconds": 0.0}
+    home = BotPaths.of(cfg.state_dir, bot).home
+    work.mkdir(parents=True, exist_ok=True)
+    config = _write_restore_config(cfg, bot, home, dbs, work)
+    env = litestream_env(cfg.store, os.environ if environ is None else environ)
+    exe = litestream_executable()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(min(PARALLEL, len(dbs))) as pool:
+            futures = {
+                rel: pool.submit(_restore_one, exe, config, env, home, staging, rel, point) for rel in dbs
+            }
+            failed = []
+            for fut in futures.values():
+                try:
+                    fut.result()
+                except StreamRestoreError as exc:
+                    failed.append(str(exc))
+        if failed:
+            raise StreamRestoreError("; ".join(failed))
+    finally:
+        config.unlink(missing_ok=True)
+    return {"databases": dbs, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _write_restore_config(cfg: HermesFlareConfig, bot: str, home: Path, dbs: list[str], work: Path) -> Path:
+    """A Litestream config naming each database by its path in the home, with its replica."""
+    data = {
+        "dbs": [{"path": str(home / rel), "replica": replica(cfg.store, stream_key(bot, rel))} for rel in dbs]
+    }
+    fd, name = tempfile.mkstemp(prefix="litestream-restore-", suffix=".yml", dir=work)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(data, fh)
+    return Path(name)
+
+
+def _restore_one(
+    exe: str, config: Path, env: dict[str, str], home: Path, staging: Path, rel: str, point: Point | None
+) -> None:
+    final = staging / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.restoring")
+    _remove_db(tmp)
+    argv = [exe, "restore", "-config", str(config), "-no-expand-env", "-o", str(tmp)]
+    txid = (point.txids or {}).get(rel) if point is not None else None
+    if txid is not None:
+        argv += ["-txid", f"{txid:016x}"]
+    elif point is not None and point.at:
+        argv += ["-timestamp", point.at]
+    argv.append(str(home / rel))
+    try:
+        run = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=RESTORE_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        _remove_db(tmp)
+        raise StreamRestoreError(
+            f"{rel}: litestream restore took longer than {RESTORE_TIMEOUT:.0f} s"
+        ) from None
+    if run.returncode != 0 or not tmp.is_file():
+        _remove_db(tmp)
+        last = (run.stderr or run.stdout).strip().splitlines()[-1:] or [f"exit {run.returncode}"]
+        raise StreamRestoreError(f"{rel}: litestream restore failed: {last[0][:300]}")
+    problem = quick_check(tmp)
+    if problem is not None:
+        _remove_db(tmp)
+        raise StreamRestoreError(f"{rel}: the restored database fails quick_check: {problem}")
+    _remove_db(final)  # the snapshot's copy, if it had one: the stream's is the newer
+    os.replace(tmp, final)
+
+
+def quick_check(db: Path) -> str | None:
+    """None when SQLite's quick_check passes, else its first complaint."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    first = str(rows[0][0]) if rows else "no answer"
+    return None if first == "ok" else first
+
+
+def _remove_db(path: Path) -> None:
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
