@@ -59,14 +59,21 @@ class Point:
 
 
 def streamed_databases(bot: str, keys: Iterable[str]) -> list[str]:
-    """Home-relative paths of the databases a listing of the bot's stream holds (pure)."""
+    """Home-relative paths of the databases a listing of the bot's stream holds (pure).
+
+    Litestream keeps a database's LTX files at ``<db>/ltx/<level>/<file>.ltx`` on a file
+    replica and at ``<db>/<level, 4 hex digits>/<file>.ltx`` on S3.
+    """
     prefix = stream_key(bot) + "/"
     found = set()
     for key in keys:
-        if key.startswith(prefix):
-            rel, sep, _ = key[len(prefix) :].partition("/ltx/")
-            if sep and rel:
-                found.add(rel)
+        if not key.startswith(prefix) or not key.endswith(".ltx"):
+            continue
+        parts = key[len(prefix) :].split("/")[:-2]  # without the level and the file
+        if parts and parts[-1] == "ltx":
+            parts = parts[:-1]
+        if parts:
+            found.add("/".join(parts))
     return sorted(found)
 
 

@@ -1,0 +1,136 @@
+"""Litestream under a real `flared up`: a lost machine costs at most about a second of transactions.
+
+A writer commits numbered transactions into the bot's `state.db` (beside
+Hermes' own tables) while the real gateway and the real Litestream run;
+the whole process tree is SIGKILLed at a random moment, the state dir is
+wiped (the machine and its disk are gone), and a new `flared up` boots
+from the store alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.flare import FlareUp, bot
+from tests.fixtures.s3server import store_config
+
+pytestmark = pytest.mark.integration
+
+#: The most a lost machine may cost: Litestream's 1 s sync interval and its monitor, with slack.
+RPO_BOUND_S = 1.5
+
+
+class Writer:
+    """Commits one numbered row per transaction, ~20 a second, remembering when each committed."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.commits: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self.db, timeout=10, isolation_level=None)
+        con.execute("PRAGMA busy_timeout = 10000")
+        con.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER PRIMARY KEY, body TEXT)")
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("INSERT INTO probe VALUES (?, ?)", (n, f"turn {n} " + "x" * 200))
+            con.execute("COMMIT")
+            self.commits.append((n, time.time()))
+            time.sleep(0.05)
+        con.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _wait_streaming(flare: FlareUp, name: str, db: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stream = flare.bot_status(name).get("stream") or {}
+        if any(d["db"] == db and d["state"] == "ok" for d in stream.get("databases") or []):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{db} of {name} never streamed:\n{flare.read_logs()}")
+
+
+def _kill_under_writer(tmp_path: Path, flare: FlareUp, seed: int) -> tuple[list[tuple[int, float]], float]:
+    """Write, SIGKILL the whole tree at a random moment; (commits, when it was killed)."""
+    rnd = random.Random(seed)
+    home = flare.state_dir / "bots" / "a" / "home"
+    with Writer(home / "state.db") as writer:
+        time.sleep(1.0 + rnd.random() * 3.0)
+        killed_at = time.time()
+        flare.kill_all()
+        writer.stop()
+    return writer.commits, killed_at
+
+
+def _check_restored(flare: FlareUp, commits: list[tuple[int, float]], killed_at: float) -> dict[str, Any]:
+    db = flare.state_dir / "bots" / "a" / "home" / "state.db"
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        have = {n for (n,) in con.execute("SELECT n FROM probe")}
+    finally:
+        con.close()
+    before_kill = [(n, t) for n, t in commits if t <= killed_at]
+    lost = [(n, t) for n, t in before_kill if n not in have]
+    assert before_kill, "the writer committed nothing"
+    worst = killed_at - min(t for _, t in lost) if lost else 0.0
+    assert worst <= RPO_BOUND_S, f"lost {len(lost)} transactions, the oldest {worst:.2f} s before the kill"
+    return {"lost": len(lost), "worst_s": worst}
+
+
+def _boot_from_store(tmp_path: Path, flare: FlareUp) -> None:
+    shutil.rmtree(flare.state_dir)  # the machine and its disk are gone: only the store remains
+    flare.start()
+    flare.wait_running("a", timeout=120)
+
+
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_kill_9_of_everything_then_a_wiped_disk_loses_at_most_a_second(tmp_path: Path, store: str) -> None:
+    sections: dict[str, Any] = {}
+    with _store_section(store) as section:
+        if section is not None:
+            sections["store"] = section
+        flare = FlareUp(tmp_path, [bot("a")], **sections)
+        try:
+            flare.start()
+            flare.wait_running("a", timeout=120)
+            assert flare.cli("snapshot", "--bot", "a").returncode == 0  # the home, without state.db
+            _wait_streaming(flare, "a", "state.db")
+            commits, killed_at = _kill_under_writer(tmp_path, flare, seed=len(store))
+            _boot_from_store(tmp_path, flare)
+            _check_restored(flare, commits, killed_at)
+            restore = flare.bot_status("a")["snapshots"]["restore"]
+            assert restore["result"] == "restored", restore
+        finally:
+            flare.stop()
+
+
+def _store_section(kind: str) -> Any:
+    """The store section for `kind`: None for the default file store, moto's S3 server otherwise."""
+    if kind == "file":
+        return contextlib.nullcontext(None)
+    return store_config()
