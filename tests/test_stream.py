@@ -231,3 +231,38 @@ def test_a_stream_that_cannot_be_restored_fails_the_restore_and_keeps_the_home(t
     assert out["result"] == "failed"
     assert "state.db: litestream restore failed" in out["error"]
     assert rows(home / "state.db") == [1, 2, 3]  # untouched
+
+
+@pytest.mark.integration
+def test_a_second_flared_takes_the_bot_over_and_the_first_stops_streaming(tmp_path: Path) -> None:
+    from flared.config.live import LiveConfig
+    from flared.gateways import Gateways
+    from flared.supervisor import Layout
+
+    store = {"url": f"file://{tmp_path / 'store'}"}
+    first_loaded = load(tmp_path / "first", store)
+    first = SnapshotService(first_loaded)
+    first._boot_once(first.state("athena"))  # an empty store: nothing to claim
+    insert(first.home("athena") / "state.db", range(1, 4))
+    assert first.snapshot("athena")["result"] == "ok"
+    gateways = Gateways(
+        LiveConfig(first_loaded), None, Layout(first_loaded.state_dir), may_stream=first.may_stream
+    )  # type: ignore[arg-type]
+    gateways.ready.add("athena")
+    assert gateways.streamed_bots() == ["athena"]
+    gateways.held.add("athena")  # held for a restore: its databases are about to be replaced
+    assert gateways.streamed_bots() == []
+    gateways.held.discard("athena")
+
+    second = SnapshotService(load(tmp_path / "second", store))
+    second._boot_once(second.state("athena"))  # restores the first's snapshot and claims the bot
+    assert second.state("athena").fenced is None
+    assert not second.may_stream("athena")  # not before the first has had time to look
+    assert first.check_fence("athena") is not None
+    assert gateways.streamed_bots() == []  # Litestream restarts without the bot
+    assert "another flared moved it" in first.status("athena")["fenced"]
+    assert first.snapshot("athena")["result"] == "fenced"  # nor does it snapshot it
+    second.state("athena").claimed_at -= second.policy.stream.fence_check + 1
+    assert second.may_stream("athena")
+    assert second.check_fence("athena") is None  # its own claim is no move
+    assert second.snapshot("athena")["result"] in {"ok", "unchanged"}

@@ -188,6 +188,13 @@ class StreamConfig(Model):
         "reported as stalled by `flared status` and the admin page.",
     )
 
+    fence_check: Duration = Field(
+        default=10.0,
+        description="How often a streaming flared reads `latest.json` to learn that another flared took "
+        "the bot over (it then stops streaming it); a flared that takes a bot over starts its stream "
+        "this long (plus a second) after its claim. One GET per bot each time.",
+    )
+
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: float) -> float:

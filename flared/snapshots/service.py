@@ -35,7 +35,7 @@ from flared.config.loader import LoadedConfig
 from flared.config.models import SnapshotsConfig
 from flared.hermes.paths import BotPaths
 from flared.snapshots import capture as cap
-from flared.snapshots import catalog, pipeline
+from flared.snapshots import catalog, claim, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
@@ -183,7 +183,66 @@ class SnapshotService:
         restore succeeded or the store confirmed it holds nothing, and it is not fenced)."""
         with self._guard:
             st = self.bots.get(bot)
-        return st is not None and st.fence is not None and not st.fenced
+        if st is None or st.fence is None or st.fenced:
+            return False
+        return time.time() - st.claimed_at >= self.policy.stream.fence_check + 1.0
+
+    def _claim(self, st: BotState) -> None:
+        """Restored from the store: take the bot over (see :mod:`.claim`); the lock is held."""
+        if not self.policy.stream.enabled or st.fence is None:
+            return
+        try:
+            claimed = claim.claim(self.store, st.name, st.fence)
+        except claim.Lost as exc:
+            st.fenced = (
+                f"another flared {exc} while this one restored; `flared restore --bot {st.name}` takes "
+                f"that state, `flared snapshot --bot {st.name} --takeover` claims the bot"
+            )
+            log.error("bot %s: fenced: %s", st.name, st.fenced)
+            return
+        except StoreError as exc:  # the claim is retried by nobody: the fence check still guards
+            log.warning("bot %s: could not claim latest.json for the stream: %s", st.name, exc)
+            return
+        if claimed is not None:
+            st.fence, st.claimed_at = claimed, time.time()
+
+    def check_fence(self, bot: str) -> str | None:
+        """Whether another flared took the bot over since this one last wrote `latest.json`: then
+        the bot is fenced (its stream stops at the next reconcile). Returns why, or None."""
+        st = self.state(bot)
+        if st.fence is None or st.fenced:
+            return st.fenced
+        with self._exclusive(st):
+            if st.fence is None or st.fenced:
+                return st.fenced
+            try:
+                who = claim.moved(self.store, bot, st.fence)
+            except (StoreError, DamagedPointer) as exc:
+                log.debug("bot %s: fence check skipped: %s", bot, exc)
+                return None
+            if who is None:
+                return None
+            st.fenced = (
+                f"another flared {who}: this one stopped streaming and snapshotting the bot; "
+                f"`flared restore --bot {bot}` takes that state, `flared snapshot --bot {bot} --takeover` "
+                "claims the bot back"
+            )
+            st.fingerprint = None
+            self._save(st)
+        log.error("bot %s: fenced: %s", bot, st.fenced)
+        return st.fenced
+
+    def _fence_loop(self) -> None:
+        while not self._stop.wait(self.policy.stream.fence_check):
+            if not self.policy.stream.enabled:
+                continue
+            for bot in list(self.bots):
+                st = self.bots.get(bot)
+                if st is not None and st.phase == "ready":
+                    try:
+                        self.check_fence(bot)
+                    except Exception:  # a bug must not stop the other bots' checks
+                        log.exception("bot %s: fence check failed", bot)
 
     def _stream_position(self, bot: str) -> Callable[[], dict[str, Any] | None]:
         socket = StreamLayout(self.loaded.state_dir).socket
@@ -403,6 +462,7 @@ class SnapshotService:
                 log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
             st.fence, st.fenced = res.fence, None
             self._after_restore(st, res)
+            self._claim(st)
         st.phase, st.gate = "ready", None
         st.last_attempt = time.time()
         self._save(st)
@@ -621,8 +681,11 @@ class SnapshotService:
                     }
                 self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
+                was_fenced = st.fenced is not None
                 st.fence, st.fenced, st.gate = res.fence, None, None
                 self._after_restore(st, res, fingerprint)
+                if was_fenced:  # another flared wrote the bot: stop its stream before this one starts
+                    self._claim(st)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.
                 st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
@@ -641,8 +704,10 @@ class SnapshotService:
     # ------------------------------------------------------------------ triggers
 
     def start(self) -> None:
-        """Start the periodic and on-change triggers (:mod:`flared.snapshots.scheduler`)."""
+        """Start the periodic and on-change triggers (:mod:`flared.snapshots.scheduler`) and the
+        stream's fence check."""
         self.scheduler.start()
+        self._spawn("fence-check", self._fence_loop)
 
     # ------------------------------------------------------------------ reload, retire, shutdown
 

@@ -34,6 +34,7 @@ class BotState:
     due_now: bool = False
     running: bool = False
     reading: str | None = None
+    claimed_at: float = 0.0  # when this flared claimed latest.json for the stream (see .claim)
     on_ready: Callable[[str], None] | None = None
 
     def persisted(self) -> dict[str, Any]:
