@@ -97,7 +97,7 @@ class Daemon:
             if bot not in gw.ready:
                 why[bot] = "waiting for its restore"
             elif bot in gw.held:
-                why[bot] = "paused while a restore replaces its databases"
+                why[bot] = "a restore is replacing its databases"
             elif not self.snapshots.may_stream(bot):
                 st = self.snapshots.status(bot)
                 why[bot] = st.get("fenced") or st.get("gate") or "its snapshot fence is not known yet"
