@@ -266,3 +266,13 @@ def test_a_second_flared_takes_the_bot_over_and_the_first_stops_streaming(tmp_pa
     assert second.may_stream("athena")
     assert second.check_fence("athena") is None  # its own claim is no move
     assert second.snapshot("athena")["result"] in {"ok", "unchanged"}
+
+
+def test_the_oldest_restorable_position_is_the_first_file_from_transaction_one() -> None:
+    keys = [
+        "athena/stream/state.db/ltx/0/0000000000000003-0000000000000003.ltx",
+        "athena/stream/state.db/ltx/0/0000000000000001-0000000000000002.ltx",
+        "athena/stream/state.db/ltx/9/0000000000000001-0000000000000003.ltx",
+        "athena/stream/kanban.db/0001/0000000000000001-0000000000000005.ltx",
+    ]
+    assert stream_restore.earliest_txids("athena", keys) == {"state.db": 2, "kanban.db": 5}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -261,8 +262,10 @@ class SnapshotService:
             if point is None:
                 return None
         try:
-            keys = (o.key for o in self.store.list(stream_key(bot) + "/"))
+            keys = [o.key for o in self.store.list(stream_key(bot) + "/")]
             dbs = stream_restore.streamed_databases(bot, keys)
+            if point is not None:
+                point = dataclasses.replace(point, earliest=stream_restore.earliest_txids(bot, keys))
             done = stream_restore.restore_into(
                 self.loaded.config, bot, dbs, staging, self._work(bot) / "stream", point
             )

@@ -48,6 +48,7 @@ class Point:
 
     at: str | None = None  # RFC 3339
     txids: Mapping[str, int] | None = None
+    earliest: Mapping[str, int] | None = None  # the oldest position the stream holds, per database
 
     @classmethod
     def of_manifest(cls, stream: Mapping[str, Any] | None) -> Point | None:
@@ -75,6 +76,29 @@ def streamed_databases(bot: str, keys: Iterable[str]) -> list[str]:
         if parts:
             found.add("/".join(parts))
     return sorted(found)
+
+
+def earliest_txids(bot: str, keys: Iterable[str]) -> dict[str, int]:
+    """Per database, the oldest position the stream can restore (pure): the newest TXID of
+    its earliest file that starts at transaction 1 (a Litestream snapshot or the first L0)."""
+    prefix = stream_key(bot) + "/"
+    out: dict[str, int] = {}
+    for key in keys:
+        if not key.startswith(prefix) or not key.endswith(".ltx"):
+            continue
+        parts = key[len(prefix) :].split("/")
+        first, _, last = parts[-1].removesuffix(".ltx").partition("-")
+        rel_parts = parts[:-2]
+        if rel_parts and rel_parts[-1] == "ltx":
+            rel_parts = rel_parts[:-1]
+        try:
+            start, end = int(first, 16), int(last, 16)
+        except ValueError:
+            continue
+        if rel_parts and start == 1:
+            rel = "/".join(rel_parts)
+            out[rel] = min(out.get(rel, end), end)
+    return out
 
 
 def restore_into(
@@ -133,33 +157,57 @@ def _restore_one(
     final = staging / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.restoring")
-    _remove_db(tmp)
     argv = [exe, "restore", "-config", str(config), "-no-expand-env", "-o", str(tmp)]
-    txid = (point.txids or {}).get(rel) if point is not None else None
-    if txid is not None:
-        argv += ["-txid", f"{txid:016x}"]
-    elif point is not None and point.at:
-        argv += ["-timestamp", point.at]
-    argv.append(str(home / rel))
-    try:
-        run = subprocess.run(
-            argv, env=env, capture_output=True, text=True, timeout=RESTORE_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
+    error = "no position to restore"
+    for where in _positions(rel, point):
         _remove_db(tmp)
-        raise StreamRestoreError(
-            f"{rel}: litestream restore took longer than {RESTORE_TIMEOUT:.0f} s"
-        ) from None
-    if run.returncode != 0 or not tmp.is_file():
-        _remove_db(tmp)
+        try:
+            run = subprocess.run(
+                [*argv, *where, str(home / rel)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=RESTORE_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            _remove_db(tmp)
+            raise StreamRestoreError(
+                f"{rel}: litestream restore took longer than {RESTORE_TIMEOUT:.0f} s"
+            ) from None
+        if run.returncode == 0 and tmp.is_file():
+            break
         last = (run.stderr or run.stdout).strip().splitlines()[-1:] or [f"exit {run.returncode}"]
-        raise StreamRestoreError(f"{rel}: litestream restore failed: {last[0][:300]}")
+        error = last[0][:300]
+    else:
+        _remove_db(tmp)
+        raise StreamRestoreError(f"{rel}: litestream restore failed: {error}")
     problem = quick_check(tmp)
     if problem is not None:
         _remove_db(tmp)
         raise StreamRestoreError(f"{rel}: the restored database fails quick_check: {problem}")
     _remove_db(final)  # the snapshot's copy, if it had one: the stream's is the newer
     os.replace(tmp, final)
+
+
+def _positions(rel: str, point: Point | None) -> list[list[str]]:
+    """The `litestream restore` arguments to try, in order, for one database.
+
+    The newest position; or the snapshot's: its TXID (not shipped yet if the machine died
+    within a second of the snapshot), then its time, then the oldest the stream holds
+    (the database was created, or first shipped, after the snapshot was taken)."""
+    if point is None:
+        return [[]]
+    out = []
+    txid = (point.txids or {}).get(rel)
+    if txid is not None:
+        out.append(["-txid", f"{txid:016x}"])
+    if point.at:
+        out.append(["-timestamp", point.at])
+    earliest = (point.earliest or {}).get(rel)
+    if earliest is not None:
+        out.append(["-txid", f"{earliest:016x}"])
+    return out or [[]]
 
 
 def quick_check(db: Path) -> str | None:
