@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.fixtures.flare import FlareUp, bot
 from tests.fixtures.s3server import store_config
@@ -134,3 +135,27 @@ def _store_section(kind: str) -> Any:
     if kind == "file":
         return contextlib.nullcontext(None)
     return store_config()
+
+
+def _streamed(flare: FlareUp) -> list[str]:
+    conf = flare.state_dir / "stream" / "litestream.yml"
+    data = yaml.safe_load(conf.read_text()) if conf.exists() else {"dbs": []}
+    return sorted(Path(d["dir"]).parent.name for d in data["dbs"])
+
+
+def test_hot_reload_adds_and_removes_a_bots_stream(tmp_path: Path) -> None:
+    with FlareUp(tmp_path, [bot("a")]) as flare:
+        flare.wait_running("a", timeout=120)
+        _wait_streaming(flare, "a", "state.db")
+        assert _streamed(flare) == ["a"]
+        flare.write_config({**flare.data, "bots": [*flare.data["bots"], bot("b")]})
+        flare.wait_running("b", timeout=120)
+        _wait_streaming(flare, "b", "state.db")
+        assert _streamed(flare) == ["a", "b"]
+        assert (tmp_path / "store" / "b" / "stream" / "state.db").is_dir()
+        flare.write_config({**flare.data, "bots": flare.data["bots"][:1]})
+        deadline = time.monotonic() + 60
+        while _streamed(flare) != ["a"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _streamed(flare) == ["a"]
+        _wait_streaming(flare, "a", "state.db")  # a's stream goes on
