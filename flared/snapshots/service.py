@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -249,6 +250,11 @@ class SnapshotService:
         socket = StreamLayout(self.loaded.state_dir).socket
         return lambda: stream_status.position(socket, self.home(bot))
 
+    def _stream_scratch(self, bot: str) -> Path:
+        """Beside the work dir, not in it (a restore's unpack empties that): on the state dir's
+        filesystem, so restored databases move into the staging dir by a rename."""
+        return self.dir / "stream-restore" / bot
+
     def _stream_into(self, bot: str, staging: Path, manifest: Manifest | None, exact: bool) -> str | None:
         """Restore the bot's streamed databases into `staging` (None, or what went wrong).
 
@@ -267,7 +273,7 @@ class SnapshotService:
             if point is not None:
                 point = dataclasses.replace(point, earliest=stream_restore.earliest_txids(bot, keys))
             done = stream_restore.restore_into(
-                self.loaded.config, bot, dbs, staging, self._work(bot) / "stream", point
+                self.loaded.config, bot, dbs, staging, self._stream_scratch(bot), point
             )
         except stream_restore.StreamRestoreError as exc:
             return f"the streamed databases could not be restored: {exc}"
@@ -435,18 +441,30 @@ class SnapshotService:
             )
         else:
             known = {latest.content_digest: latest.id} if latest is not None and valid_id(latest.id) else {}
-            res = restoring.restore(
-                self.store,
-                st.name,
-                home,
-                self._work(st.name),
-                key=catalog.encryption_key(self.policy),
-                on_reading=lambda sid: setattr(st, "reading", sid),
-                saved_as=self._saved_as(st.name, known, Fence(etag)),
-                before_commit=lambda p: self._stream_into(st.name, p.staging, p.manifest, exact=False),
-            )
+            # The databases come from the stream's newest position whichever snapshot is
+            # unpacked: restore them while the snapshot downloads and unpacks.
+            early = self._stream_scratch(st.name) / "databases"
+            shutil.rmtree(early, ignore_errors=True)
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stream-restore") as pool:
+                databases = pool.submit(self._stream_into, st.name, early, None, False)
+
+                def complete(p: restoring.Prepared) -> str | None:
+                    return databases.result() or stream_restore.move_into(early, p.staging)
+
+                res = restoring.restore(
+                    self.store,
+                    st.name,
+                    home,
+                    self._work(st.name),
+                    key=catalog.encryption_key(self.policy),
+                    on_reading=lambda sid: setattr(st, "reading", sid),
+                    saved_as=self._saved_as(st.name, known, Fence(etag)),
+                    before_commit=complete,
+                )
+                error = databases.result()
             st.restore = res.as_dict()
             if res.result == "failed":
+                shutil.rmtree(early, ignore_errors=True)
                 st.phase = "restore failed"
                 st.gate = res.error
                 log.error("bot %s: %s", st.name, res.error)
@@ -455,7 +473,7 @@ class SnapshotService:
                 home.mkdir(parents=True, exist_ok=True)
                 # No snapshot yet, maybe a stream (lost before the first snapshot): nothing runs
                 # on this home, so its databases go straight in.
-                error = self._stream_into(st.name, home, None, exact=False)
+                error = error or stream_restore.move_into(early, home)
                 if error is not None:
                     st.phase, st.gate = "restore failed", error
                     log.error("bot %s: %s", st.name, error)

@@ -210,6 +210,22 @@ def _positions(rel: str, point: Point | None) -> list[list[str]]:
     return out or [[]]
 
 
+def move_into(src: Path, dest: Path) -> str | None:
+    """Move databases restored into `src` (by :func:`restore_into`) to the same paths under
+    `dest`, replacing the copies (and their -wal/-shm) there; None, or what went wrong."""
+    if not src.is_dir():
+        return None
+    try:
+        for db in sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            target = dest / db.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_db(target)
+            os.replace(db, target)
+    except OSError as exc:
+        return f"the streamed databases could not be moved into place: {exc.strerror or exc}"
+    return None
+
+
 def quick_check(db: Path) -> str | None:
     """None when SQLite's quick_check passes, else its first complaint."""
     try:
