@@ -47,8 +47,8 @@ def stream_program(loaded: LoadedConfig, bots: Iterable[str]) -> ProgramSpec | N
             ENV_FILE_VAR: str(Layout(loaded.state_dir).handoff),  # the store's credentials
         },
         log_file=str(StreamLayout(loaded.state_dir).log),
-        stopsignal="TERM",  # Litestream ships what it holds before it exits
-        stopwaitsecs=30,
+        stopsignal="TERM",  # Litestream ships what it holds before it exits (within 30 s)
+        stopwaitsecs=35,
         priority=850,  # stopped after the gateways (900), so their last writes are shipped
         startsecs=1,
         startretries=100,
