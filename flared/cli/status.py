@@ -257,11 +257,11 @@ def _bot_notes(out: Out, b: dict[str, Any], snap: dict[str, Any]) -> list[str]:
     line = restore_line(snap.get("restore"))
     if line:
         notes.append(line)
-    for key in ("fenced", "gate"):
+    for key in ("fenced", "gate", "shrunk"):
         if snap.get(key):
             notes.append(out.style(f"snapshots: {snap[key]}", "yellow"))
     last = snap.get("last") or {}
-    if last.get("result") == "failed" and last.get("reason"):
+    if last.get("result") == "failed" and last.get("reason") and last["reason"] != snap.get("shrunk"):
         notes.append(out.style(f"last snapshot failed: {last['reason']}", "yellow"))
     notes += _stream_notes(out, b.get("stream"))
     return notes

@@ -245,7 +245,7 @@ function botCard(bot) {
   const snap = bot.snapshots || {};
   const hermes = bot.hermes || {};
   const ready = readiness(bot);
-  const error = bot.error || bot.last_error || snap.fenced || snap.gate || "";
+  const error = bot.error || bot.last_error || snap.fenced || snap.shrunk || snap.gate || "";
   const busy = (what) => view.busy.has(`${what}:${bot.name}`);
   const card = el(
     "article",
