@@ -215,7 +215,7 @@ class SnapshotService:
         """Whether another flared took the bot over since this one last wrote `latest.json`: then
         the bot is fenced (its stream stops at the next reconcile). Returns why, or None."""
         st = self.state(bot)
-        if st.fence is None or st.fenced:
+        if st.fence is None or st.fenced or st.running:  # a running snapshot checks it as it publishes
             return st.fenced
         with self._exclusive(st):
             if st.fence is None or st.fenced:
