@@ -185,7 +185,8 @@ class SnapshotService:
 
     def may_stream(self, bot: str) -> bool:
         """Whether this flared may stream the bot's databases: the same rule as snapshots (its
-        restore succeeded or the store confirmed it holds nothing, and it is not fenced)."""
+        restore succeeded or the store confirmed it holds nothing, and it is not fenced), and
+        one fence check after a claim, so the writer it took the bot from has stopped."""
         with self._guard:
             st = self.bots.get(bot)
         if st is None or st.fence is None or st.fenced:
