@@ -100,7 +100,16 @@ class Daemon:
                 why[bot] = "a restore is replacing its databases"
             elif not self.snapshots.may_stream(bot):
                 st = self.snapshots.status(bot)
-                why[bot] = st.get("fenced") or st.get("gate") or "its snapshot fence is not known yet"
+                why[bot] = (
+                    st.get("stream_stopped")
+                    or st.get("fenced")
+                    or st.get("gate")
+                    or (
+                        "its restore has not finished"
+                        if st.get("gated")
+                        else "taking the bot over: it streams one fence check after its claim"
+                    )
+                )
         return stream_report(
             cfg.snapshots.stream,
             homes,

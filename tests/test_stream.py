@@ -276,3 +276,34 @@ def test_the_oldest_restorable_position_is_the_first_file_from_transaction_one()
         "athena/stream/kanban.db/0001/0000000000000001-0000000000000005.ltx",
     ]
     assert stream_restore.earliest_txids("athena", keys) == {"state.db": 2, "kanban.db": 5}
+
+
+@pytest.mark.integration
+def test_a_database_deleted_outside_a_restore_stops_its_stream_until_restored(tmp_path: Path) -> None:
+    loaded = load(tmp_path)
+    svc = SnapshotService(loaded)
+    svc._boot_once(svc.state("athena"))
+    home = svc.home("athena")
+    insert(home / "state.db", range(1, 6))
+    (home / "notes.txt").write_text("kept\n")
+    with litestream(loaded, ["athena"]):
+        synced(loaded, home / "state.db")
+        assert svc.may_stream("athena")  # new databases join the watched set
+        assert svc.snapshot("athena")["result"] == "ok"
+        # Deleted while the gateway holds it open (`rm -rf` of the home); Hermes creates an empty one.
+        gateway = sqlite3.connect(home / "state.db")
+        for suffix in ("", "-wal", "-shm"):
+            (home / f"state.db{suffix}").unlink(missing_ok=True)
+        insert(home / "state.db", range(100, 101))
+        assert not svc.may_stream("athena")  # so Litestream is restarted without the bot
+        gateway.close()
+    stopped = svc.status("athena")["stream_stopped"]
+    assert stopped.startswith("state.db was deleted or replaced outside a restore")
+    assert "flared restore --bot athena" in stopped
+    reloaded = SnapshotService(loaded)  # it holds across a restart of flared
+    reloaded.adopt("athena")
+    assert not reloaded.may_stream("athena")
+    assert svc.restore("athena")["result"] == "restored"
+    assert rows(home / "state.db") == [1, 2, 3, 4, 5]  # the store kept the good copy
+    assert svc.status("athena")["stream_stopped"] is None
+    assert svc.may_stream("athena")

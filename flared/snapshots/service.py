@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -189,9 +189,57 @@ class SnapshotService:
         one fence check after a claim, so the writer it took the bot from has stopped."""
         with self._guard:
             st = self.bots.get(bot)
-        if st is None or st.fence is None or st.fenced:
+        if st is None or st.fence is None or st.fenced or not self._databases_intact(st):
             return False
         return time.time() - st.claimed_at >= self.policy.stream.fence_check + 1.0
+
+    def _database_ids(self, bot: str, known: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
+        """(device, inode) of the databases at the home's top level and those already known
+        (a stat each: this runs every reconcile tick). A database deleted while Hermes or
+        Litestream holds it open keeps its inode, so a new file at its path has another."""
+        home = self.home(bot)
+        out: dict[str, tuple[int, int]] = {}
+        for path in {*home.glob(self.policy.stream.pattern), *(home / rel for rel in known)}:
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                out[path.relative_to(home).as_posix()] = (info.st_dev, info.st_ino)
+        return out
+
+    def _record_databases(self, st: BotState) -> None:
+        """The home is the bot's now (restored, kept, adopted): remember its databases' identity."""
+        st.stream_ids = self._database_ids(st.name, self._known_databases(st.name))
+
+    def _known_databases(self, bot: str) -> list[str]:
+        """Databases below the top level too (`cron/executions.db`), from Litestream's own files."""
+        meta = StreamLayout(self.loaded.state_dir).meta(bot)
+        suffix = "-litestream"
+        return [
+            p.relative_to(meta).as_posix().removesuffix(suffix)
+            for p in meta.glob(f"**/*{suffix}")
+            if p.is_dir()
+        ]
+
+    def _databases_intact(self, st: BotState) -> bool:
+        """False (and why, in `stream_lost`) once a streamed database was deleted or replaced
+        outside a restore: Hermes would create an empty one, which Litestream would ship as
+        the newest state over the good replica. New databases join the watched set."""
+        if st.stream_lost is not None:
+            return False
+        now = self._database_ids(st.name, st.stream_ids)
+        for rel, ident in st.stream_ids.items():
+            if now.get(rel) != ident:
+                st.stream_lost = (
+                    f"{rel} was deleted or replaced outside a restore: its stream is stopped, the store "
+                    f"keeps the last good copy; `flared restore --bot {st.name}` puts it back, `flared "
+                    f"snapshot --bot {st.name} --accept-shrink` accepts this home as it is"
+                )
+                log.error("bot %s: %s", st.name, st.stream_lost)
+                with contextlib.suppress(OSError):
+                    self._save(st)
+                return False
+        for rel, ident in now.items():
+            st.stream_ids.setdefault(rel, ident)
+        return True
 
     def _claim(self, st: BotState) -> None:
         """Restored from the store: take the bot over (see :mod:`.claim`); the lock is held."""
@@ -306,6 +354,7 @@ class SnapshotService:
         st.last = raw.get("last")
         st.last_ok = raw.get("last_ok")
         st.basis = raw.get("basis")
+        st.stream_lost = raw.get("stream_lost")
         st.elsewhere = dict(raw.get("elsewhere") or {})
         was = raw.get("store")
         if was is not None and was != self.store.description:  # edited while flared was down
@@ -411,6 +460,7 @@ class SnapshotService:
         """flared restarted under a running gateway: keep the live home, re-confirm the fence."""
         st = self.state(bot)
         st.phase = "ready"
+        self._record_databases(st)
         self._spawn(f"adopt-{bot}", lambda: self._boot_loop(st, adopt=True))
 
     def _spawn(self, name: str, fn: Callable[[], None]) -> None:
@@ -459,6 +509,7 @@ class SnapshotService:
             delay = min(delay * 2, cfg.retry_max)
 
     def _ready(self, st: BotState) -> None:
+        self._record_databases(st)
         if st.on_ready is not None:
             st.on_ready(st.name)
 
@@ -643,6 +694,10 @@ class SnapshotService:
         st.last = out
         snapshot_history.record(snapshot_history.history_path(self.dir, st.name), out)
         st.shrunk = res.reason if res.shrink else None
+        if res.result in {"ok", "unchanged"} and accept_shrink and st.stream_lost is not None:
+            log.warning("bot %s: its home accepted as it is: streaming its databases again", st.name)
+            st.stream_lost = None
+            self._record_databases(st)
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
@@ -795,7 +850,7 @@ class SnapshotService:
                 self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
                 was_fenced = st.fenced is not None
-                st.fence, st.fenced, st.gate = res.fence, None, None
+                st.fence, st.fenced, st.gate, st.stream_lost = res.fence, None, None, None
                 st.store = self.store.description
                 self._after_restore(st, res, fingerprint)
                 if was_fenced:  # another flared wrote the bot: stop its stream before this one starts
@@ -884,6 +939,7 @@ class SnapshotService:
             "next_due_in_s": next_due,
             "fenced": st.fenced,
             "shrunk": st.shrunk,
+            "stream_stopped": st.stream_lost,
             "gated": st.fence is None,
             "gate": st.gate,
             "restore": st.restore,

@@ -836,7 +836,7 @@ def test_a_deleted_home_is_never_published_as_latest(tmp_path: Path) -> None:
     """`rm -rf <state>/bots/B/home` while running: flared re-rendered the config into an empty
     home, and the next snapshot and the final one published it (a few KB) as `latest`."""
     (tmp_path / "up").mkdir()
-    with FlareUp(tmp_path / "up", [bot("athena")]) as flare:
+    with FlareUp(tmp_path / "up", [bot("athena")], snapshots=UNSTREAMED) as flare:
         flare.wait_running("athena", timeout=120)
         home = flare.state_dir / "bots" / "athena" / "home"
         deadline = time.monotonic() + 60
