@@ -73,6 +73,7 @@ class SnapshotService:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
         self._guard = threading.Lock()
+        self._save_lock = threading.Lock()
         self._marks: dict[str, Callable[[], object]] = {}  # bot -> home.previous marker still to write
         self.scheduler = Scheduler(self, self._pool.submit, self._stop)
 
@@ -430,11 +431,13 @@ class SnapshotService:
         self._save(st)
 
     def _save(self, st: BotState) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self._state_file(st.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st.persisted(), indent=2))
-        os.replace(tmp, path)
+        """Also called from the reconcile thread (a stream stopped): one writer of the file at a time."""
+        with self._save_lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self._state_file(st.name)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st.persisted(), indent=2))
+            os.replace(tmp, path)
 
     @contextlib.contextmanager
     def _exclusive(self, st: BotState) -> Iterator[None]:
