@@ -188,6 +188,8 @@ class SnapshotService:
         """Whether this flared may stream the bot's databases: the same rule as snapshots (its
         restore succeeded or the store confirmed it holds nothing, and it is not fenced), and
         one fence check after a claim, so the writer it took the bot from has stopped."""
+        if not self.policy.stream.enabled:
+            return False
         with self._guard:
             st = self.bots.get(bot)
         if st is None or st.fence is None or st.fenced or not self._databases_intact(st):
