@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flared.config.models import StreamConfig
 from flared.control.client import ConnectionLost, DaemonNotRunning, _exchange
 
 
@@ -124,7 +125,7 @@ def database_states(
 
 
 def report(
-    cfg_stream: Any,
+    cfg_stream: StreamConfig,
     homes: Mapping[str, Path],
     streamed: Iterable[str],
     why_not: Mapping[str, str],
