@@ -31,6 +31,7 @@ from flared.cli.remote import connect
 from flared.cli.text import Out, human_age
 from flared.config.units import human_bytes
 from flared.control.client import ConnectionLost, ControlError, DaemonNotRunning
+from flared.snapshots.final import NOT_SAVED
 
 _READINESS_STYLE = {"ready": "green", "starting": "yellow", "failed": "red", "stopped": "dim"}
 
@@ -318,6 +319,10 @@ def final_snapshot_lines(finals: list[dict[str, Any]]) -> list[str]:
             )
         elif result == "unchanged":
             lines.append(f"{bot}: final snapshot: unchanged since {r.get('id')}, nothing uploaded")
+        elif result in NOT_SAVED:
+            lines.append(
+                f"{bot}: final snapshot {result.upper()}: {r.get('reason') or r.get('error') or '-'}"
+            )
         else:
             lines.append(f"{bot}: no final snapshot ({result}): {r.get('reason') or r.get('error') or '-'}")
     return lines
@@ -338,6 +343,8 @@ def render_cron(out: Out, cron: dict[str, Any]) -> None:
         if not j.get("enabled", True):
             note = "disabled"
         kind = j["kind"] if j["kind"] == "agent" else str(j.get("action"))
+        if j.get("source") == "hermes":
+            kind = "agent's own"  # made in chat with the cronjob tool, not in the YAML
         rows.append(
             [
                 j["name"],

@@ -295,6 +295,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             stream=position,
         )
         body = manifest.to_bytes()
+        announce(job.progress, "publishing")
         store.put_bytes(manifest_key(bot, sid), body)
         generation = (latest.generation if latest else 0) + 1
         pointer = Latest(bot, sid, generation, captured.digest, now_iso(), host(), WRITER).to_bytes()

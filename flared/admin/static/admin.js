@@ -173,7 +173,7 @@ function readiness(bot) {
 /** One deployment's status, or the Worker's {groups: {G: status}} merged into one. */
 function normalize(data) {
   if (!data || !data.groups) return { ...data, groups: null };
-  const out = { bots: [], leases: [], configs: {}, groups: {}, flared: null };
+  const out = { bots: [], leases: [], cron: { jobs: [] }, configs: {}, groups: {}, flared: null };
   for (const [g, s] of Object.entries(data.groups)) {
     out.groups[g] = s;
     if (!s || s.error) continue;
@@ -181,6 +181,7 @@ function normalize(data) {
     out.configs[g] = s.config;
     for (const b of s.bots || []) if (!b.group || b.group === g) out.bots.push({ ...b, group: g });
     for (const l of s.leases || []) out.leases.push(l);
+    for (const j of (s.cron && s.cron.jobs) || []) out.cron.jobs.push(j);
   }
   out.config = Object.values(out.configs)[0] || {};
   return out;
@@ -314,6 +315,32 @@ function renderLeases(st) {
   );
 }
 
+/** Every cron job: the YAML's and the ones each agent made itself in chat (cron/jobs.json). */
+function renderCron(st) {
+  const jobs = (st.cron && st.cron.jobs) || [];
+  if (!jobs.length) {
+    $("cron").replaceChildren(el("p", { class: "muted" }, "No cron jobs."));
+    return;
+  }
+  const result = (r) => (r && typeof r === "object" ? r.result : r) || "-";
+  const future = (iso) => (iso ? new Date(iso).toLocaleString() : "-");
+  $("cron").replaceChildren(
+    table(
+      ["cron job", "kind", "bot", "schedule", "next run", "last run", "result", "note"],
+      jobs.map((j) => [
+        j.name,
+        j.source === "hermes" ? "agent's own" : j.kind === "agent" ? "agent (YAML)" : `${j.action} (YAML)`,
+        j.bot || "-",
+        j.schedule,
+        j.enabled === false ? "disabled" : future(j.next_run),
+        when(j.last_run),
+        result(j.last_result),
+        j.error || j.warning || j.note || "",
+      ]),
+    ),
+  );
+}
+
 function table(head, rows) {
   return el(
     "div",
@@ -330,9 +357,7 @@ function historySection(bot) {
   const keep = view.config && view.config.snapshots && view.config.snapshots.keep;
   const retention = keep ? `The store keeps the last ${keep.last} snapshots${keep.max_age ? `, none older than ${keep.max_age}` : ""}.` : "";
   const storedIds = new Set(stored.map((s) => s.id));
-  const rows = history.length
-    ? history
-    : stored.map((s) => ({ at: s.created_at, id: s.id, packed_size: s.packed_size, result: "ok", trigger: "-" }));
+  const rows = mergedHistory(history, stored);
   const byId = Object.fromEntries(stored.map((s) => [s.id, s]));
   const body = rows
     .slice()
@@ -342,11 +367,11 @@ function historySection(bot) {
       el(
         "tr",
         { class: h.result === "ok" ? "" : "failed" },
-        el("td", {}, when(h.at)),
-        el("td", {}, bytes(h.packed_size ?? h.bytes_uploaded)),
-        el("td", {}, h.seconds !== undefined ? `${Number(h.seconds).toFixed(2)} s` : "-"),
-        el("td", {}, h.trigger || "-"),
-        el("td", {}, h.result === "ok" ? h.result : `${h.result}: ${h.reason || h.error || ""}`),
+        el("td", { "data-label": "time" }, when(h.at)),
+        el("td", { "data-label": "size" }, bytes(h.packed_size ?? h.bytes_uploaded)),
+        el("td", { "data-label": "duration" }, h.seconds !== undefined ? `${Number(h.seconds).toFixed(2)} s` : "-"),
+        el("td", { "data-label": "trigger" }, h.trigger || "-"),
+        el("td", { "data-label": "result" }, h.result === "ok" ? h.result : `${h.result}: ${h.reason || h.error || ""}`),
         el(
           "td",
           {},
@@ -368,13 +393,27 @@ function historySection(bot) {
           { class: "scroll" },
           el(
             "table",
-            { "data-testid": "history" },
+            { "data-testid": "history", class: "stack" },
             el("thead", {}, el("tr", {}, ["time", "size", "duration", "trigger", "result", ""].map((h) => el("th", { scope: "col" }, h)))),
             el("tbody", {}, body),
           ),
         )
       : el("p", { class: "muted" }, "No snapshots yet."),
   );
+}
+
+/**
+ * One history, oldest first: this flared's attempts (with failures, trigger, duration)
+ * and every snapshot the store holds that they do not name (taken before this state
+ * dir existed, or by another machine). Either alone switched source after one snapshot.
+ */
+function mergedHistory(history, stored) {
+  const named = new Set(history.map((h) => h.id).filter(Boolean));
+  const fromStore = stored
+    .filter((s) => !named.has(s.id))
+    .map((s) => ({ at: s.created_at, id: s.id, packed_size: s.packed_size, result: "ok", trigger: "-" }));
+  const t = (h) => new Date(h.at).getTime() || 0;
+  return [...history, ...fromStore].sort((a, b) => t(a) - t(b));
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -575,6 +614,7 @@ function renderAll() {
   renderConfig(view.status);
   renderBots(view.status);
   renderLeases(view.status);
+  renderCron(view.status);
   renderLogSources(view.status);
 }
 
