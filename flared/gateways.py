@@ -272,10 +272,11 @@ class Gateways:
         layout: Layout,
         *,
         wake: Callable[[], None] = lambda: None,
-        may_stream: Callable[[str], bool] = lambda _bot: True,
+        may_stream: Callable[[str], bool] = lambda _bot: False,
     ) -> None:
         self.live = live
-        #: Whether a ready bot's databases may be streamed (its snapshot fence holds).
+        #: Whether a ready bot's databases may be streamed (its snapshot fence holds); the daemon
+        #: asks the snapshot service, anything else streams nothing.
         self.may_stream = may_stream
         self.supervisor = supervisor
         self.layout = layout
