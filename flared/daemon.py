@@ -97,6 +97,14 @@ class Daemon:
         """Each bot's stream (replication lag and last error per database), or why it is off."""
         cfg, gw = self.live.config, self.gateways
         homes = {b.name: BotPaths.of(cfg.state_dir, b.name).home for b in gw.enabled_bots()}
+        if not cfg.snapshots.stream.enabled:
+            off = (
+                "snapshots.encryption.key is set: Litestream 0.5 cannot encrypt, so the databases "
+                "go in the encrypted snapshots"
+                if cfg.snapshots.encryption.key is not None
+                else "snapshots.stream.enabled is false"
+            )
+            return {bot: {"enabled": False, "reason": off} for bot in homes}
         why: dict[str, str] = {}
         for bot in homes:
             if bot not in gw.ready:

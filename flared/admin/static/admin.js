@@ -233,7 +233,7 @@ function snapshotSummary(snap) {
 /** The stream of a bot's databases: the worst lag, or why it is paused, stalled or off. */
 function streamSummary(stream) {
   if (!stream) return "-";
-  if (!stream.enabled) return "off";
+  if (!stream.enabled) return stream.reason ? `off: ${stream.reason}` : "off";
   if (!stream.streaming) return `paused: ${stream.reason || "not streamed yet"}`;
   const dbs = stream.databases || [];
   const stalled = dbs.filter((d) => d.state === "stalled");
