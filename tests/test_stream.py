@@ -307,3 +307,15 @@ def test_a_database_deleted_outside_a_restore_stops_its_stream_until_restored(tm
     assert rows(home / "state.db") == [1, 2, 3, 4, 5]  # the store kept the good copy
     assert svc.status("athena")["stream_stopped"] is None
     assert svc.may_stream("athena")
+
+
+def test_status_says_why_the_stream_is_off(tmp_path: Path) -> None:
+    from flared.daemon import Daemon
+
+    data = config(tmp_path, [bot("athena")])
+    data["snapshots"]["encryption"] = {"key": "correct horse battery staple"}
+    (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
+    daemon = Daemon(load_config(tmp_path / "hermes-flare.yaml"))
+    off = daemon._stream_status({}, time.time())["athena"]
+    assert off["enabled"] is False
+    assert off["reason"].startswith("snapshots.encryption.key is set: Litestream 0.5 cannot encrypt")
