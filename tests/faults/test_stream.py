@@ -26,8 +26,9 @@ from tests.fixtures.s3server import store_config
 
 pytestmark = pytest.mark.integration
 
-#: The most a lost machine may cost: Litestream's 1 s sync interval and its monitor, with slack.
-RPO_BOUND_S = 1.5
+#: The most a lost machine may cost: Litestream's 1 s sync interval and its 1 s monitor (measured: median
+#: 0.5-0.7 s, max 1.6 s in bench/bench_stream.py); the issue's bound for p95 is 2 s.
+RPO_BOUND_S = 2.0
 
 
 class Writer:
