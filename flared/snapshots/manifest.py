@@ -107,6 +107,9 @@ class Manifest:
     host: str = ""
     parent: str | None = None
     databases: list[str] = field(default_factory=list)
+    #: The stream position the home pairs with (``at``, RFC 3339; ``txids``: database -> TXID),
+    #: None when the databases are in the blob (taken without streaming).
+    stream: dict[str, Any] | None = None
     format: int = FORMAT
 
     def to_bytes(self) -> bytes:
