@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,12 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import yaml
 
 from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
+from flared.stream import base as stream_base
 from flared.stream import restore as stream_restore
 from flared.stream import status as stream_status
 from flared.stream.program import litestream_env, litestream_executable, stream_program, write_config
@@ -319,3 +323,98 @@ def test_status_says_why_the_stream_is_off(tmp_path: Path) -> None:
     off = daemon._stream_status({}, time.time())["athena"]
     assert off["enabled"] is False
     assert off["reason"].startswith("snapshots.encryption.key is set: Litestream 0.5 cannot encrypt")
+
+
+# ---------------------------------------------------------------------- bases (a fast cold boot)
+
+
+def test_a_base_is_wanted_for_each_newest_litestream_snapshot_on_file_and_s3_layouts() -> None:
+    stream_keys = [
+        "athena/stream/state.db/ltx/9/0000000000000001-0000000000000001.ltx",
+        "athena/stream/state.db/ltx/9/0000000000000001-0000000000000030.ltx",
+        "athena/stream/state.db/ltx/0/0000000000000031-0000000000000031.ltx",
+        "athena/stream/state.db/ltx/1/0000000000000031-0000000000000040.ltx",
+        "athena/stream/cron/executions.db/0009/0000000000000001-0000000000000005.ltx",
+        "athena/stream/cron/executions.db/0000/0000000000000006-0000000000000007.ltx",
+        "athena/stream/kanban.db/ltx/0/0000000000000001-0000000000000002.ltx",  # no snapshot yet
+        "zeus/stream/state.db/0009/0000000000000001-0000000000000009.ltx",
+    ]
+    base_keys = [
+        "athena/stream-base/state.db/0000000000000001.sqfs",  # an older snapshot's
+        "athena/stream-base/cron/executions.db/0000000000000005.sqfs",
+    ]
+    assert stream_base.wanted("athena", stream_keys, base_keys) == {"state.db": 0x30}
+    assert stream_base.stale("athena", "state.db", 0x30, base_keys) == [base_keys[0]]
+    # only a base on the newest snapshot is used; it follows the stream to its newest TXID
+    assert stream_base.boot_plans("athena", stream_keys, base_keys) == {
+        "cron/executions.db": stream_base.BootPlan(base_keys[1], 5, 7)
+    }
+    done = [*base_keys, "athena/stream-base/state.db/0000000000000030.sqfs"]
+    assert stream_base.boot_plans("athena", stream_keys, done)["state.db"] == stream_base.BootPlan(
+        done[-1], 0x30, 0x40
+    )
+
+
+def _newest_snapshot(store: Path, bot: str, rel: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not list((store / bot / "stream" / rel / "ltx" / "9").glob("*.ltx")):
+        assert time.monotonic() < deadline, "Litestream wrote no snapshot"
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_a_cold_boot_starts_from_the_base_and_follows_the_stream_to_the_newest_transaction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = load(tmp_path)
+    svc = SnapshotService(loaded)
+    st = svc.state("athena")
+    svc._boot_once(st)
+    home = svc.home("athena")
+    db = home / "state.db"
+    insert(db, range(1, 11))
+    bases = tmp_path / "store" / "athena" / "stream-base" / "state.db"
+    with litestream(loaded, ["athena"]):
+        synced(loaded, db)
+        _newest_snapshot(tmp_path / "store", "athena", "state.db")
+        st.claimed_at = 0.0  # streaming allowed (no recent takeover to wait out)
+        assert svc.snapshot("athena")["result"] == "ok"
+        assert [p.name for p in bases.iterdir()] == ["0000000000000001.sqfs"]  # made after the snapshot
+        for n in range(11, 31, 5):  # transactions after the base, in several LTX files
+            insert(db, range(n, n + 5))
+            synced(loaded, db)
+    shutil.rmtree(loaded.state_dir)  # the machine is lost
+    again = SnapshotService(load(tmp_path))
+    with caplog.at_level(logging.INFO, logger="flared"):
+        assert again._boot_once(again.state("athena"))
+    assert "from a base: state.db" in caplog.text
+    assert rows(again.home("athena") / "state.db") == list(range(1, 31))
+    assert not [p for p in again.home("athena").iterdir() if p.name.endswith("-txid")]
+
+
+@pytest.mark.integration
+def test_a_damaged_base_falls_back_to_the_plain_restore(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = load(tmp_path)
+    svc = SnapshotService(loaded)
+    svc._boot_once(svc.state("athena"))
+    db = svc.home("athena") / "state.db"
+    insert(db, range(1, 6))
+    assert svc.snapshot("athena")["result"] == "ok"
+    with litestream(loaded, ["athena"]):
+        synced(loaded, db)
+        _newest_snapshot(tmp_path / "store", "athena", "state.db")
+        assert stream_restore.make_bases(loaded.config, svc.store, "athena", tmp_path / "work") == {
+            "state.db": ANY
+        }
+        insert(db, range(6, 9))
+        synced(loaded, db)
+    (base,) = (tmp_path / "store" / "athena" / "stream-base" / "state.db").iterdir()
+    base.write_bytes(b"not squashfs")
+    with caplog.at_level(logging.INFO, logger="flared"):
+        out = svc.restore("athena")
+    assert out["result"] == "restored", out
+    assert "its base could not be used" in caplog.text
+    assert "from a base: none" in caplog.text
+    assert rows(db) == list(range(1, 9))

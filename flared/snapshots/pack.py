@@ -127,3 +127,10 @@ def unpack(blob: Path | int, dest: Path, processors: int | None = None) -> None:
     cores = str(processors or os.cpu_count() or 1)
     source, fds = (f"/dev/fd/{blob}", (blob,)) if isinstance(blob, int) else (str(blob), ())
     _run([_tool("unsquashfs"), "-no-progress", "-quiet", "-processors", cores, "-d", str(dest), source], fds)
+
+
+def pack_file(path: Path, blob: Path, processors: int | None = None) -> None:
+    """Pack one file (a database) into a squashfs image of its own: zstd, flared's block size."""
+    cmd = [_tool("mksquashfs"), str(path), str(blob), "-noappend", "-no-progress", "-quiet", "-no-xattrs"]
+    cmd += ["-comp", "zstd", "-b", BLOCK_SIZE, "-Xcompression-level", str(DEFAULT_LEVELS["zstd"])]
+    _run([*cmd, "-processors", str(processors or os.cpu_count() or 1)])

@@ -43,11 +43,13 @@ from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
 from flared.snapshots.final import NOT_SAVED, Deadline
 from flared.snapshots.manifest import Latest, Manifest, now_iso, valid_id
+from flared.snapshots.pack import PackError
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
 from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
 from flared.snapshots.stores.factory import open_store
+from flared.stream import base as stream_base
 from flared.stream import restore as stream_restore
 from flared.stream import status as stream_status
 from flared.stream.render import StreamLayout, stream_key
@@ -328,10 +330,21 @@ class SnapshotService:
         try:
             keys = [o.key for o in self.store.list(stream_key(bot) + "/")]
             dbs = stream_restore.streamed_databases(bot, keys)
+            plans = {}
             if point is not None:
                 point = dataclasses.replace(point, earliest=stream_restore.earliest_txids(bot, keys))
+            elif dbs:
+                bases = [o.key for o in self.store.list(stream_base.base_key(bot) + "/")]
+                plans = stream_base.boot_plans(bot, keys, bases)
             done = stream_restore.restore_into(
-                self.loaded.config, bot, dbs, staging, self._stream_scratch(bot), point
+                self.loaded.config,
+                bot,
+                dbs,
+                staging,
+                self._stream_scratch(bot),
+                point,
+                store=self.store,
+                plans=plans,
             )
         except stream_restore.StreamRestoreError as exc:
             return f"the streamed databases could not be restored: {exc}"
@@ -341,10 +354,11 @@ class SnapshotService:
             return f"the streamed databases could not be restored: {pipeline.describe_os_error(exc)}"
         if done["databases"]:
             log.info(
-                "bot %s: restored %s from the stream in %.2f s",
+                "bot %s: restored %s from the stream in %.2f s (from a base: %s)",
                 bot,
                 ", ".join(done["databases"]),
                 done["seconds"],
+                ", ".join(done["from_base"]) or "none",
             )
         return None
 
@@ -735,8 +749,23 @@ class SnapshotService:
             log.log(level, "bot %s: snapshot %s: %s", st.name, res.result, res.reason)
         if res.result == "ok" or st.in_flight or time.time() - st.last_prune > PRUNE_EVERY:
             self._prune_locked(st)
+        if res.result in {"ok", "unchanged"} and self.may_stream(st.name):
+            self._make_bases(st.name)
         self._save(st)
         return out
+
+    def _make_bases(self, bot: str) -> None:
+        """After a snapshot: a base for each database whose Litestream snapshot has none yet
+        (daily), so a cold boot need not rebuild the database from LTX (:mod:`flared.stream.base`)."""
+        try:
+            made = stream_restore.make_bases(
+                self.loaded.config, self.store, bot, self._stream_scratch(bot) / "bases"
+            )
+        except (stream_restore.StreamRestoreError, StoreError, PackError, OSError) as exc:
+            log.warning("bot %s: no base made for the streamed databases: %s", bot, exc)
+            return
+        for rel, size in made.items():
+            log.info("bot %s: uploaded a base of %s (%d bytes) for a fast cold boot", bot, rel, size)
 
     def _prune_locked(self, st: BotState) -> dict[str, Any]:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import os
 import sqlite3
 import subprocess
@@ -30,12 +31,17 @@ import yaml
 
 from flared.config.models import HermesFlareConfig
 from flared.hermes.paths import BotPaths
+from flared.snapshots.pack import PackError
+from flared.snapshots.stores import Store, StoreError
+from flared.stream.base import BootPlan, base_key, fetch_base, follow_to, put_base, stale, wanted
 from flared.stream.program import litestream_env, litestream_executable
 from flared.stream.render import replica, stream_key
 
 #: Databases restored at once (each `litestream restore` also fetches in parallel).
 PARALLEL = 4
 RESTORE_TIMEOUT = 600.0
+
+log = logging.getLogger("flared.stream")
 
 
 class StreamRestoreError(Exception):
@@ -109,14 +115,20 @@ def restore_into(
     work: Path,
     point: Point | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    store: Store | None = None,
+    plans: Mapping[str, BootPlan] | None = None,
 ) -> dict[str, Any]:
     """Restore these databases of the bot's stream into `staging` (raises StreamRestoreError).
 
-    Returns what was done: ``{"databases": [...], "seconds": s}``.
+    To the newest position, a database with a `plans` entry starts from its base in
+    `store` (:mod:`flared.stream.base`), the fast way; any failure there falls back to
+    the plain restore. Returns what was done: ``{"databases": [...], "seconds": s,
+    "from_base": [...]}``.
     """
     started = time.monotonic()
     if not dbs:
-        return {"databases": [], "seconds": 0.0}
+        return {"databases": [], "seconds": 0.0, "from_base": []}
     home = BotPaths.of(cfg.state_dir, bot).home
     work.mkdir(parents=True, exist_ok=True)
     config = _write_restore_config(cfg, bot, home, dbs, work)
@@ -125,19 +137,69 @@ def restore_into(
     try:
         with concurrent.futures.ThreadPoolExecutor(min(PARALLEL, len(dbs))) as pool:
             futures = {
-                rel: pool.submit(_restore_one, exe, config, env, home, staging, rel, point) for rel in dbs
+                rel: pool.submit(
+                    _restore_one,
+                    exe,
+                    config,
+                    env,
+                    home,
+                    staging,
+                    rel,
+                    point,
+                    (store, plans[rel])
+                    if store is not None and plans and rel in plans and point is None
+                    else None,
+                )
+                for rel in dbs
             }
-            failed = []
-            for fut in futures.values():
+            failed, from_base = [], []
+            for rel, fut in futures.items():
                 try:
-                    fut.result()
+                    if fut.result():
+                        from_base.append(rel)
                 except StreamRestoreError as exc:
                     failed.append(str(exc))
         if failed:
             raise StreamRestoreError("; ".join(failed))
     finally:
         config.unlink(missing_ok=True)
-    return {"databases": dbs, "seconds": round(time.monotonic() - started, 3)}
+    return {"databases": dbs, "seconds": round(time.monotonic() - started, 3), "from_base": from_base}
+
+
+def make_bases(
+    cfg: HermesFlareConfig, store: Store, bot: str, work: Path, environ: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Make the bases the bot's stream lacks: each database at its newest Litestream snapshot
+    (:mod:`flared.stream.base`), then drop its older bases. Reads the stream, never writes it.
+
+    Returns the bytes uploaded per database made; raises StreamRestoreError or StoreError."""
+    stream_keys = [o.key for o in store.list(stream_key(bot) + "/")]
+    base_keys = [o.key for o in store.list(base_key(bot) + "/")]
+    todo = wanted(bot, stream_keys, base_keys)
+    if not todo:
+        return {}
+    home = BotPaths.of(cfg.state_dir, bot).home
+    work.mkdir(parents=True, exist_ok=True)
+    config = _write_restore_config(cfg, bot, home, sorted(todo), work)
+    env = litestream_env(cfg.store, os.environ if environ is None else environ)
+    argv = [litestream_executable(), "restore", "-config", str(config), "-no-expand-env"]
+    done = {}
+    try:
+        for rel, txid in sorted(todo.items()):
+            tmp = work / f".base-{rel.replace('/', '_')}"
+            try:
+                _restore_plain([*argv, "-o", str(tmp)], env, home, rel, tmp, Point(txids={rel: txid}))
+                problem = quick_check(tmp)
+                if problem is not None:
+                    raise StreamRestoreError(f"{rel}: its snapshot fails quick_check: {problem}")
+                done[rel] = put_base(store, base_key(bot, rel, txid), tmp, work)
+            finally:
+                _remove_db(tmp)
+            for key in stale(bot, rel, txid, base_keys):
+                store.delete(key)
+    finally:
+        config.unlink(missing_ok=True)
+    return done
 
 
 def _write_restore_config(cfg: HermesFlareConfig, bot: str, home: Path, dbs: list[str], work: Path) -> Path:
@@ -152,12 +214,55 @@ def _write_restore_config(cfg: HermesFlareConfig, bot: str, home: Path, dbs: lis
 
 
 def _restore_one(
-    exe: str, config: Path, env: dict[str, str], home: Path, staging: Path, rel: str, point: Point | None
-) -> None:
+    exe: str,
+    config: Path,
+    env: dict[str, str],
+    home: Path,
+    staging: Path,
+    rel: str,
+    point: Point | None,
+    base: tuple[Store, BootPlan] | None = None,
+) -> bool:
+    """Restore one database into `staging`; True when it came from its base."""
     final = staging / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.restoring")
-    argv = [exe, "restore", "-config", str(config), "-no-expand-env", "-o", str(tmp)]
+    argv = [exe, "restore", "-config", str(config), "-no-expand-env"]
+    if base is not None:
+        why = _from_base(argv, env, home / rel, tmp, *base)
+        if why is None and (problem := quick_check(tmp)) is not None:
+            why = f"the result fails quick_check: {problem}"
+        if why is None:
+            _place(tmp, final)
+            return True
+        _remove_db(tmp)
+        log.warning("%s: its base could not be used (%s): restoring it from the stream's snapshot", rel, why)
+    _restore_plain([*argv, "-o", str(tmp)], env, home, rel, tmp, point)
+    _check_and_place(rel, tmp, final)
+    return False
+
+
+def _from_base(
+    argv: list[str], env: dict[str, str], db: Path, tmp: Path, store: Store, plan: BootPlan
+) -> str | None:
+    """The database from its base, brought to the stream's newest TXID; None, or why not."""
+    _remove_db(tmp)
+    try:
+        fetch_base(store, plan.key, tmp, tmp.parent)
+    except (OSError, StoreError, PackError, ValueError) as exc:
+        _remove_db(tmp)
+        return str(exc)[:300]
+    if plan.target <= plan.start:
+        return None
+    why = follow_to(argv, db, tmp, plan.start, plan.target, env)
+    if why is not None:
+        _remove_db(tmp)
+    return why
+
+
+def _restore_plain(
+    argv: list[str], env: dict[str, str], home: Path, rel: str, tmp: Path, point: Point | None
+) -> None:
     error = "no position to restore"
     for where in _positions(rel, point):
         _remove_db(tmp)
@@ -182,10 +287,17 @@ def _restore_one(
     else:
         _remove_db(tmp)
         raise StreamRestoreError(f"{rel}: litestream restore failed: {error}")
+
+
+def _check_and_place(rel: str, tmp: Path, final: Path) -> None:
     problem = quick_check(tmp)
     if problem is not None:
         _remove_db(tmp)
         raise StreamRestoreError(f"{rel}: the restored database fails quick_check: {problem}")
+    _place(tmp, final)
+
+
+def _place(tmp: Path, final: Path) -> None:
     _remove_db(final)  # the snapshot's copy, if it had one: the stream's is the newer
     os.replace(tmp, final)
 
@@ -241,6 +353,6 @@ def quick_check(db: Path) -> str | None:
 
 
 def _remove_db(path: Path) -> None:
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-txid"))):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
