@@ -252,12 +252,30 @@ def _from_base(
     except (OSError, StoreError, PackError, ValueError) as exc:
         _remove_db(tmp)
         return str(exc)[:300]
-    if plan.target <= plan.start:
-        return None
-    why = follow_to(argv, db, tmp, plan.start, plan.target, env)
+    why = None if plan.target <= plan.start else follow_to(argv, db, tmp, plan.start, plan.target, env)
+    if why is None:
+        why = _wal_mode(tmp)
     if why is not None:
         _remove_db(tmp)
     return why
+
+
+def _wal_mode(db: Path) -> str | None:
+    """Put a followed database back in WAL mode; None, or why not.
+
+    The LTX files Litestream writes after a restore carry a page 1 that says rollback
+    journal; its plain restore writes WAL mode into the result, its follow mode does not.
+    A database left so would take Hermes' commits in its rollback journal, which
+    Litestream never sees (they would be lost with the machine)."""
+    try:
+        con = sqlite3.connect(db, isolation_level=None, timeout=5)
+        try:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return f"could not put it in WAL mode: {exc}"
+    return None if str(mode).lower() == "wal" else f"it stays in {mode} mode"
 
 
 def _restore_plain(

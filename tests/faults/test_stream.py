@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import shutil
 import sqlite3
 import threading
@@ -77,6 +78,16 @@ def _wait_streaming(flare: FlareUp, name: str, db: str, timeout: float = 30) -> 
     raise AssertionError(f"{db} of {name} never streamed:\n{flare.read_logs()}")
 
 
+def _wait_log(path: Path, pattern: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if re.search(pattern, path.read_text(errors="replace")):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{path.name} never said {pattern!r}")
+
+
 def _kill_under_writer(
     tmp_path: Path, flare: FlareUp, seed: int, table: str = "probe"
 ) -> tuple[list[tuple[int, float]], float]:
@@ -132,9 +143,19 @@ def test_kill_9_of_everything_then_a_wiped_disk_loses_at_most_a_second(tmp_path:
             # and Litestream went on from them.
             for cycle in range(2):
                 _wait_streaming(flare, "a", "state.db")
+                if cycle == 1:
+                    # Litestream started on a restored state.db: it writes its own snapshot of it
+                    # (TXID 1 and Hermes' tables), after which a snapshot makes the database's base:
+                    # the next boot starts from that and follows the stream (the writer's LTX files).
+                    _wait_log(flare.state_dir / "logs" / "litestream.log", "snapshot complete.*db=state.db")
+                    assert flare.cli("snapshot", "--bot", "a").returncode == 0
+                    _wait_log(flare.state_dir / "logs" / "flared.log", "uploaded a base of state.db")
                 table = f"probe{cycle}"
                 commits, killed_at = _kill_under_writer(tmp_path, flare, len(store) + cycle, table)
                 _boot_from_store(tmp_path, flare)
+                if cycle == 1:
+                    logs = (flare.state_dir / "logs" / "flared.log").read_text()
+                    assert re.search(r"from a base: .*state\.db", logs), flare.read_logs()
                 _check_restored(flare, commits, killed_at, table)
                 restore = flare.bot_status("a")["snapshots"]["restore"]
                 assert restore["result"] == "restored", restore
