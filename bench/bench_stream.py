@@ -42,6 +42,8 @@ from common import Paired, met, pairs_wanted, pct, quick, secs, table
 
 from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
+from flared.stream import base as stream_base
+from flared.stream.base import base_key
 from flared.stream.program import litestream_env, litestream_executable, write_config
 from flared.stream.render import StreamLayout, stream_key
 from tests.fixtures.flare import bot, config
@@ -59,9 +61,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load(where: Path, store: dict[str, Any], *, stream: bool, policy: dict[str, Any]) -> LoadedConfig:
+def load(
+    where: Path, store: dict[str, Any], *, stream: bool, policy: dict[str, Any], **stream_fields: Any
+) -> LoadedConfig:
     data = config(where, [bot(BOT)], store=store)
-    data["snapshots"] = {**policy, "stream": {"enabled": stream}}
+    data["snapshots"] = {**policy, "stream": {"enabled": stream, **stream_fields}}
     where.mkdir(parents=True, exist_ok=True)
     (where / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
     return load_config(where / "hermes-flare.yaml")
@@ -199,6 +203,11 @@ def big_home(tmp: Path) -> Iterator[Path]:
     yield template
 
 
+def snapshot_txids(svc: SnapshotService) -> dict[str, int]:
+    keys = [o.key for o in svc.store.list(stream_key(BOT) + "/")]
+    return stream_base.snapshot_txids(stream_base.stream_files(BOT, keys))
+
+
 def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[str, int]]:
     """(upload bytes streaming/today, cold-boot seconds streaming/today, sizes)."""
     size, boot = Paired(), Paired()
@@ -208,15 +217,18 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
         where = Path(tempfile.mkdtemp(dir=tmp))
         store = {"url": f"file://{where / 'store'}"}
         policy = {"every": None, "on_change": {"enabled": False}}
-        loaded = load(where, store, stream=stream, policy=policy)
+        loaded = load(where, store, stream=stream, policy=policy, fence_check=1)
         svc = SnapshotService(loaded)
         svc._boot_once(svc.state(BOT))
         shutil.rmtree(svc.home(BOT))
         shutil.copytree(template, svc.home(BOT), symlinks=True)
         if stream:
             with litestream(loaded):
-                prefix = stream_key(BOT, "state.db") + "/"
-                wait_for(lambda: any(o.key.endswith(".ltx") for o in svc.store.list(prefix)), 600)
+                # the first sync ends with Litestream's own snapshot (level 9) of each database
+                wait_for(lambda: bool(snapshot_txids(svc)), 600)
+                # once streaming is allowed (a fence check after the claim), a snapshot also
+                # makes the base of each database at that Litestream snapshot
+                wait_for(lambda: svc.may_stream(BOT), 60)
                 out = svc.snapshot(BOT)
         else:
             out = svc.snapshot(BOT)
@@ -224,9 +236,16 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
         uploaded = int(out["bytes_uploaded"])
         if stream:
             sizes["stream"] = sum(o.size for o in svc.store.list(stream_key(BOT) + "/"))
+            sizes["base"] = sum(o.size for o in svc.store.list(base_key(BOT) + "/"))
+            sizes["snapshot9"] = sum(
+                o.size
+                for o in svc.store.list(stream_key(BOT) + "/")
+                if o.key.split("/")[-2] in {"9", "0009"}  # Litestream's own snapshots (level 9)
+            )
+            assert sizes["base"], "no base was made"
         # the machine is lost: a new state dir, the same store
         shutil.rmtree(loaded.state_dir)
-        again = SnapshotService(load(where, store, stream=stream, policy=policy))
+        again = SnapshotService(load(where, store, stream=stream, policy=policy, fence_check=1))
         t0 = time.perf_counter()
         again._boot_once(again.state(BOT))
         took = time.perf_counter() - t0
@@ -243,12 +262,95 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
     return size, boot, sizes
 
 
+WINDOW = float(os.environ.get("BENCH_STREAM_WINDOW", "40" if quick() else "120"))
+TURN_EVERY = 40.0  # a chatty bot: a turn every 40 s, each followed by more than the 30 s debounce
+
+
+def turn(home: Path, n: int) -> None:
+    """What one chat turn writes in a Hermes home: two messages, the session's log, the agent log."""
+    reply(home / "state.db", n)
+    reply(home / "state.db", n)
+    with (home / "sessions" / "s0.jsonl").open("a") as fh:
+        fh.write(f'{{"role": "user", "content": "turn {n}"}}\n{{"role": "assistant", "content": "ok {n}"}}\n')
+    with (home / "logs" / "agent.log").open("a") as fh:
+        fh.write(f"2026-12-06 10:00:00 INFO turn {n} answered\n")
+
+
+def written(before: dict[str, tuple[int, str]], after: list[Any]) -> int:
+    """Bytes of the objects a listing shows as new or rewritten since `before` (key -> size, etag).
+
+    Litestream's compactions of the first sync (files from TXID 1: the whole database, once)
+    are left out: what is measured is a steady hour. Its level 2 and 3 compactions (every
+    5 min and 1 h) fall outside the window: each merges the pages level 1 holds, so each
+    is counted as the level 1 bytes again (an upper bound)."""
+    total = 0
+    for o in after:
+        if before.get(o.key) == (o.size, o.etag):
+            continue
+        ltx = stream_base.stream_files(BOT, [o.key])
+        if ltx and ltx[0].level >= 1 and ltx[0].min_txid == 1:
+            continue
+        total += o.size * (3 if ltx and ltx[0].level == 1 else 1)
+    return total
+
+
+def hourly(tmp: Path, template: Path, *, stream: bool, chatty: bool) -> float:
+    """Bytes put in the store per hour by the default policy (every 15m, on change after 30 s of
+    quiet), with or without streaming, over WINDOW seconds of an idle or chatty bot."""
+    where = Path(tempfile.mkdtemp(dir=tmp))
+    store = {"url": f"file://{where / 'store'}"}
+    loaded = load(where, store, stream=stream, policy={})
+    svc = SnapshotService(loaded)
+    svc._boot_once(svc.state(BOT))
+    shutil.rmtree(svc.home(BOT))
+    shutil.copytree(template, svc.home(BOT), symlinks=True)
+    assert svc.snapshot(BOT)["result"] == "ok"  # the first snapshot is not what an hour costs
+    with contextlib.ExitStack() as stack:
+        if stream:
+            stack.enter_context(litestream(loaded))
+            wait_for(lambda: bool(snapshot_txids(svc)), 600)  # the first sync is not either,
+            wait_for(lambda: svc.may_stream(BOT), 60)
+            assert svc.snapshot(BOT)["result"] in {"ok", "unchanged"}  # nor the day's base
+        svc.start()
+        stack.callback(svc.shutdown, final_snapshots=False)
+        time.sleep(2)
+        before = {o.key: (o.size, o.etag) for o in svc.store.list(f"{BOT}/")}
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < WINDOW:
+            if chatty:
+                n += 1
+                turn(svc.home(BOT), n)
+            time.sleep(min(TURN_EVERY, WINDOW - (time.monotonic() - started)) if chatty else WINDOW)
+        after = svc.store.list(f"{BOT}/")
+    shutil.rmtree(where, ignore_errors=True)
+    return written(before, after) * 3600 / WINDOW
+
+
+def hourly_section(tmp: Path, template: Path, sizes: dict[str, int]) -> str:
+    rows = []
+    daily = sizes.get("snapshot9", 0) + sizes.get("base", 0)  # Litestream's own snapshot and its base, daily
+    for chatty in (False, True):
+        log(f"bytes per hour: {'chatty' if chatty else 'idle'} bot")
+        today = hourly(tmp, template, stream=False, chatty=chatty)
+        streaming = hourly(tmp, template, stream=True, chatty=chatty) + daily / 24
+        rows.append(
+            [
+                f"chatty (a turn every {TURN_EVERY:.0f} s)" if chatty else "idle",
+                f"{today / 2**20:.1f} MiB",
+                f"{streaming / 2**20:.1f} MiB",
+            ]
+        )
+    return table(["bot", "today (snapshots on change)", "streaming (+ daily snapshot and base / 24)"], rows)
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
         rpo, rpo_ok = rpo_section(tmp)
         with big_home(tmp) as template:
             size, boot, sizes = upload_and_restore(tmp, template)
+            hours = hourly_section(tmp, template, sizes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size_ok = size.ratio <= 0.2
@@ -281,8 +383,14 @@ def main() -> int:
     )
     if sizes.get("stream"):
         print(
-            f"\nThe stream of the databases after its first sync: {sizes['stream'] / 2**20:.1f} MiB in the store."
+            f"\nThe stream of the databases after its first sync: {sizes['stream'] / 2**20:.1f} MiB in the store;"
+            f" the base of state.db (at Litestream's snapshot, remade when Litestream makes a new one,"
+            f" daily): {sizes['base'] / 2**20:.1f} MiB."
         )
+    print(
+        f"\nBytes put in the store per hour, the {HOME_MB} MB agent home, default policy, {WINDOW:.0f} s measured:\n"
+    )
+    print(hours)
     return 0
 
 
