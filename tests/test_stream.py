@@ -427,3 +427,28 @@ def test_a_damaged_base_falls_back_to_the_plain_restore(
     assert "its base could not be used" in caplog.text
     assert "from a base: none" in caplog.text
     assert rows(db) == list(range(1, 9))
+
+
+@pytest.mark.integration
+def test_a_follow_litestream_refuses_says_why_at_once(tmp_path: Path) -> None:
+    loaded = load(tmp_path)
+    svc = SnapshotService(loaded)
+    svc._boot_once(svc.state("athena"))
+    db = svc.home("athena") / "state.db"
+    insert(db, range(1, 4))
+    with litestream(loaded, ["athena"]):
+        synced(loaded, db)
+        _newest_snapshot(tmp_path / "store", "athena", "state.db")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = stream_restore._write_restore_config(loaded.config, "athena", db.parent, ["state.db"], work)
+    out = work / "state.db"
+    argv = [litestream_executable(), "restore", "-config", str(config), "-no-expand-env"]
+    subprocess.run([*argv, "-o", str(out), str(db)], check=True, capture_output=True)
+    env = litestream_env(loaded.config.store, os.environ)
+    # Litestream 0.5.17 resumes only from a TXID no newer than its newest snapshot
+    started = time.monotonic()
+    why = stream_base.follow_to(argv, db, out, 0x50, 0x60, env)
+    assert why is not None and "cannot resume follow mode" in why, why
+    assert time.monotonic() - started < stream_base.STALL_S  # not mistaken for a stall
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("state.db")) == ["state.db"]

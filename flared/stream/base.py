@@ -175,15 +175,17 @@ def follow_to(
     marker = out.with_name(out.name + "-txid")
     marker.write_text(f"{start:016x}\n")
     cmd = [*argv, "-f", "-follow-interval", FOLLOW_INTERVAL, "-o", str(out), str(db)]
-    proc = subprocess.Popen(
-        cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = out.with_name(out.name + ".log")  # a file, not a pipe: a long follow logs a line per batch
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=fh, stderr=fh)
     reached, last, moved = start, start, time.monotonic()
     try:
         while reached < target:
             if proc.poll() is not None:
-                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
-                return f"litestream stopped following: {err.splitlines()[-1:] or proc.returncode}"
+                said = log.read_text(errors="replace").strip().splitlines()[-1:] or [
+                    f"exit {proc.returncode}"
+                ]
+                return f"litestream stopped following: {said[0][:300]}"
             with contextlib.suppress(OSError, ValueError):
                 reached = int(marker.read_text().strip() or "0", 16)
             if reached != last:
@@ -202,9 +204,8 @@ def follow_to(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
         marker.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
 
 
 def fetch_base(store: Store, key: str, dest: Path, work: Path) -> None:
