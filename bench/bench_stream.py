@@ -15,7 +15,14 @@ databases included: `snapshots.stream.enabled: false`):
   streaming <= 1/5 of today's.
 - **Cold-boot restore** of the same home from the file store into a wiped state dir (the
   snapshot service's boot path): today unsquashfs of everything; streaming unsquashfs of the
-  rest and `litestream restore` of each database. Target <= 1.5x today's.
+  rest and, beside it, each database from its base (made by the snapshot after Litestream's
+  first sync) plus the LTX files after it. Target <= 1.5x today's.
+- **Bytes put in the store per hour** by the default policy (every 15m, on change after 30 s
+  of quiet) for an idle bot and a chatty one (a turn every 40 s: two messages in `state.db`,
+  lines in a session file and the agent log), on the same home, over a measured window after
+  the first snapshot and first sync: new or rewritten objects. Streaming adds its daily costs
+  (Litestream's snapshot and the base) / 24; Litestream's level 2 and 3 compactions (every
+  5 min, 1 h) fall outside the window and are counted as its level 1 bytes each.
 """
 
 from __future__ import annotations
