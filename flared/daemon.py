@@ -42,6 +42,7 @@ from flared.control.auth import ProcessTree, parent_if_supervisord
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer, HTTPError, Request, Response, bind_tcp
 from flared.gateways import Gateways, failure_hint, gateway_error, readiness
+from flared.hangs import not_answering
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
 from flared.operator.audit import AuditLog, audit_path, tail
@@ -100,6 +101,7 @@ class Daemon:
             publish_socket(loaded.path, socket_path(loaded))
         self.watcher = watch_config(loaded.path, self.reloader.from_disk, self._stop)
         self.cron.start()
+        threading.Thread(target=self._probe_liveness, name="liveness", daemon=True).start()
         release_memory()
         trimmed = time.monotonic()
         while not self._stop.is_set():
@@ -214,6 +216,15 @@ class Daemon:
             self.supervisor.reset()
             log.exception("reconcile failed, will retry")
 
+    def _probe_liveness(self) -> None:
+        """Every ``liveness.every``: probe the ready gateways, restart the hung (read live: reloadable)."""
+        while not self._stop.wait(self.live.config.liveness.every):
+            try:
+                self.gateways.probe_liveness()
+            except Exception:
+                self.supervisor.reset()
+                log.exception("liveness probe failed, will retry")
+
     def _signal_stop(self, signum: int, _frame: Any) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         self.request_stop()
@@ -282,6 +293,8 @@ class Daemon:
             failure = gw.failure_of(bot.name)
             enabled = bot.name in here
             held = bot.name in gw.held
+            hang = gw.hangs.get(bot.name)
+            needed = cfg.liveness.failures
             ready, detail = readiness(
                 enabled=enabled,
                 phase=(snap or {}).get("phase"),
@@ -290,6 +303,8 @@ class Daemon:
                 proc=p,
                 liveness=hermes,
                 has_api=bot.api is not None,
+                not_answering=not_answering(hang, needed),
+                reviving=bot.name in gw.reviving,
             )
             if failure is not None:
                 state = "FAILED"
@@ -331,6 +346,10 @@ class Daemon:
                 "log": str(paths.gateway_log),
                 "failure": failure.as_dict(now) if failure is not None else None,
                 "hermes": hermes,
+                "liveness": {
+                    "probe": hang.as_dict(now, needed) if hang is not None and hang.failures else None,
+                    "restarts": _revived(gw.revived.get(bot.name), now),
+                },
             }
             if ready == "failed":
                 entry["hint"] = failure_hint(
@@ -370,6 +389,13 @@ class Daemon:
             out["config"]["last_reload"] = self.live.last_reload
         out["cron"] = _safe(self.cron.status, None)
         return out
+
+
+def _revived(rec: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """How often flared restarted a bot's gateway because it stopped answering, and the last time why."""
+    if not rec:
+        return None
+    return {"count": rec["count"], "last_s_ago": round(now - rec["at"], 1), "reason": rec["reason"]}
 
 
 def _audit(log_: AuditLog, actor: str, req: Request, resp: Response) -> None:

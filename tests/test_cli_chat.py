@@ -67,7 +67,8 @@ def test_json_and_session(served: tuple[Path, FakeLLM]) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"bot": "solo", "reply": "hello from solo", "session_id": "s-1"}
     assert fake.requests[-1].headers["X-Hermes-Session-Id"] == "s-1"
-    assert fake.requests[-1].body["stream"] is False
+    # streamed, then printed whole: --timeout bounds the silence between pieces, not the turn
+    assert fake.requests[-1].body["stream"] is True
 
 
 def test_each_chat_without_session_is_a_new_conversation(served: tuple[Path, FakeLLM]) -> None:

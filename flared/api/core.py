@@ -84,10 +84,9 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
             raise HTTPError(
                 409, f"bot {name!r} has no local API: add `api: {{port: 8642}}` to it in {live.loaded.path}"
             )
-        host = "127.0.0.1" if bot.api.host in ("0.0.0.0", "::", "") else bot.api.host
         return {
             "bot": name,
-            "url": f"http://{host}:{bot.api.port}/v1",
+            "url": f"http://{bot.api.dial_host}:{bot.api.port}/v1",
             "key": api_key(live.loaded.state_dir, bot),
             "model": bot.model.model or "hermes",
         }

@@ -178,6 +178,45 @@ class SnapshotsConfig(Model):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig, description="Optional encryption.")
 
 
+class LivenessConfig(Model):
+    """Probing each ready gateway, so one that stopped answering is restarted.
+
+    A stopped (SIGSTOP) or deadlocked gateway keeps its process: supervisord
+    says RUNNING and Hermes' own files still say running, so only a probe
+    notices.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Probe ready gateways and restart one that stopped answering."
+    )
+    every: Duration = Field(default=15.0, description="How often each ready gateway is probed.")
+    timeout: Duration = Field(
+        default=5.0, description="Deadline of one probe: `GET /health` on the bot's `api:` port."
+    )
+    failures: int = Field(
+        default=3, ge=1, description="Failed probes in a row after which flared restarts the gateway."
+    )
+    heartbeat_stale: Duration = Field(
+        default=120.0,
+        description="Hermes rewrites `state/gateway.heartbeat` every 30 s; a heartbeat older than this "
+        "fails the probe (the only probe of a bot without `api:`).",
+    )
+
+    @field_validator("every", "timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0s")
+        return v
+
+    @field_validator("heartbeat_stale")
+    @classmethod
+    def _beyond_hermes_interval(cls, v: float) -> float:
+        if v <= 30:
+            raise ValueError("must be more than 30s: Hermes rewrites its heartbeat every 30 s")
+        return v
+
+
 class RestoreConfig(Model):
     """What happens at boot before a bot's gateway starts."""
 
@@ -367,6 +406,11 @@ class ApiConfig(Model):
     key: SecretStr | None = secret(
         "Bearer key (16+ chars). When unset flared generates one and keeps it in the state dir."
     )
+
+    @property
+    def dial_host(self) -> str:
+        """Where a local client reaches it: loopback when it binds every address."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
 DEFAULT_TOOLSETS = ["terminal", "file", "memory", "skills", "cronjob", "web", "todo", "session_search"]
@@ -628,6 +672,9 @@ class HermesFlareConfig(Model):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Snapshot store.")
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, description="Snapshot policy.")
     restore: RestoreConfig = Field(default_factory=RestoreConfig, description="Restore policy.")
+    liveness: LivenessConfig = Field(
+        default_factory=LivenessConfig, description="Gateway liveness probe: restart a gateway that hangs."
+    )
     sandboxes: dict[str, SandboxProfile] = Field(
         default_factory=lambda: {"default": SandboxProfile()}, description="Named sandbox profiles."
     )
