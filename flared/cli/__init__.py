@@ -20,6 +20,7 @@ import sys
 from flared import __version__
 from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
+from flared.control.client import DaemonNotAnswering
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"flared {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except DaemonNotAnswering as exc:  # from any command that asked the daemon
+        print(f"flared {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
