@@ -312,6 +312,7 @@ class Captured:
     databases: list[str]
     left_out: list[tuple[str, str]]
     duplicates: bool  # two files share content: mksquashfs' duplicate check pays off
+    allocated_size: int = 0  # disk blocks the files take (a sparse file: far less than raw_size)
     hashed_bytes: int = 0  # what this scan read (0 when every hash came from the cache)
     backed_up: list[str] = field(default_factory=list)  # databases copied this time
 
@@ -510,6 +511,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
         digest=digest(entries),
         files=len(files),
         raw_size=sum(e.st.st_size for e in entries if e.kind == "f"),
+        allocated_size=sum(e.st.st_blocks * 512 for e in entries if e.kind == "f"),
         databases=databases,
         left_out=left_out,
         duplicates=len(sizes) < len(content_files),

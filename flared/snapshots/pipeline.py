@@ -260,6 +260,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             host=host(),
             parent=latest.id if latest else None,
             databases=captured.databases,
+            allocated_size=captured.allocated_size,
         )
         body = manifest.to_bytes()
         store.put_bytes(manifest_key(bot, sid), body)

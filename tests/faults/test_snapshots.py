@@ -163,7 +163,7 @@ def test_disk_full_during_restore_changes_nothing_and_never_falls_back(tmp_path:
         # the disk fills up during unsquashfs itself.
         key = manifest_key("athena", newest["id"])
         m = Manifest.from_bytes(svc.store.get_bytes(key)[0])
-        m.raw_size = 1
+        m.raw_size = m.allocated_size = 1
         svc.store.put_bytes(key, m.to_bytes())
     out = in_tmpfs(
         loaded.state_dir / "bots",
@@ -185,6 +185,34 @@ def test_disk_full_during_restore_changes_nothing_and_never_falls_back(tmp_path:
     assert out["kept"] == "newer than any snapshot\n"
     assert older["id"] != newest["id"]
     restorable(svc.store, tmp_path)
+
+
+RESTORE_SPARSE = (
+    CHILD_PRELUDE
+    + r"""
+cfg = sys.argv[1]
+svc = SnapshotService(load_config(cfg))
+res = svc.restore("athena")
+st = os.stat(svc.home("athena") / "sparse.bin")
+print(json.dumps({"res": res, "size": st.st_size, "allocated": st.st_blocks * 512}))
+"""
+)
+
+
+def test_a_sparse_file_is_counted_by_the_blocks_it_takes_not_its_size(tmp_path: Path) -> None:
+    """A 1.5 GiB sparse file takes no space, and unsquashfs writes it sparse again: a restore
+    onto a 16 MiB disk was refused ("needs about 1.5 GiB") although it fits."""
+    loaded = load(tmp_path)
+    svc = ready_service(loaded)
+    home = make_home(svc.home("athena"))
+    with open(home / "sparse.bin", "wb") as fh:
+        fh.truncate(1536 * 1024 * 1024)
+    taken = snap(svc)
+    manifest = Manifest.from_bytes(svc.store.get_bytes(manifest_key("athena", taken["id"]))[0])
+    assert manifest.raw_size > 1536 * 1024 * 1024 > 16 * 1024 * 1024 > (manifest.allocated_size or 0)
+    out = in_tmpfs(loaded.state_dir / "bots", "16m", RESTORE_SPARSE, str(loaded.path))
+    assert out["res"]["result"] == "restored" and out["res"]["id"] == taken["id"], out["res"]
+    assert out["size"] == 1536 * 1024 * 1024 and out["allocated"] < 1024 * 1024
 
 
 SNAPSHOT_ON_FULL_DISK = (
