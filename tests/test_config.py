@@ -51,7 +51,8 @@ def test_defaults_and_paths_resolve_relative_to_the_file(tmp_path: Path) -> None
     loaded = load_config(write(tmp_path, BASE), environ={})
     cfg = loaded.config
     assert cfg.state_dir == str(tmp_path / ".flare")
-    assert cfg.store.url == f"file://{tmp_path / '.flare' / 'store'}"
+    # beside the state dir, never in it: `make clean` deletes the state dir
+    assert cfg.store.url == f"file://{tmp_path / '.flare-store'}"
     assert cfg.snapshots.every == 900
     assert list(cfg.sandboxes) == ["default"]
     assert cfg.bots[0].sandbox == "default"

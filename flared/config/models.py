@@ -91,9 +91,11 @@ class StoreConfig(Model):
     """Where snapshots live: a local directory or an S3-compatible bucket (R2)."""
 
     url: str = Field(
-        default="file://./.flare/store",
-        description="`file://PATH` (relative to the config file) or `s3://BUCKET/PREFIX`.",
-        examples=["file://./.flare/store", "s3://hermes-flare-data/snapshots"],
+        default="file://./.flare-store",
+        description="`file://PATH` (relative to the config file) or `s3://BUCKET/PREFIX`. The local "
+        "default sits beside the state dir, not in it: deleting the state dir (`make clean`) keeps "
+        "every snapshot.",
+        examples=["file://./.flare-store", "s3://hermes-flare-data/snapshots"],
     )
     endpoint: str | None = Field(
         default=None,
@@ -120,7 +122,7 @@ class StoreConfig(Model):
         if v.startswith("s3://") and not v[5:].split("/")[0]:
             raise ValueError("s3:// url needs a bucket name, e.g. s3://hermes-flare-data/snapshots")
         if v == "file://":
-            raise ValueError("file:// url needs a path, e.g. file://./.flare/store")
+            raise ValueError("file:// url needs a path, e.g. file://./.flare-store")
         return v
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -710,3 +711,75 @@ def test_kill_9_of_the_whole_tree_under_wal_writes_loses_nothing_snapshotted(tmp
     committed_before = dict(published)[latest.id]
     assert len(rows) >= 2 * committed_before and len(rows) % 2 == 0  # whole transactions only
     assert rows[-1][1] == f"pair {len(rows) // 2}"
+
+
+# ---------------------------------------------------------------------- make clean
+
+
+def make_clean(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_clean_never_deletes_a_store_and_the_old_default_moves_out(tmp_path: Path) -> None:
+    """`make clean` deleted ./.flare and with it the default store file://./.flare/store:
+    every snapshot. The default is now ./.flare-store, beside the state dir; a store
+    left at the old default is kept by `make clean` and moved out at the next start."""
+
+    def write(store: str | None) -> Path:
+        data = config(tmp_path, [bot("athena")], state_dir="./.flare")
+        if store is None:
+            del data["store"]  # the embedded default
+        else:
+            data["store"] = {"url": store}
+        (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
+        return tmp_path / "hermes-flare.yaml"
+
+    def snapshot_now(cfg: Path) -> str:
+        make_home(tmp_path / ".flare" / "bots" / "athena" / "home")
+        out = run_cli("snapshot", "--bot", "athena", "--json", "-c", str(cfg), timeout=120)
+        assert out.returncode == 0, out.stderr
+        return str(json.loads(out.stdout)["results"][0]["id"])
+
+    def listed(cfg: Path) -> list[str]:
+        out = run_cli("snapshots", "--json", "-c", str(cfg), timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [s["id"] for s in json.loads(out.stdout)["snapshots"]]
+
+    # The default: beside the state dir; `make clean` removes the state dir only.
+    cfg = write(None)
+    first = snapshot_now(cfg)
+    assert (tmp_path / ".flare-store" / "athena" / "latest.json").is_file()
+    out = make_clean(tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert not (tmp_path / ".flare").exists()
+    assert listed(cfg) == [first]
+
+    # A store inside the state dir (what the old default made): kept, the rest goes.
+    shutil.rmtree(tmp_path / ".flare-store")
+    cfg = write("file://./.flare/store")
+    old = snapshot_now(cfg)
+    out = make_clean(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith(
+        "make clean: kept the snapshot store .flare/store (every other file in .flare"
+    )
+    assert sorted(p.name for p in (tmp_path / ".flare").iterdir()) == ["store"]
+    assert listed(cfg) == [old]
+
+    # Upgraded to the new default: the old store is moved (one rename), nothing lost.
+    cfg = write(None)
+    out = run_cli("snapshots", "-c", str(cfg), timeout=120)
+    assert out.returncode == 0 and old in out.stdout, out.stderr
+    assert (
+        f"moved the snapshot store from {tmp_path}/.flare/store (the old default, inside the state dir "
+        f"that `make clean` deletes) to {tmp_path}/.flare-store, the new default: every snapshot is kept"
+    ) in out.stderr
+    assert listed(cfg) == [old]
+    assert not (tmp_path / ".flare" / "store").exists()
+    assert (tmp_path / ".flare-store" / "athena" / "snapshots" / f"{old}.sqsh").is_file()
