@@ -45,6 +45,7 @@ from flared.gateways import Gateways, failure_hint, gateway_error, readiness
 from flared.hangs import not_answering
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
+from flared.liveness_probe import LivenessProbe
 from flared.operator.audit import AuditLog, audit_path, tail
 from flared.policy.cron import CronService
 from flared.policy.reload import Reloader
@@ -70,6 +71,7 @@ class Daemon:
         layout = Layout(loaded.state_dir)
         self.supervisor = SupervisorClient(supervisor_socket or layout.socket)
         self.gateways = Gateways(self.live, self.supervisor, layout, wake=self._wake.set)
+        self.liveness = LivenessProbe(self.gateways)
         self.snapshots = SnapshotService(loaded, self.gateways)
         self.leases = LeaseManager(loaded)
         self.cron = CronService(loaded, snapshots=self.snapshots, leases=self.leases, gateways=self.gateways)
@@ -220,7 +222,7 @@ class Daemon:
         """Every ``liveness.every``: probe the ready gateways, restart the hung (read live: reloadable)."""
         while not self._stop.wait(self.live.config.liveness.every):
             try:
-                self.gateways.probe_liveness()
+                self.liveness.probe()
             except Exception:
                 self.supervisor.reset()
                 log.exception("liveness probe failed, will retry")
@@ -293,8 +295,8 @@ class Daemon:
             failure = gw.failure_of(bot.name)
             enabled = bot.name in here
             held = bot.name in gw.held
-            hang = gw.hangs.get(bot.name)
             needed = cfg.liveness.failures
+            hang, reviving, probes = self.liveness.seen(bot.name, now, needed)
             ready, detail = readiness(
                 enabled=enabled,
                 phase=(snap or {}).get("phase"),
@@ -304,7 +306,7 @@ class Daemon:
                 liveness=hermes,
                 has_api=bot.api is not None,
                 not_answering=not_answering(hang, needed),
-                reviving=bot.name in gw.reviving,
+                reviving=reviving,
             )
             if failure is not None:
                 state = "FAILED"
@@ -346,10 +348,7 @@ class Daemon:
                 "log": str(paths.gateway_log),
                 "failure": failure.as_dict(now) if failure is not None else None,
                 "hermes": hermes,
-                "liveness": {
-                    "probe": hang.as_dict(now, needed) if hang is not None and hang.failures else None,
-                    "restarts": _revived(gw.revived.get(bot.name), now),
-                },
+                "liveness": probes,
             }
             if ready == "failed":
                 entry["hint"] = failure_hint(
@@ -389,13 +388,6 @@ class Daemon:
             out["config"]["last_reload"] = self.live.last_reload
         out["cron"] = _safe(self.cron.status, None)
         return out
-
-
-def _revived(rec: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
-    """How often flared restarted a bot's gateway because it stopped answering, and the last time why."""
-    if not rec:
-        return None
-    return {"count": rec["count"], "last_s_ago": round(now - rec["at"], 1), "reason": rec["reason"]}
 
 
 def _audit(log_: AuditLog, actor: str, req: Request, resp: Response) -> None:

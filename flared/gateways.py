@@ -39,9 +39,8 @@ from typing import Any
 
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
-from flared.hangs import HangWatch, assess, probe_error
 from flared.hermes.home import gateway_program, render_home
-from flared.hermes.liveness import gateway_liveness, health_error, startup_failed_at
+from flared.hermes.liveness import startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -295,9 +294,6 @@ class Gateways:
         self._pids: dict[str, int] = {}
         self._render_cache: dict[str, tuple[Any, str]] = {}
         self._observed: list[dict[str, Any]] = []
-        self.hangs: dict[str, HangWatch] = {}  # per bot: its gateway's recent liveness probes
-        self.revived: dict[str, dict[str, Any]] = {}  # per bot: restarts because it stopped answering
-        self.reviving: set[str] = set()  # bots whose hung gateway is being restarted now
 
     def enabled_bots(self) -> list[BotConfig]:
         """Enabled bots of this container's group (``$FLARE_GROUP`` on Cloudflare)."""
@@ -328,8 +324,19 @@ class Gateways:
                 log.info("bot %s: restarting its failed gateway on request", bot)
                 self.reconcile()
                 return
+        self.bounce(name)
+
+    def bounce(self, name: str, *, wait: bool = True) -> None:
+        """Stop and start a program through supervisord, a stopped (SIGSTOP) one too.
+
+        SIGCONT first, so a stopped process can take supervisord's SIGINT and
+        shut down cleanly; one that still does not exit gets SIGKILL (its whole
+        process group) after ``stopwaitsecs``, supervisord's own escalation.
+        """
+        with contextlib.suppress(xmlrpc.client.Fault):  # not running (any more): nothing to resume
+            self.supervisor.signal(name, "CONT")
         self.supervisor.stop(name)
-        self.supervisor.start(name)
+        self.supervisor.start(name, wait=wait)
 
     def mark_ready(self, bot: str) -> None:
         """The bot's state is in place: its gateway may start."""
@@ -510,110 +517,9 @@ class Gateways:
     def failure_of(self, bot: str) -> Failure | None:
         return self.failures.get(bot)
 
-    # ------------------------------------------------------------------ liveness
-
-    def probe_liveness(self) -> None:
-        """Probe every ready gateway once (in parallel) and restart those that stopped answering.
-
-        Only a run that Hermes itself reported up is probed: a gateway still
-        starting, failed or held is judged by the reconcile. The decision is
-        :func:`flared.hangs.assess`; the probes run outside the lock, so a hung
-        gateway never stalls the reconcile.
-        """
-        policy = self.live.config.liveness
-        if not policy.enabled:
-            self.hangs.clear()
-            return
-        procs = {str(p["name"]): p for p in self._observed}
-        targets: list[tuple[BotConfig, int, dict[str, Any]]] = []
-        with self.lock:
-            for bot in self.enabled_bots():
-                p = procs.get(program_name(bot.name))
-                skip = bot.name not in self.ready or bot.name in self.held or bot.name in self.failures
-                if skip or bot.name in self.reviving or not p or p.get("statename") != "RUNNING":
-                    self.hangs.pop(bot.name, None)
-                    continue
-                seen = gateway_liveness(BotPaths.of(self.live.config.state_dir, bot.name).home)
-                pid = int(p.get("pid") or 0)
-                if seen.get("pid") != pid or seen.get("gateway_state") not in {"running", "degraded"}:
-                    continue  # not up yet: start-up has its own checks
-                targets.append((bot, pid, seen))
-        results: dict[str, str | None] = {}
-
-        def probe(bot: BotConfig, seen: dict[str, Any]) -> None:
-            health = health_error(bot.api.dial_host, bot.api.port, policy.timeout) if bot.api else None
-            age = seen.get("heartbeat_age_s") if seen.get("heartbeat_pid") == seen.get("pid") else None
-            results[bot.name] = probe_error(
-                health=health, heartbeat_age=age, heartbeat_stale=policy.heartbeat_stale
-            )
-
-        threads = [threading.Thread(target=probe, args=(b, seen), daemon=True) for b, _, seen in targets]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        now = time.time()
-        with self.lock:
-            for bot, pid, _ in targets:
-                watch, restart = assess(
-                    self.hangs.get(bot.name, HangWatch()),
-                    pid,
-                    results.get(bot.name),
-                    now=now,
-                    needed=policy.failures,
-                )
-                self.hangs[bot.name] = watch
-                if watch.failures and not restart:
-                    log.warning(
-                        "bot %s: gateway (pid %d) did not answer: %s (%d of %d failed probes before a restart)",
-                        bot.name,
-                        pid,
-                        watch.error,
-                        watch.failures,
-                        policy.failures,
-                    )
-                if restart:
-                    self.reviving.add(bot.name)
-                    threading.Thread(target=self._revive, args=(bot.name, pid, watch), daemon=True).start()
-
-    def _revive(self, bot: str, pid: int, watch: HangWatch) -> None:
-        """Restart a gateway that stopped answering, through supervisord.
-
-        SIGCONT first, so a stopped process can take supervisord's SIGINT and
-        shut down cleanly; one that still does not exit gets SIGKILL (its whole
-        process group) after ``stopwaitsecs``, supervisord's own escalation.
-        """
-        name = program_name(bot)
-        log.error(
-            "bot %s: gateway (pid %d) stopped answering: %s (%d failed probes in a row over %.0f s); "
-            "restarting it",
-            bot,
-            pid,
-            watch.error,
-            watch.failures,
-            time.time() - (watch.since or time.time()),
-        )
-        try:
-            with contextlib.suppress(xmlrpc.client.Fault):  # it may have exited meanwhile
-                self.supervisor.signal(name, "CONT")
-            self.supervisor.stop(name)
-            self.supervisor.start(name, wait=False)
-        except (OSError, xmlrpc.client.Fault, http.client.HTTPException) as exc:
-            self.supervisor.reset()
-            log.error("bot %s: restarting its hung gateway failed: %s (the next probe tries again)", bot, exc)
-        else:
-            prev = self.revived.get(bot, {})
-            self.revived[bot] = {
-                "count": int(prev.get("count", 0)) + 1,
-                "at": time.time(),
-                "reason": watch.error,
-                "pid": pid,
-            }
-        finally:
-            with self.lock:
-                self.reviving.discard(bot)
-                self.hangs.pop(bot, None)
-            self.wake()
+    def running_programs(self) -> dict[str, dict[str, Any]]:
+        """supervisord's process info per program, as the last reconcile read it."""
+        return {str(p["name"]): p for p in self._observed}
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:
