@@ -140,3 +140,26 @@ def test_bot_choice_errors(tmp_path: Path) -> None:
     down = run_cli("chat", "-c", str(cfg), "--bot", "a", "hi")
     assert down.returncode == 1 and "is not answering" in down.stderr
     assert all("Traceback" not in r.stderr for r in (several, no_api, unknown, down))
+
+
+def test_a_bot_that_does_not_answer_in_time_is_named(served: tuple[Path, FakeLLM]) -> None:
+    import time
+
+    cfg, fake = served
+
+    def late(_req: Any) -> llm.Reply:
+        time.sleep(3)
+        return llm.Reply(text="too late")
+
+    fake.script(llm.Reply(build=late, when=lambda r: True))
+    out = run_cli("chat", "-c", str(cfg), "--timeout", "1", "hi")
+    assert out.returncode == 1
+    assert out.stderr.startswith("flared chat: bot 'solo' did not answer within 1 s (--timeout)\n"), (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_the_default_timeout_is_three_missed_keepalives() -> None:
+    out = run_cli("chat", "--help")
+    assert "keepalive every 30 s while it works; default 90)" in " ".join(out.stdout.split())
