@@ -237,3 +237,18 @@ def test_merge_keys_keep_yaml_precedence_and_are_not_duplicates(tmp_path: Path) 
     assert loc.duplicates == []
     twice = yamlpos.load("bots: []\nbots: []\n")
     assert [p for p, _ in twice.duplicates] == [("bots",)]
+
+
+def test_liveness_probe_settings_are_checked_with_their_place(tmp_path: Path) -> None:
+    text = "liveness: {every: 0s, heartbeat_stale: 20s, failures: 0}\n" + BASE
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    found = {i.path: (i.line, i.message) for i in info.value.issues}
+    assert found["liveness.every"] == (1, "must be more than 0s")
+    assert (
+        found["liveness.heartbeat_stale"][1]
+        == "must be more than 30s: Hermes rewrites its heartbeat every 30 s"
+    )
+    assert "liveness.failures" in found
+    ok = load_config(write(tmp_path, "liveness: {every: 1s, failures: 2}\n" + BASE), environ={}).config
+    assert (ok.liveness.every, ok.liveness.timeout, ok.liveness.failures) == (1.0, 5.0, 2)
