@@ -56,8 +56,23 @@ def link_of(flare: FlareUp) -> str:
 
 def test_the_admin_page_shows_and_steers_a_running_flared(tmp_path: Path, browser: Any) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with FlareUp(tmp_path, [bot("hermes")]) as flare:
+    agent_job = {  # one the agent made itself in chat (Hermes' cronjob tool)
+        "id": "a1b2c3",
+        "name": "morning digest",
+        "prompt": "summarise",
+        "schedule": {"kind": "interval", "minutes": 1440, "display": "every 1440m"},
+        "schedule_display": "every 1440m",
+        "enabled": True,
+        "state": "scheduled",
+        "next_run_at": "2099-01-01T09:00:00+00:00",
+        "enabled_toolsets": ["browser"],
+    }
+    prune = {"name": "nightly-prune", "schedule": "0 3 * * *", "action": "prune"}
+    with FlareUp(tmp_path, [bot("hermes")], cron=[prune]) as flare:
         flare.wait_running("hermes")
+        jobs_file = flare.state_dir / "bots" / "hermes" / "home" / "cron" / "jobs.json"
+        jobs_file.parent.mkdir(parents=True, exist_ok=True)
+        jobs_file.write_text(json.dumps({"jobs": [agent_job]}))
         link = link_of(flare)
         base = link.split("#", 1)[0]
 
@@ -93,6 +108,14 @@ def test_the_admin_page_shows_and_steers_a_running_flared(tmp_path: Path, browse
         card.locator('[data-testid="readiness"]', has_text="ready").wait_for(timeout=60_000)
         assert "#token=" not in page.url  # the one-time token left the address bar
         assert page.evaluate("sessionStorage.length") == 1
+
+        # Cron: the YAML's jobs and the one the agent made itself (issue 20 item 1).
+        cron = page.locator("#cron tbody")
+        cron.locator("tr", has_text="nightly-prune").wait_for(timeout=10_000)
+        own = cron.locator("tr", has_text="morning digest")
+        assert "agent's own" in own.inner_text() and "every 1440m" in own.inner_text()
+        assert "browser" in own.inner_text()  # the toolsets it asked for and does not get
+        assert "prune (YAML)" in cron.locator("tr", has_text="nightly-prune").inner_text()
 
         # The link is spent: a second browser cannot use it.
         other = browser.new_page()

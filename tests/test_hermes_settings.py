@@ -28,6 +28,7 @@ import gateway.run as run                      # loads $HERMES_HOME/.env like th
 from gateway.config import Platform, load_gateway_config
 from hermes_cli.config import load_config
 from hermes_cli.tools_config import _get_platform_tools
+from hermes_cli.platforms import PLATFORMS
 from agent.auxiliary_client import _apply_user_default_headers
 
 out = {}
@@ -49,7 +50,7 @@ if slack is not None:
         "dm_behavior": gw.get_unauthorized_dm_behavior(Platform.SLACK),
     }
 cfg = load_config()
-out["tools"] = {p: sorted(_get_platform_tools(cfg, p)) for p in ("slack", "api_server")}
+out["tools"] = {p: sorted(_get_platform_tools(cfg, p)) for p in PLATFORMS}
 out["env"] = {k: os.environ.get(k) for k in (
     "SLACK_ALLOWED_USERS", "SLACK_ALLOWED_CHANNELS", "FLARE_SLACK_API_URL", "FLARE_MODEL_HEADERS")}
 print(json.dumps(out))
@@ -199,9 +200,16 @@ def test_custom_model_and_slack(probed: dict[str, dict[str, Any]]) -> None:
     assert r["env"]["SLACK_ALLOWED_USERS"] == "U01ABC2DEF3"
     assert r["env"]["SLACK_ALLOWED_CHANNELS"] == "C0123ABCD"
     assert r["env"]["FLARE_SLACK_API_URL"] == "http://127.0.0.1:1/api/"
-    for platform in ("slack", "api_server"):
-        assert {"terminal", "file", "memory"} <= set(r["tools"][platform])
-        assert "web" not in r["tools"][platform]
+    # Every platform Hermes knows gets the bot's toolsets: cron (issue 20 item 1) and the CLI too.
+    assert {"slack", "api_server", "cron", "cli"} <= set(r["tools"])
+    # kanban: Hermes adds it to every platform (not configurable); its tools exist only in a kanban worker.
+    for platform in ("slack", "api_server", "cron", "cli"):
+        assert set(r["tools"][platform]) - {"kanban"} == {"terminal", "file", "memory"}, platform
+    for platform, tools in r["tools"].items():  # others add only their own native tools (feishu_doc...)
+        assert {"terminal", "file", "memory"} <= set(tools), platform
+        assert not set(tools) & {"web", "browser", "code_execution", "delegation", "skills", "cronjob"}, (
+            platform
+        )
 
 
 @pytest.mark.integration

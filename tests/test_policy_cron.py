@@ -337,6 +337,10 @@ def test_agent_jobs_are_reconciled_and_chat_jobs_left_alone(tmp_path: Path) -> N
     assert st["brief"]["synced"] and st["brief"]["hermes_id"] == jobs["brief"]["id"]
     assert st["brief"]["next_run"] == jobs["brief"]["next_run_at"]
     assert "minute granularity" in st["bad"]["error"] and not st["bad"]["synced"]
+    # the agent's own job (made in chat) is listed too, never taken for a YAML one
+    assert st["mine"]["source"] == "hermes" and st["brief"]["source"] == "yaml"
+    assert st["mine"]["bot"] == "a" and st["mine"]["hermes_id"] == jobs["mine"]["id"]
+    assert st["mine"]["schedule"] == "every 180m" and st["mine"]["next_run"] == jobs["mine"]["next_run_at"]
 
     # in step: a second check reads jobs.json and runs nothing
     synced_at = svc.agent["a"].synced_at

@@ -373,3 +373,51 @@ def test_destroy_removes_files_even_if_locked_down(box: Box) -> None:
     box.provider.destroy(lease_id, {})
     assert not base.exists()
     assert lease_id not in box.provider.existing("fl-")
+
+
+# ---------------------------------------------------------------- where leases live
+
+
+def test_leases_live_outside_the_state_dir_and_old_ones_there_go(tmp_path: Path) -> None:
+    """Issue 20 item 2: under /var/tmp, named by a hash; an older flared's lease dirs in the state dir are removed."""
+    from flared.sandboxes.providers import make_provider
+
+    state = tmp_path / "state"
+    old = state / "sandboxes" / "local" / "leases" / "fl-default-old"
+    (old / "work").mkdir(parents=True)
+    (old / "work" / "f").write_text("scratch")
+    provider = make_provider(SandboxProfile(), state)
+    root = sandbox_root(state)
+    assert provider.root == root  # type: ignore[attr-defined]
+    assert root.parent.parent == Path("/var/tmp") and str(tmp_path) not in str(root)
+    assert not (state / "sandboxes" / "local").exists()
+    assert (root / "etc" / "passwd").is_file()
+
+
+@pytest.mark.parametrize("squat", ["other owner", "writable by all", "link"])
+def test_a_shared_dir_made_by_someone_else_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, squat: str
+) -> None:
+    """/var/tmp is everyone's: a flared-sandboxes dir (or link) put there first is not used."""
+    from flared.sandboxes.providers import local
+    from flared.sandboxes.types import SandboxError
+
+    monkeypatch.setattr(local, "SANDBOXES_HOME", tmp_path)
+    state = tmp_path / "state"
+    shared = sandbox_root(state).parent
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    if squat == "link":
+        shared.symlink_to(target)
+    else:
+        shared.mkdir(mode=0o755)
+        if squat == "writable by all":
+            shared.chmod(0o777)
+        elif os.geteuid() == 0:
+            os.chown(shared, 65534, 65534)
+        else:
+            pytest.skip("needs root to make a directory of another owner")
+    with pytest.raises(SandboxError, match="is not flared's own") as err:
+        LocalProvider(sandbox_root(state))
+    assert "remove it" in str(err.value)
+    assert list(target.iterdir()) == [] and not any(shared.iterdir())

@@ -192,6 +192,17 @@ def test_the_cache_reads_only_what_changed_and_backs_up_no_unchanged_database(tm
     assert changed.backed_up == ["state.db"] and changed.digest != first.digest
 
 
+def test_a_database_that_cannot_be_copied_fails_and_is_never_packed_raw(tmp_path: Path) -> None:
+    """Any SQLite error used to mean "not a database, pack it as a file"."""
+    home = make_home(tmp_path / "home")
+    (home / "broken.db").write_bytes(cap.SQLITE_HEADER + os.urandom(8192))
+    with pytest.raises(cap.DatabaseCopyFailed, match=r"broken\.db could not be copied consistently"):
+        scan(home)
+    (home / "broken.db").write_bytes(b"not SQLite at all" + os.urandom(100))
+    got = scan(home)  # a file that is not SQLite by its header is a file
+    assert "broken.db" in names(got) and got.databases == ["state.db"]
+
+
 def test_reading_a_closed_wal_database_leaves_no_side_files(tmp_path: Path) -> None:
     """SQLite's read-only backup left -wal/-shm behind, which changed the fingerprint."""
     home = make_home(tmp_path / "home")

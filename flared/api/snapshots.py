@@ -120,7 +120,13 @@ def register(router: Router, snapshots: SnapshotService, gateways: Gateways) -> 
             rec = board.start(b, "snapshot")
             r: dict[str, Any] = {"result": "failed"}
             try:
-                r = snapshots.snapshot(b, "manual", takeover=bool(body.get("takeover")), progress=rec)
+                r = snapshots.snapshot(
+                    b,
+                    "manual",
+                    takeover=bool(body.get("takeover")),
+                    accept_shrink=bool(body.get("accept_shrink")),
+                    progress=rec,
+                )
             finally:
                 rec.finish(str(r.get("result")))
             results.append(r)

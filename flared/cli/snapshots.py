@@ -53,6 +53,12 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="claim a fenced bot: overwrite latest.json although another writer moved it",
     )
+    p.add_argument(
+        "--accept-shrink",
+        action="store_true",
+        help="publish the home although it lost most of what the last snapshot held (a database "
+        "gone, or under a quarter of its content): when that loss is meant; see docs/snapshots.md",
+    )
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser(
@@ -217,7 +223,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             remote,
             "POST",
             "/snapshots",
-            {"bot": args.bot, "takeover": args.takeover},
+            {"bot": args.bot, "takeover": args.takeover, "accept_shrink": args.accept_shrink},
             bot=args.bot,
             label="snapshot",
         )
@@ -243,7 +249,11 @@ def _snapshot_offline(
             continue
         st.phase = "ready"
         with transfer_progress(args, f"{bot}: uploading") as progress:
-            results.append(svc.snapshot(bot, "manual", takeover=args.takeover, progress=progress))
+            results.append(
+                svc.snapshot(
+                    bot, "manual", takeover=args.takeover, accept_shrink=args.accept_shrink, progress=progress
+                )
+            )
     return results
 
 

@@ -274,11 +274,11 @@ def _bot_notes(out: Out, b: dict[str, Any], snap: dict[str, Any]) -> list[str]:
     line = restore_line(snap.get("restore"))
     if line:
         notes.append(line)
-    for key in ("fenced", "gate"):
+    for key in ("fenced", "gate", "shrunk"):
         if snap.get(key):
             notes.append(out.style(f"snapshots: {snap[key]}", "yellow"))
     last = snap.get("last") or {}
-    if last.get("result") == "failed" and last.get("reason"):
+    if last.get("result") == "failed" and last.get("reason") and last["reason"] != snap.get("shrunk"):
         notes.append(out.style(f"last snapshot failed: {last['reason']}", "yellow"))
     return notes
 
@@ -323,6 +323,8 @@ def render_cron(out: Out, cron: dict[str, Any]) -> None:
         if not j.get("enabled", True):
             note = "disabled"
         kind = j["kind"] if j["kind"] == "agent" else str(j.get("action"))
+        if j.get("source") == "hermes":
+            kind = "agent's own"  # made in chat with the cronjob tool, not in the YAML
         rows.append(
             [
                 j["name"],

@@ -19,7 +19,11 @@ Two rules shape it:
     reply, since flared's allow-list is the YAML.
   * Hermes has no Slack API URL setting: ``FLARE_SLACK_API_URL`` is read by
     the ``flare`` plugin (:mod:`flared.plugin.slack`).
-  * Slack gets no tools unless ``platform_toolsets.slack`` lists them.
+  * Slack gets no tools unless ``platform_toolsets.slack`` lists them. A
+    platform with no ``platform_toolsets`` entry gets Hermes' full default
+    set, so the bot's toolsets are rendered for every platform Hermes knows
+    (its own registry), ``cron`` and ``cli`` included; a cron job's own
+    ``enabled_toolsets`` is held to them by :mod:`flared.plugin.cron`.
   * ``provider: anthropic`` ignores ``model.base_url`` unless the URL looks
     like an Anthropic endpoint, but honours ``ANTHROPIC_BASE_URL`` for any
     URL, so a base URL is always also given as ``ANTHROPIC_BASE_URL``.
@@ -52,8 +56,6 @@ AI_GATEWAY_SEGMENT = {
     "custom": "compat",
 }
 
-#: Platforms whose toolsets follow ``bots[].toolsets``.
-TOOLSET_PLATFORMS = ("slack", "api_server")
 
 MODEL_KEY_VAR = "FLARE_MODEL_API_KEY"
 AIG_TOKEN_VAR = "FLARE_AIG_TOKEN"
@@ -148,8 +150,15 @@ def render_slack(bot: BotConfig) -> tuple[dict[str, Any], dict[str, str]]:
     return {"slack": block}, env
 
 
+def toolset_platforms() -> tuple[str, ...]:
+    """Every platform Hermes resolves ``platform_toolsets`` for (Slack, the API, cron, the CLI...)."""
+    from hermes_cli.platforms import PLATFORMS  # a plain table, no import-time side effects
+
+    return tuple(PLATFORMS)
+
+
 def render_toolsets(bot: BotConfig) -> dict[str, Any]:
-    return {"platform_toolsets": {p: list(bot.toolsets) for p in TOOLSET_PLATFORMS}}
+    return {"platform_toolsets": {p: list(bot.toolsets) for p in toolset_platforms()}}
 
 
 def render_bot_settings(bot: BotConfig, state_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -9,7 +9,9 @@ in its own module with an ``install(ctx)`` function:
 - :mod:`flared.plugin.slack`: applies ``slack.api_url`` to the Slack SDK;
 - :mod:`flared.plugin.strangers`: a Slack user not in ``allowed_users`` sees
   no sign of work (no reaction, status or title);
-- :mod:`flared.plugin.model`: model-provider headers the YAML asks for.
+- :mod:`flared.plugin.model`: model-provider headers the YAML asks for;
+- :mod:`flared.plugin.cron`: a cron job's own ``enabled_toolsets`` may narrow
+  the bot's toolsets, never widen them.
 
 Everything here runs inside a gateway process, with that bot's rights only:
 it may import nothing of flared's but :mod:`flared.control.tokens`, and
@@ -21,11 +23,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flared.plugin import model, slack, strangers, terminal
+from flared.plugin import cron, model, slack, strangers, terminal
 
 log = logging.getLogger("flared.plugin")
 
-FEATURES = {"terminal": terminal, "slack": slack, "strangers": strangers, "model": model}
+# cron first: a feature that fails to install stops the ones after it, and this one guards tools.
+FEATURES = {"cron": cron, "terminal": terminal, "slack": slack, "strangers": strangers, "model": model}
 REGISTERED: dict[str, Any] = {}
 
 

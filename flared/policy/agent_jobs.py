@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from flared.config import handoff
 from flared.config.loader import LoadedConfig
-from flared.config.models import CronJob
+from flared.config.models import BotConfig, CronJob
 from flared.config.redact import redact_text
 from flared.hermes.cron_store import MARK, is_ours, schedule_key
 from flared.hermes.paths import BotPaths
@@ -156,6 +156,16 @@ class AgentJobs:
             log.error("cron: bot %s: agent job %s: %s", bot, name, err)
         return st
 
+    def own_jobs(self) -> list[dict[str, Any]]:
+        """The jobs each enabled bot's agent made itself, read from its ``cron/jobs.json``."""
+        out: list[dict[str, Any]] = []
+        for bot in self.loaded.config.bots:
+            if not bot.enabled:
+                continue
+            jobs = read_jobs(BotPaths.of(self.loaded.state_dir, bot.name).home / "cron" / "jobs.json")
+            out += [own_entry(bot, j) for j in jobs or () if not is_ours(j)]
+        return out
+
     def entry(self, job: CronJob, now: float) -> dict[str, Any]:
         assert job.bot is not None
         st = self.bots.get(job.bot)
@@ -185,18 +195,26 @@ class AgentJobs:
         return out
 
 
-def _needs_sync(jobs_file: Path, desired: list[dict[str, Any]]) -> bool:
-    """Cheap read-only check (Hermes writes jobs.json atomically): do flared's jobs match?"""
+def read_jobs(jobs_file: Path) -> list[dict[str, Any]] | None:
+    """Hermes' ``cron/jobs.json``, read only (Hermes writes it atomically): [] when absent, None when unreadable."""
     try:
         data = json.loads(jobs_file.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        return bool(desired)
+        return []
     except (OSError, ValueError):
-        return True
+        return None
     jobs = data.get("jobs", []) if isinstance(data, dict) else data
     if not isinstance(jobs, list):
+        return None
+    return [j for j in jobs if isinstance(j, dict)]
+
+
+def _needs_sync(jobs_file: Path, desired: list[dict[str, Any]]) -> bool:
+    """Cheap read-only check: do flared's jobs in the bot's store match the YAML's?"""
+    jobs = read_jobs(jobs_file)
+    if jobs is None:
         return True
-    ours = {j[MARK]["name"]: j for j in jobs if isinstance(j, dict) and is_ours(j)}
+    ours = {j[MARK]["name"]: j for j in jobs if is_ours(j)}
     if set(ours) != {d["name"] for d in desired}:
         return True
     for d in desired:
@@ -210,6 +228,35 @@ def _needs_sync(jobs_file: Path, desired: list[dict[str, Any]]) -> bool:
         if schedule_key(j.get("schedule")) != _hermes_key(d["schedule"]):
             return True
     return False
+
+
+def own_entry(bot: BotConfig, job: dict[str, Any]) -> dict[str, Any]:
+    """A job the agent made itself (in chat, with its ``cronjob`` tool), as ``flared status`` lists it."""
+    raw = job.get("schedule")
+    schedule: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    asked = [str(t) for t in job.get("enabled_toolsets") or []]
+    beyond = sorted(set(asked) - set(bot.toolsets))
+    out: dict[str, Any] = {
+        "name": str(job.get("name") or job.get("id") or "?"),
+        "kind": "agent",
+        "source": "hermes",
+        "schedule": str(
+            job.get("schedule_display") or schedule.get("display") or schedule.get("expr") or "?"
+        ),
+        "timezone": None,
+        "enabled": bool(job.get("enabled", True)),
+        "bot": bot.name,
+        "hermes_id": job.get("id"),
+        "next_run": job.get("next_run_at"),
+        "last_run": job.get("last_run_at"),
+        "last_result": job.get("last_status"),
+        "last_error": job.get("last_error"),
+        "toolsets": asked or None,
+        "note": "made by the agent (not in hermes-flare.yaml)",
+    }
+    if beyond:
+        out["warning"] = f"asks for toolsets the bot does not have ({', '.join(beyond)}): they are not given"
+    return out
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:

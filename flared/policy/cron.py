@@ -139,7 +139,9 @@ class CronService:
                 "timezone": job.timezone,
                 "enabled": job.enabled,
                 "bot": job.bot,
+                "source": "yaml",
             }
             entry.update(self.agents.entry(job, now) if is_agent(job) else self.system.entry(job, now))
             jobs.append(entry)
+        jobs += self.agents.own_jobs()
         return {"last_tick": iso(self.system.last_tick), "jobs": jobs}

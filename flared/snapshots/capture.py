@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from flared.config.units import human_bytes
 from flared.snapshots.hashcache import DbCopy, HashCache, db_key, settled, stat_key
 
 log = logging.getLogger("flared.snapshots")
@@ -345,6 +346,57 @@ def backup_sqlite(src: Path, dest: Path) -> None:
             os.unlink(f"{dest}{side}")
 
 
+class DatabaseCopyFailed(Exception):
+    """A file with SQLite's header could not be copied consistently: the snapshot must fail.
+
+    Packing its main file instead would drop what its WAL holds (the newest turns) and
+    publish that as `latest`. `needed`/`free`: bytes the copy takes at most, and what its
+    directory has free (for a full disk).
+    """
+
+    def __init__(self, message: str, *, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+
+
+def free_bytes(path: Path) -> int:
+    """What an unprivileged writer may still put at `path` (or the nearest existing parent)."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.statvfs(p)
+            return st.f_bavail * st.f_frsize
+    return 0
+
+
+def _copy_failed(rel: str, exc: sqlite3.Error, needed: int, where: Path) -> DatabaseCopyFailed:
+    free = free_bytes(where)
+    text = (
+        f"{rel} could not be copied consistently ({exc}); the snapshot is not published, latest is unchanged"
+    )
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or free < needed:
+        text += (
+            f": the copy needs {human_bytes(needed)} in {where}, {human_bytes(free)} is free "
+            "there; free some space and the next snapshot takes it"
+        )
+    return DatabaseCopyFailed(text, needed=needed, free=free)
+
+
+def _copy_size(src: Path) -> int | None:
+    """How big a consistent copy of `src` is: its pages as of now, the WAL's included (the
+    WAL file itself can be many times that). None when SQLite cannot say."""
+    try:
+        db = sqlite3.connect(f"file:{src}?mode=rw", uri=True, timeout=5)
+        try:
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            (size,) = db.execute("PRAGMA page_size").fetchone()
+            return int(pages) * int(size)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
 def db_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -362,7 +414,8 @@ def _copy_database(
 ) -> tuple[DbCopy | None, bool]:
     """A consistent copy of one database and whether it was made now (False: reused).
 
-    (None, False) when the file is not a readable database after all.
+    (None, False) when the file is no longer a database (replaced since the walk); any other
+    failure raises :class:`DatabaseCopyFailed`: never a database packed without its WAL.
     """
     wal = walked.side.get(f"{rel}-wal")
     reusable = settled(st, walked.started_ns, RACY_WINDOW_NS) and (
@@ -379,11 +432,14 @@ def _copy_database(
         tmp.unlink()
     try:
         backup_sqlite(home / rel, tmp)
-    except sqlite3.DatabaseError as exc:
-        log.warning("%s: not a readable SQLite database (%s); packing it as a file", rel, exc)
+    except sqlite3.Error as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        return None, False
+        if not is_sqlite(home / rel):  # replaced or removed since the walk: it is no database now
+            log.warning("%s: no longer a SQLite database (%s); packing it as a file", rel, exc)
+            return None, False
+        needed = _copy_size(home / rel) or st.st_size + (wal.st_size if wal is not None else 0)
+        raise _copy_failed(rel, exc, needed, tmp.parent) from None
     os.chmod(tmp, stat.S_IMODE(st.st_mode))
     with contextlib.suppress(PermissionError):
         os.chown(tmp, st.st_uid, st.st_gid)
@@ -410,6 +466,8 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
     backed_up: list[str] = []
     left_out = list(walked.left_out)
     hashed = 0
+    raw_size = 0  # what the snapshot holds: a database by its copy (its WAL's content included)
+    allocated_size = 0  # the disk blocks that takes: a sparse file far less than its size
     copies: set[str] = set()
 
     home_s = str(home)
@@ -497,6 +555,9 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             left_out.append((rel, f"it has the content of {secret_shas[sha]}"))
             continue
         entries.append(Entry(rel, "f", st, sha256=sha, source=source, database=db is not None))
+        size = db_size(Path(source)) if db is not None else st.st_size
+        raw_size += size
+        allocated_size += size if db is not None else st.st_blocks * 512  # a copy is dense
 
     for rel, why in left_out:
         log.warning("snapshot leaves out %s: %s", rel, why)
@@ -510,8 +571,8 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
         entries=entries,
         digest=digest(entries),
         files=len(files),
-        raw_size=sum(e.st.st_size for e in entries if e.kind == "f"),
-        allocated_size=sum(e.st.st_blocks * 512 for e in entries if e.kind == "f"),
+        raw_size=raw_size,
+        allocated_size=allocated_size,
         databases=databases,
         left_out=left_out,
         duplicates=len(sizes) < len(content_files),

@@ -34,6 +34,20 @@ class Fence:
     snapshot_id: str | None = None
 
 
+def own_unanswered_write(
+    fence: Fence, latest: Latest | None, etag: str | None, unconfirmed: Iterable[str]
+) -> Fence | None:
+    """The fence to continue from when `latest.json` moved from `fence` by this machine's own
+    write whose outcome it never learned (the reply was lost, and so was the read-back): it
+    names a snapshot this state dir uploaded and never saw published, one generation on.
+    None when it moved otherwise (another writer)."""
+    if latest is None or etag is None or latest.id not in set(unconfirmed):
+        return None
+    if latest.generation != fence.generation + 1:
+        return None
+    return Fence(etag, latest.generation, latest.id)
+
+
 class DamagedPointer(StoreError):
     """`latest.json` is there but unreadable: nobody may guess which snapshot it meant."""
 

@@ -1,8 +1,10 @@
 """One snapshot of one bot, start to end; no threads, no timers.
 
 Steps: walk (stat only; an unchanged fingerprint stops here), hash (cached
-per file; an unchanged digest stops here), pack straight from the home,
-upload, verify, manifest, then `latest` by a conditional write. A crash at
+per file; an unchanged digest stops here; a home that lost most of its last
+snapshot stops here too, :mod:`.shrink`), pack straight from the home,
+upload, verify, manifest, then `latest` by a conditional write (a lost reply
+recognised as this writer's own). A crash at
 any point leaves `latest` pointing at a complete, verified snapshot; what was
 uploaded before the crash is an orphan that
 :func:`flared.snapshots.catalog.prune` removes later.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import time
@@ -26,8 +29,8 @@ from typing import Any
 from flared import __version__
 from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
-from flared.snapshots import crypto, pack
-from flared.snapshots.catalog import Fence, encryption_key, read_latest
+from flared.snapshots import catalog, crypto, pack, shrink
+from flared.snapshots.catalog import Fence, encryption_key, read_latest, read_manifest
 from flared.snapshots.hashcache import HashCache
 from flared.snapshots.manifest import (
     Latest,
@@ -40,8 +43,10 @@ from flared.snapshots.manifest import (
     now_iso,
 )
 from flared.snapshots.steps import StepTimer
-from flared.snapshots.stores import PreconditionFailed, Progress, Store, StoreError
+from flared.snapshots.stores import NotFound, PreconditionFailed, Progress, Store, StoreError
 from flared.snapshots.stores.local import file_sha256
+
+log = logging.getLogger("flared.snapshots")
 
 #: Identifies this flared process in `latest.json` (which writer moved it).
 WRITER = uuid.uuid4().hex[:12]
@@ -72,6 +77,9 @@ class SnapshotResult:
     left_out: list[dict[str, str]] = field(default_factory=list)  # beyond the rules: path and why
     hashed_bytes: int = 0  # file contents read to hash them (0: every hash came from the cache)
     copied: list[str] = field(default_factory=list)  # databases backed up this time (not reused)
+    shrink: list[str] = field(default_factory=list)  # not published: what the home lost (:mod:`.shrink`)
+    needed_bytes: int | None = None  # a database copy that did not fit: what it needs
+    free_bytes: int | None = None  # and what was free there
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -93,6 +101,9 @@ class SnapshotJob:
     on_in_flight: Callable[[str], None] = lambda _id: None
     force: bool = False  # skip the stat fast path
     cache: Path | None = None  # where content hashes and database copies are kept between runs
+    unconfirmed: tuple[str, ...] = ()  # ids this state dir uploaded and has not seen published
+    basis: str | None = None  # the snapshot the home was restored from, when not `latest`
+    accept_shrink: bool = False  # publish a home that lost most of its basis (:mod:`.shrink`)
 
 
 def clean_work(work: Path) -> None:
@@ -150,6 +161,19 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         latest, etag = read_latest(store, bot)
     except StoreError as exc:
         return SnapshotResult("failed", bot, reason=str(exc))
+    own = (
+        catalog.own_unanswered_write(job.fence, latest, etag, job.unconfirmed)
+        if etag != job.fence.etag
+        else None
+    )
+    if own is not None:
+        job.fence = own
+        log.warning(
+            "bot %s: latest.json names %s, the snapshot this flared published without hearing the "
+            "store's reply: continuing from it",
+            bot,
+            job.fence.snapshot_id,
+        )
     if etag != job.fence.etag:
         who = (
             f"{latest.id} (generation {latest.generation}, host {latest.host or '?'})"
@@ -195,6 +219,11 @@ def _take(job: SnapshotJob) -> SnapshotResult:
                 hashed_bytes=captured.hashed_bytes,
                 copied=captured.backed_up,
             )
+        if latest is not None and not job.accept_shrink:
+            refused = _refuse_shrink(job, latest, captured)
+            if refused is not None:
+                refused.steps, refused.left_out = steps, left_out
+                return refused
         sid = new_id()
         blob = job.work / f"{sid}.sqsh"
         announce(job.progress, "packing")
@@ -267,11 +296,10 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         generation = (latest.generation if latest else 0) + 1
         pointer = Latest(bot, sid, generation, captured.digest, now_iso(), host(), WRITER).to_bytes()
         try:
-            if etag is None:
-                new_etag = store.put_bytes(latest_key(bot), pointer, if_none_match=True)
-            else:
-                new_etag = store.put_bytes(latest_key(bot), pointer, if_match=etag)
-        except PreconditionFailed:
+            new_etag = _move_latest(store, bot, sid, pointer, etag)
+        except StoreError as exc:
+            return SnapshotResult("failed", bot, id=sid, reason=str(exc), steps=steps)
+        if new_etag is None:
             for k in (manifest_key(bot, sid), blob_key(bot, sid)):
                 with contextlib.suppress(StoreError):
                     store.delete(k)
@@ -300,10 +328,68 @@ def _take(job: SnapshotJob) -> SnapshotResult:
         return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
     except pack.PackError as exc:
         return SnapshotResult("failed", bot, reason=str(exc), steps=steps)
+    except cap.DatabaseCopyFailed as exc:
+        return SnapshotResult(
+            "failed", bot, reason=str(exc), steps=steps, needed_bytes=exc.needed, free_bytes=exc.free
+        )
     except OSError as exc:
         return SnapshotResult("failed", bot, reason=describe_os_error(exc), steps=steps)
     finally:
         shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _refuse_shrink(job: SnapshotJob, latest: Latest, captured: cap.Captured) -> SnapshotResult | None:
+    """A failed result when the home lost most of what its basis snapshot held, else None.
+
+    Without a readable basis manifest there is nothing to compare with: published."""
+    basis_id = job.basis or latest.id
+    try:
+        basis = read_manifest(job.store, job.bot, basis_id)
+    except (NotFound, ValueError) as exc:
+        log.warning("bot %s: no manifest of %s to compare with (%s)", job.bot, basis_id, exc)
+        return None
+    lost = shrink.losses(
+        basis, captured.databases, captured.raw_size, lambda rel: os.path.lexists(job.home / rel)
+    )
+    if not lost:
+        return None
+    return SnapshotResult(
+        "failed",
+        job.bot,
+        reason=shrink.refusal(job.bot, basis, latest.id, lost),
+        shrink=lost,
+        raw_size=captured.raw_size,
+        file_count=captured.files,
+    )
+
+
+def _move_latest(store: Store, bot: str, sid: str, pointer: bytes, etag: str | None) -> str | None:
+    """Move `latest.json` from `etag` to `pointer` (naming `sid`): its new ETag, or None when
+    another writer moved it first.
+
+    A write the store applied but whose reply was lost looks like a failure, or (the SDK
+    retries) like another writer's move: the pointer is read back, and naming `sid` it is
+    this write. When even that read fails, StoreError says the outcome is unknown; the next
+    snapshot tells (:func:`.catalog.own_unanswered_write`), and nothing is deleted meanwhile.
+    """
+    try:
+        if etag is None:
+            return store.put_bytes(latest_key(bot), pointer, if_none_match=True)
+        return store.put_bytes(latest_key(bot), pointer, if_match=etag)
+    except StoreError as exc:
+        try:
+            now, now_etag = read_latest(store, bot)
+        except StoreError:
+            raise StoreError(
+                f"{exc}; whether latest.json now names {sid} is unknown (the store did not answer): "
+                "the next snapshot finds out, nothing was deleted"
+            ) from None
+        if now is not None and now.id == sid and now_etag is not None:
+            log.warning("bot %s: the store applied latest.json -> %s although its reply was lost", bot, sid)
+            return now_etag
+        if isinstance(exc, PreconditionFailed):
+            return None
+        raise
 
 
 def _inside_home(home: Path, *dirs: Path | None) -> list[str]:

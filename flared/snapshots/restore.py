@@ -267,20 +267,12 @@ def prepare(
     )
 
 
-def _free(path: Path) -> int:
-    for p in (path, *path.parents):
-        with contextlib.suppress(OSError):
-            st = os.statvfs(p)
-            return st.f_bavail * st.f_frsize
-    return 0
-
-
 def _mib(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
 def _local(exc: OSError, needed: int, where: Path) -> LocalFailure:
-    free = _free(where)
+    free = cap.free_bytes(where)
     text = describe_os_error(exc).replace(" (free some space there; nothing was changed)", "")
     if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
         text += f"; the snapshot needs about {_mib(needed)} there, {_mib(free)} is free"
@@ -327,7 +319,7 @@ def _unpack_one(
     same_fs = _dev(work) == _dev(home.parent)
     needs = [(work, download + unpacked)] if same_fs else [(work, download), (home.parent, unpacked)]
     for where, need in needs:
-        free = _free(where)
+        free = cap.free_bytes(where)
         if free < need:
             raise LocalFailure(
                 f"not enough space in {where}: the snapshot needs about {_mib(need)} there "
@@ -357,7 +349,7 @@ def _unpack(blob: Path | int, staging: Path, home: Path, needed: int, unpacked: 
         if not exc.local:
             raise
         discard(staging)  # what it holds is no use: say how much is free without it
-        free = _free(home.parent)
+        free = cap.free_bytes(home.parent)
         text = str(exc)
         if "No space left" in text or "quota" in text:
             text += (
@@ -647,7 +639,7 @@ def home_saved_as(
         if fingerprint is not None and walked.fingerprint() == fingerprint[0]:
             return fingerprint[1], None
         digest = cap.capture(walked, HashCache(cache, scratch)).digest
-    except OSError as exc:
+    except (OSError, cap.DatabaseCopyFailed) as exc:
         log.warning("could not digest %s (%s): it is kept as if unsaved", home, exc)
         return None, None
     finally:

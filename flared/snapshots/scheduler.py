@@ -20,6 +20,7 @@ from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
 from flared.snapshots import catalog
 from flared.snapshots.state import BotState
+from flared.snapshots.stores import Store
 
 log = logging.getLogger("flared.snapshots")
 
@@ -33,6 +34,7 @@ class Snapshotter(Protocol):
 
     loaded: LoadedConfig
     bots: dict[str, BotState]
+    store: Store
 
     @property
     def policy(self) -> SnapshotsConfig: ...
@@ -42,9 +44,19 @@ class Snapshotter(Protocol):
     def snapshot(self, bot: str, reason: str = ...) -> dict[str, Any]: ...
 
 
-def due(st: BotState, policy: SnapshotsConfig, now: float) -> str | None:
-    """Why this bot should be snapshotted now, or None."""
-    if st.phase != "ready" or st.fence is None or st.fenced or st.running:
+#: A bot whose store was edited follows it at its next snapshot, tried this often until the
+#: new store answers (a fenced bot too: the fence was about the other store).
+FOLLOW_STORE_EVERY = 10.0
+
+
+def due(st: BotState, policy: SnapshotsConfig, now: float, store: str | None = None) -> str | None:
+    """Why this bot should be snapshotted now, or None. `store`: the store the config names."""
+    if st.phase != "ready" or st.fence is None or st.running:
+        return None
+    moved = store is not None and st.store is not None and st.store != store
+    if moved and now - st.last_attempt >= FOLLOW_STORE_EVERY:
+        return "store changed"
+    if st.fenced:
         return None
     if st.due_now:
         return "restore"
@@ -83,7 +95,7 @@ class Scheduler:
         while not self._stop.wait(TICK):
             now = time.time()
             for st in list(self.service.bots.values()):
-                reason = due(st, self.service.policy, now)
+                reason = due(st, self.service.policy, now, self.service.store.description)
                 if reason is None:
                     continue
                 st.running = True

@@ -39,7 +39,7 @@ from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
-from flared.snapshots.manifest import now_iso, valid_id
+from flared.snapshots.manifest import Latest, now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
@@ -123,6 +123,9 @@ class SnapshotService:
         `fingerprint` is the staging tree's, walked before the swap (while the gateway stopped):
         the swap renames only the top directory, which a fingerprint leaves out."""
         st.fingerprint = None
+        # What the next snapshot is compared with (:mod:`.shrink`): the snapshot restored.
+        st.basis = res.id if res.fence is not None and res.id != res.fence.snapshot_id else None
+        st.shrunk = None
         if res.fence is not None and res.id == res.fence.snapshot_id and not res.refused:
             with contextlib.suppress(OSError):
                 st.fingerprint = (
@@ -184,14 +187,80 @@ class SnapshotService:
         st.in_flight = list(raw.get("in_flight") or [])
         st.last = raw.get("last")
         st.last_ok = raw.get("last_ok")
+        st.basis = raw.get("basis")
+        st.elsewhere = dict(raw.get("elsewhere") or {})
+        was = raw.get("store")
+        if was is not None and was != self.store.description:  # edited while flared was down
+            st.elsewhere[was] = {k: raw.get(k) for k in ("fence", "fingerprint", "fenced")}
 
     def _persisted_fence(self, bot: str) -> tuple[Fence | None, str | None, str | None]:
+        """The fence recorded for the store the config names now (the one recorded last when
+        no record names it)."""
         try:
             raw = json.loads(self._state_file(bot).read_text())
         except (OSError, ValueError):
             return None, None, None
+        here = self.store.description
+        if raw.get("store") not in (None, here) and isinstance((raw.get("elsewhere") or {}).get(here), dict):
+            raw = raw["elsewhere"][here]
         fence = Fence(**raw["fence"]) if raw.get("fence") else None
         return fence, raw.get("fingerprint"), raw.get("fenced")
+
+    def _recorded_fence(
+        self, st: BotState, latest: Latest | None, etag: str | None
+    ) -> tuple[Fence | None, str | None, str | None]:
+        """The persisted fence, moved on to this machine's own write whose reply was lost
+        before flared restarted (then the recorded fingerprint and fence are stale)."""
+        fence, fingerprint, fenced = self._persisted_fence(st.name)
+        own = catalog.own_unanswered_write(fence, latest, etag, st.in_flight) if fence is not None else None
+        if own is None:
+            return fence, fingerprint, fenced
+        log.warning(
+            "bot %s: latest.json names %s, which this machine published without hearing the store's "
+            "reply: continuing from it",
+            st.name,
+            own.snapshot_id,
+        )
+        return own, None, None
+
+    def _follow_store(self, st: BotState) -> None:
+        """The fence is per store: when the config names another store (edited at runtime),
+        what this flared knew of the old one is put aside, and of the new one taken up again
+        if it wrote there before. A store new to the bot is read: empty, the bot's snapshots
+        start there; holding the same pointer (the same bucket through another endpoint),
+        nothing changes; holding another writer's snapshot, the bot is fenced there.
+        Raises StoreError when the new store cannot say (the next snapshot tries again)."""
+        here = self.store.description
+        if st.store is None:  # recorded before flared told stores apart: the current one
+            st.store = here
+        if st.store == here:
+            return
+        record = st.elsewhere.get(here)
+        if record is None:
+            latest, etag = catalog.read_latest(self.store, st.name)
+            if st.fence is not None and etag == st.fence.etag:
+                record = st.pointer()
+            elif latest is None:
+                record = {"fence": {"etag": None}, "fingerprint": None, "fenced": None}
+            else:
+                fenced = (
+                    f"the store holds snapshot {latest.id}, written by another writer; "
+                    f"`flared restore --bot {st.name}` takes it (the current home is kept as "
+                    f"home.previous), `flared snapshot --bot {st.name} --takeover` overwrites it"
+                )
+                record = {
+                    "fence": {"etag": etag, "generation": latest.generation, "snapshot_id": latest.id},
+                    "fingerprint": None,
+                    "fenced": fenced,
+                }
+        st.elsewhere[st.store] = st.pointer()
+        st.elsewhere.pop(here, None)
+        st.take_pointer(record)
+        st.store = here
+        log.info(
+            "bot %s: snapshots now go to %s%s", st.name, here, f" (fenced: {st.fenced})" if st.fenced else ""
+        )
+        self._save(st)
 
     def _save(self, st: BotState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -278,8 +347,9 @@ class SnapshotService:
     def _confirm(self, st: BotState, *, fresh: bool) -> bool:
         """Learn the fence from the store without restoring: adopted a live gateway, or
         started fresh while the store was unreachable."""
+        st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
-        fence, fingerprint, fenced = self._persisted_fence(st.name)
+        fence, fingerprint, fenced = self._recorded_fence(st, latest, etag)
         if latest is None:
             st.fence = Fence(None)
         elif not fresh and fence is not None and fence.etag == etag:
@@ -303,8 +373,9 @@ class SnapshotService:
     def _boot_once(self, st: BotState) -> bool:
         home = self.home(st.name)
         st.phase = "restoring"
+        st.store = self.store.description
         latest, etag = catalog.read_latest(self.store, st.name)
-        fence, _fingerprint, fenced = self._persisted_fence(st.name)
+        fence, _fingerprint, fenced = self._recorded_fence(st, latest, etag)
         has_local = home.is_dir() and any(home.iterdir())
         if has_local and ((fence is not None and fence.etag == etag) or latest is None):
             # This machine's home is the source of `latest` (or the store is new): it is at
@@ -355,27 +426,41 @@ class SnapshotService:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(
-        self, bot: str, reason: str = "manual", *, takeover: bool = False, progress: Progress | None = None
+        self,
+        bot: str,
+        reason: str = "manual",
+        *,
+        takeover: bool = False,
+        accept_shrink: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         st = self.state(bot)
         if st.fence is None:
             return SnapshotResult(
                 "skipped", bot, reason=st.gate or "the bot's restore has not finished yet"
             ).as_dict()
-        if st.fenced and not takeover:
+        if st.fenced and not takeover and st.store in (None, self.store.description):
             return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
         with self._exclusive(st):
+            try:
+                self._follow_store(st)
+            except StoreError as exc:
+                st.last_attempt = time.time()
+                return SnapshotResult("failed", bot, reason=str(exc)).as_dict()
+            if st.fenced and not takeover:
+                return SnapshotResult("fenced", bot, reason=st.fenced).as_dict()
             st.running = True
             try:
-                return self._snapshot_locked(st, reason, takeover, progress)
+                return self._snapshot_locked(st, reason, takeover, progress, accept_shrink)
             finally:
                 st.running = False
 
     def _snapshot_locked(
-        self, st: BotState, reason: str, takeover: bool, progress: Progress | None
+        self, st: BotState, reason: str, takeover: bool, progress: Progress | None, accept_shrink: bool
     ) -> dict[str, Any]:
         assert st.fence is not None
         if takeover:
+            st.store = self.store.description
             latest, etag = catalog.read_latest(self.store, st.name)
             st.fence = Fence(etag, latest.generation if latest else 0, latest.id if latest else None)
             st.fenced, st.fingerprint = None, None
@@ -402,6 +487,9 @@ class SnapshotService:
             progress=progress,
             on_in_flight=in_flight,
             cache=self._cache(st.name),
+            unconfirmed=tuple(st.in_flight),
+            basis=st.basis,
+            accept_shrink=accept_shrink,
         )
         try:
             res = pipeline.take_snapshot(job)
@@ -414,12 +502,14 @@ class SnapshotService:
         out["trigger"] = reason
         st.last = out
         snapshot_history.record(snapshot_history.history_path(self.dir, st.name), out)
+        st.shrunk = res.reason if res.shrink else None
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
+            st.basis = None  # latest holds this home now
+            if st.fence.snapshot_id in st.in_flight:  # published (maybe without our hearing it)
+                st.in_flight.remove(st.fence.snapshot_id)
             if res.result == "ok":
-                if res.id in st.in_flight:
-                    st.in_flight.remove(res.id)
                 st.last_ok = {"id": res.id, "at": res.at}
                 log.info(
                     "bot %s: snapshot %s (%s): %d bytes in %.2f s",
@@ -438,7 +528,8 @@ class SnapshotService:
         else:
             if change_seen is not None:
                 st.last_change = change_seen  # try again after the next quiet period
-            log.warning("bot %s: snapshot %s: %s", st.name, res.result, res.reason)
+            level = logging.ERROR if res.shrink else logging.WARNING
+            log.log(level, "bot %s: snapshot %s: %s", st.name, res.result, res.reason)
         if res.result == "ok" or st.in_flight or time.time() - st.last_prune > PRUNE_EVERY:
             self._prune_locked(st)
         self._save(st)
@@ -556,6 +647,7 @@ class SnapshotService:
                 self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
                 st.fence, st.fenced, st.gate = res.fence, None, None
+                st.store = self.store.description
                 self._after_restore(st, res, fingerprint)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.
@@ -638,6 +730,7 @@ class SnapshotService:
             "last_ok": last_ok,
             "next_due_in_s": next_due,
             "fenced": st.fenced,
+            "shrunk": st.shrunk,
             "gated": st.fence is None,
             "gate": st.gate,
             "restore": st.restore,

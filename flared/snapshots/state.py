@@ -24,7 +24,11 @@ class BotState:
     gate: str | None = None  # why snapshots are gated
     fenced: str | None = None  # another writer moved latest.json
     fingerprint: str | None = None
+    store: str | None = None  # the store `fence`, `fenced` and `fingerprint` are about
+    elsewhere: dict[str, dict[str, Any]] = field(default_factory=dict)  # the same, per store used before
     in_flight: list[str] = field(default_factory=list)
+    basis: str | None = None  # the snapshot the home was restored from, when not `latest`
+    shrunk: str | None = None  # the last snapshot was refused: the home lost most of its basis
     last: dict[str, Any] | None = None
     last_ok: dict[str, Any] | None = None
     restore: dict[str, Any] | None = None
@@ -36,12 +40,26 @@ class BotState:
     reading: str | None = None
     on_ready: Callable[[str], None] | None = None
 
-    def persisted(self) -> dict[str, Any]:
+    def pointer(self) -> dict[str, Any]:
+        """What this flared knows of one store's `latest.json` for the bot."""
         return {
             "fence": asdict(self.fence) if self.fence else None,
             "fingerprint": self.fingerprint,
             "fenced": self.fenced,
+        }
+
+    def take_pointer(self, record: dict[str, Any]) -> None:
+        self.fence = Fence(**record["fence"]) if record.get("fence") else None
+        self.fingerprint = record.get("fingerprint")
+        self.fenced = record.get("fenced")
+
+    def persisted(self) -> dict[str, Any]:
+        return {
+            **self.pointer(),
+            "store": self.store,
+            "elsewhere": self.elsewhere,
             "in_flight": self.in_flight,
+            "basis": self.basis,
             "last": self.last,
             "last_ok": self.last_ok,
         }

@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,3 +315,157 @@ def test_cloudflare_contract_commands_get_no_secret(tmp_path: Path, monkeypatch:
         assert r.exit_code == 0, r.stderr
         check_report(r.stdout, needles, list(planted))
         provider.destroy(lease, {})
+
+
+# ---------------------------------------------------------------------------- links planted for clean-up
+
+#: How each lease ends (bot name = profile name = the way), and the profile that makes it end so.
+ENDINGS: dict[str, dict[str, Any]] = {
+    "released": {"mode": "per-session"},
+    "idle": {"mode": "per-session", "idle_ttl": "1s"},
+    "lifetime": {"mode": "per-session", "max_lifetime": "2s"},
+    "reclaimed": {"mode": "per-session", "max_leases": 1},
+    "command": {"mode": "per-command"},
+    "orphan": {"mode": "per-session"},
+}
+
+
+def plant_links(targets: list[str]) -> str:
+    """A command that leaves links to ``targets`` all over its lease, some in dirs it then locks (000)."""
+    lines = ["set -e", "mkdir -p /workspace/deep/a/b /tmp/t"]
+    for i, target in enumerate(targets):
+        for where in ("/workspace", "/workspace/deep/a/b", "/tmp/t", "/tmp"):
+            lines.append(f"ln -s {target!r} {where}/v{i}")
+    lines += [
+        "ln -s ../.. /workspace/up",  # on the host: <root>/leases, whatever its path
+        "ln -s ../../../.. /tmp/t/up",
+        "echo data > /workspace/deep/a/b/f",
+        "chmod 000 /workspace/deep/a/b /tmp/t",
+        "chmod 500 /workspace/deep/a /workspace/deep",
+    ]
+    return "\n".join(lines)
+
+
+def modes_of(paths: list[Path]) -> dict[str, tuple[int, int, int]]:
+    return {str(p): (st.st_mode, st.st_uid, st.st_gid) for p in paths for st in [os.stat(p)]}
+
+
+def end_leases_every_way(tmp: Path, targets: list[str], caplog: pytest.LogCaptureFixture) -> list[Path]:
+    """Plant ``targets`` in one lease per way a lease ends, end each; returns the lease dirs."""
+    from flared.sandboxes.manager import LeaseManager
+    from tests.test_sandboxes_manager import MODEL, make_config
+
+    bots = [{"name": way, "model": MODEL, "sandbox": way} for way in ENDINGS]
+    loaded = make_config(tmp, ENDINGS, bots)
+    command = plant_links(targets)
+    m = LeaseManager(loaded, reap_every=0.1)
+    m.start()
+    dirs: list[Path] = []
+    try:
+        provider = m._provider(loaded.config.sandboxes["released"])
+        lease_dir = provider.lease_dir  # type: ignore[attr-defined]
+        for way in ENDINGS:
+            if way == "command":
+                lease, r = m.run(way, "s", command)
+            else:
+                lease = m.acquire(way, "s")
+                r = m.exec(lease["id"], command)
+            assert r.exit_code == 0, (way, r.stderr)
+            dirs.append(lease_dir(lease["id"]))
+        m.release(next(x["id"] for x in m.list() if x["bot"] == "released"))
+        m.acquire("reclaimed", "another")  # max_leases 1: the planted lease makes room
+        deadline = time.monotonic() + 10
+        while {x["bot"] for x in m.list()} & {"idle", "lifetime"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        m.stop()
+    (tmp / "state" / "sandboxes" / "leases.db").unlink()  # the orphan's row is lost: a crash
+    m = LeaseManager(loaded, reap_every=0.1)
+    m.start()  # destroys the sandboxes no row claims
+    for lease in m.list():
+        m.release(lease["id"])
+    m.stop()
+    logged = caplog.text
+    for reason in ("released", "idle_ttl", "max_lifetime", "reclaimed for bot reclaimed", "destroyed orphan"):
+        assert reason in logged, f"no lease ended by {reason}:\n{logged}"
+    return dirs
+
+
+def test_lease_clean_up_never_follows_a_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 20 item 0: links a sandbox planted (to a dir outside, the state dir, ``/``) are removed, never followed.
+
+    Clean-up used to ``chmod 0700`` every directory entry of the lease, links
+    included: the link's target (as flared's user, root here) changed mode.
+    The first round aims only at this test's own directories, so a regression
+    fails there and never reaches ``/`` or the shared sandbox root.
+    """
+    caplog.set_level("INFO", logger="flared.sandboxes")
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "keep").write_text("keep\n")
+    outside.chmod(0o755)
+    (outside / "inner").chmod(0o751)
+    from flared.sandboxes.providers.local import sandbox_root
+
+    state = tmp_path / "state"
+    (state / "sandboxes").mkdir(parents=True)
+    root = sandbox_root(state)
+    private = [outside, outside / "inner", state, state / "sandboxes"]
+    before = modes_of(private)
+    dirs = end_leases_every_way(
+        tmp_path, [str(p) for p in private] + [str(root), str(root / "leases")], caplog
+    )
+    assert not [d for d in dirs if os.path.lexists(d)], "lease directories left behind"
+    assert modes_of(private) == before
+    assert (outside / "inner" / "keep").read_text() == "keep\n"
+    assert oct(root.stat().st_mode & 0o777) == oct(0o711) and oct(
+        (root / "leases").stat().st_mode & 0o777
+    ) == oct(0o711)
+
+    # The same with links to / and to every parent of the leases (shared with other state dirs).
+    shared = [Path("/"), *[p for p in root.parents if p != Path("/")]]
+    before = modes_of(private + shared)
+    caplog.clear()
+    dirs = end_leases_every_way(tmp_path, [str(p) for p in private + shared], caplog)
+    assert not [d for d in dirs if os.path.lexists(d)], "lease directories left behind"
+    assert modes_of(private + shared) == before
+    assert (outside / "inner" / "keep").read_text() == "keep\n"
+
+
+# ---------------------------------------------------------------------------- host paths in /proc
+
+
+def test_a_lease_sees_no_host_path_of_the_state_dir_in_its_mount_table() -> None:
+    """Issue 20 item 2: /proc/self/mountinfo names each bind's source by its path on the host.
+
+    Leases under the state dir showed that path (a home dir, a user name) on
+    every line of the sandbox's mount table. The state dir here sits where
+    anyone may search it (so leases used to live inside it), under a name the
+    check can find.
+    """
+    from flared.sandboxes.providers.local import LocalProvider, sandbox_root
+
+    parent = Path(tempfile.mkdtemp(prefix="i20-alice-projects-", dir="/var/tmp"))
+    parent.chmod(0o755)
+    state = parent / "state"
+    provider = LocalProvider(sandbox_root(state), hidden=[state])
+    lease = new_lease_id("default")
+    data = provider.create(lease, SandboxProfile())
+    try:
+        r = provider.exec(
+            lease,
+            data,
+            SandboxProfile(),
+            ExecRequest(
+                command="cat /proc/self/mountinfo /proc/self/mounts /proc/1/mountinfo; id -un; ls /workspace /tmp",
+                cwd="/workspace",
+            ),
+        )
+        assert r.exit_code == 0, r.stderr
+        assert "/workspace" in r.stdout and "/etc/passwd" in r.stdout  # the mount table was read
+        assert "sandbox\n" in r.stdout  # the generated /etc/passwd is the one bound
+        assert parent.name not in r.stdout, r.stdout
+        assert str(state) not in r.stdout
+    finally:
+        provider.destroy(lease, data)
+        shutil.rmtree(parent)

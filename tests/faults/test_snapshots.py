@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -248,6 +249,54 @@ def test_disk_full_during_snapshot_fails_cleanly_and_keeps_latest(tmp_path: Path
     latest, _ = catalog.read_latest(svc.store, "athena")
     assert latest is not None and latest.id == out["again"]["id"] != first["id"]
     restorable(svc.store, tmp_path)
+
+
+DATABASE_ON_FULL_DISK = (
+    CHILD_PRELUDE
+    + r"""
+import sqlite3
+from flared.snapshots import catalog
+cfg, mount = sys.argv[1], Path(sys.argv[2])
+svc = ready(cfg)
+home = svc.home("athena")
+# The gateway's connection stays open: the newest turns are in the WAL, not yet in state.db.
+db = sqlite3.connect(home / "state.db", isolation_level=None)
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.executemany("INSERT INTO messages(body) VALUES (?)", [("turn %d " % i + "x" * 2000,) for i in range(1500)])
+failed = svc.snapshot("athena")
+latest, _ = catalog.read_latest(svc.store, "athena")
+status = svc.status("athena")["last"]
+remount(mount, "64m")
+again = svc.snapshot("athena")
+db.close()
+print(json.dumps({"failed": failed, "latest": latest.id, "status": status, "again": again}))
+"""
+)
+
+
+def test_a_full_disk_never_packs_a_database_without_its_wal(tmp_path: Path) -> None:
+    """ "database or disk is full" was taken for "not a database": state.db was packed without
+    its WAL (every recent turn gone from `latest`), reported ok."""
+    loaded = load(tmp_path)
+    svc = ready_service(loaded)
+    make_home(svc.home("athena"))
+    first = snap(svc)
+    cache = loaded.state_dir / "snapshots" / "cache"
+    out = in_tmpfs(cache, "1m", DATABASE_ON_FULL_DISK, str(loaded.path), str(cache))
+    failed = out["failed"]
+    assert failed["result"] == "failed", failed
+    reason = failed["reason"]
+    assert "state.db" in reason and "could not be copied consistently" in reason, reason
+    assert "database or disk is full" in reason and "is free" in reason and "Traceback" not in reason
+    assert failed["needed_bytes"] > failed["free_bytes"] >= 0, failed
+    assert out["latest"] == first["id"] and out["status"]["result"] == "failed"  # no raw db published
+    # Kept working: with room the next snapshot holds every turn, the WAL's included.
+    assert out["again"]["result"] == "ok", out["again"]
+    back = tmp_path / "back" / "home"
+    res = restoring.restore(svc.store, "athena", back, tmp_path / "rw", key=None)
+    assert res.result == "restored" and res.id == out["again"]["id"]
+    rows = sqlite3.connect(back / "state.db").execute("SELECT count(*) FROM messages").fetchone()
+    assert rows == (500 + 1500,)
 
 
 def test_an_io_error_while_unpacking_is_this_machines_not_the_snapshots(
@@ -504,6 +553,98 @@ def test_the_store_going_away_mid_upload_loses_nothing(tmp_path: Path) -> None:
         assert restorable(svc.store, tmp_path) == again["id"]
 
 
+@pytest.mark.parametrize(
+    "lost", ["one reply", "every reply", "every reply and the read-back", "all that, then flared restarts"]
+)
+def test_a_lost_reply_to_the_latest_json_write_is_recognised_as_our_own(tmp_path: Path, lost: str) -> None:
+    """The store applied the conditional PUT of latest.json, the reply was lost: flared reported
+    failure (or, when the SDK's retry met its own write, "fenced" and deleted the very snapshot
+    latest.json named) and then fenced itself until `--takeover`."""
+    from tests.fixtures.faultproxy import FaultProxy
+    from tests.fixtures.s3server import shared_server, store_config
+
+    with store_config() as section:
+        pass
+    fault = {"on": False, "puts": 0}
+
+    def rule(method: str, path: str) -> str | None:
+        if not fault["on"] or "latest.json" not in path:
+            return None
+        if method == "PUT":
+            fault["puts"] += 1
+            return "lose reply" if lost != "one reply" or fault["puts"] == 1 else None
+        if method == "GET" and fault["puts"] and lost.startswith(("every reply and", "all that")):
+            return "drop"
+        return None
+
+    with FaultProxy(shared_server().endpoint, rule) as proxy:
+        section.update(endpoint=proxy.endpoint, timeout="3s")
+        loaded = load(tmp_path, section)
+        svc = ready_service(loaded)
+        home = make_home(svc.home("athena"))
+        snap(svc)
+        (home / "memories" / "USER.md").write_text("told just before the reply was lost\n")
+        expect = tree(home, skip=NEVER)
+        fault["on"] = True
+        res = svc.snapshot("athena")
+        assert any(str(what).startswith("lost") for _m, _p, what in proxy.seen)
+        if lost.startswith(("every reply and", "all that")):
+            assert res["result"] == "failed" and "latest.json" in res["reason"], res
+        else:
+            assert res["result"] == "ok", res
+        fault["on"] = False
+        # The store holds what was sent: latest names this snapshot, whole.
+        latest, _ = catalog.read_latest(svc.store, "athena")
+        assert latest is not None and latest.id == res["id"]
+        assert restorable(svc.store, tmp_path, expect) == res["id"]
+        if lost == "all that, then flared restarts":
+            svc = ready_service(loaded)  # adopts the running gateway: reads the fence it recorded
+            assert svc.status("athena")["fenced"] is None
+        # Not fenced by its own write: the next snapshots go on from there.
+        again = svc.snapshot("athena")
+        assert again["result"] == "unchanged" and again["id"] == res["id"], again
+        (home / "memories" / "USER.md").write_text("and after\n")
+        after = svc.snapshot("athena")
+        assert after["result"] == "ok" and svc.status("athena")["fenced"] is None, after
+        assert svc.state("athena").in_flight == []
+
+
+def test_a_store_edited_at_runtime_and_back_does_not_pause_snapshots(tmp_path: Path) -> None:
+    """The fence was one for any store: on the edited store the bot was fenced ("another writer
+    moved latest.json to nothing"), and back on the first store it stayed fenced for good."""
+    from flared.snapshots.scheduler import due
+
+    first_store = load(tmp_path)
+    svc = ready_service(first_store)
+    home = make_home(svc.home("athena"))
+    first = snap(svc)
+    # The other store holds this bot's snapshots from another machine: fenced there, rightly.
+    other = tmp_path / "other"
+    elsewhere = SnapshotService(load(tmp_path / "elsewhere-machine", {"url": f"file://{other}"}))
+    make_home(elsewhere.home("athena"))
+    with elsewhere._exclusive(elsewhere.state("athena")):
+        elsewhere._confirm(elsewhere.state("athena"), fresh=False)
+    assert elsewhere.snapshot("athena")["result"] == "ok"
+    svc.update(load(tmp_path, {"url": f"file://{other}"}))
+    st = svc.state("athena")
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) == "store changed"
+    there = svc.snapshot("athena")
+    assert there["result"] == "fenced" and "written by another writer" in there["reason"], there
+    # Back to the first store: not paused; the scheduler takes it up at once.
+    svc.update(load(tmp_path))
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) == "store changed"
+    (home / "memories" / "USER.md").write_text("told while the store was edited\n")
+    back = svc.snapshot("athena")
+    assert back["result"] == "ok" and svc.status("athena")["fenced"] is None, back
+    latest, _ = catalog.read_latest(svc.store, "athena")
+    assert latest is not None and latest.id == back["id"] and latest.generation == 2
+    assert due(st, svc.policy, time.time() + 60, svc.store.description) != "store changed"
+    # A restarted flared remembers both stores: the first one still unfenced.
+    again = ready_service(first_store)
+    assert again.state("athena").fenced is None and again.snapshot("athena")["result"] == "unchanged"
+    assert first["id"] != back["id"]
+
+
 # ---------------------------------------------------------------------- latest.json and ids
 
 
@@ -711,6 +852,107 @@ def test_kill_9_of_the_whole_tree_under_wal_writes_loses_nothing_snapshotted(tmp
     committed_before = dict(published)[latest.id]
     assert len(rows) >= 2 * committed_before and len(rows) % 2 == 0  # whole transactions only
     assert rows[-1][1] == f"pair {len(rows) // 2}"
+
+
+# ---------------------------------------------------------------------- a home that lost its memory
+
+
+def test_a_deleted_home_is_never_published_as_latest(tmp_path: Path) -> None:
+    """`rm -rf <state>/bots/B/home` while running: flared re-rendered the config into an empty
+    home, and the next snapshot and the final one published it (a few KB) as `latest`."""
+    (tmp_path / "up").mkdir()
+    with FlareUp(tmp_path / "up", [bot("athena")]) as flare:
+        flare.wait_running("athena", timeout=120)
+        home = flare.state_dir / "bots" / "athena" / "home"
+        deadline = time.monotonic() + 60
+        while not (home / "state.db").exists():  # the gateway's sessions database
+            assert time.monotonic() < deadline, flare.read_logs()
+            time.sleep(0.2)
+        (home / "memories").mkdir(exist_ok=True)
+        (home / "memories" / "MEMORY.md").write_text(
+            "".join(f"fact {i}: the user likes tea\n" for i in range(40000))
+        )
+        good = flare.cli("snapshot", "--json")
+        assert good.returncode == 0, good.stdout + good.stderr
+        good_id = json.loads(good.stdout)["results"][0]["id"]
+        store = SnapshotService(load_config(flare.config_path)).store
+        held = catalog.read_manifest(store, "athena", good_id)
+        assert "state.db" in held.databases
+
+        for _ in range(20):  # the gateway and flared write into it meanwhile: "Directory not empty"
+            if subprocess.run(["rm", "-rf", str(home)], capture_output=True).returncode == 0:
+                break
+        deadline = time.monotonic() + 30
+        while not (home / "config.yaml").exists():  # flared renders the config again
+            assert time.monotonic() < deadline, flare.read_logs()
+            time.sleep(0.2)
+        refused = flare.cli("snapshot", "--json")
+        r = json.loads(refused.stdout)["results"][0]
+        assert refused.returncode == 1 and r["result"] == "failed", r
+        # Hermes opens its databases anew (a fresh state.db; response_store.db on the next
+        # request, or not yet): the content left decides.
+        assert re.fullmatch(r"[0-9.]+ KiB of content left of 1\.[0-9] MiB", r["shrink"][-1]), r["shrink"]
+        assert set(r["shrink"][:-1]) <= {"response_store.db is gone", "state.db is gone"}, r
+        assert (
+            f"lost most of what snapshot {good_id} held" in r["reason"] and "--accept-shrink" in r["reason"]
+        )
+        assert "flared restore --bot athena" in r["reason"]
+        snap_status = flare.bot_status("athena")["snapshots"]
+        assert snap_status["shrunk"] == r["reason"]
+        text = flare.cli("status")
+        assert f"snapshots: not published: this home lost most of what snapshot {good_id}" in text.stdout
+        assert "--accept-shrink" in flare.cli("snapshot", "--help").stdout
+        assert catalog.read_latest(store, "athena")[0].id == good_id  # type: ignore[union-attr]
+        assert "lost most of what snapshot" in (flare.state_dir / "logs" / "flared.log").read_text()
+        # The final snapshot at stop is refused the same way.
+        assert flare.stop() is not None
+    latest, _ = catalog.read_latest(store, "athena")
+    assert latest is not None and latest.id == good_id
+    assert (
+        "final snapshot: failed not published: this home lost"
+        in (flare.state_dir / "logs" / "flared.log").read_text()
+    )
+    # Nothing lost: `flared restore` brings the sessions back.
+    back = run_cli("restore", "--bot", "athena", "--json", "-c", str(flare.config_path))
+    assert back.returncode == 0 and json.loads(back.stdout)["id"] == good_id, back.stdout + back.stderr
+    assert (home / "state.db").exists()
+
+
+def test_a_store_edited_in_the_yaml_and_back_is_followed_by_the_running_daemon(tmp_path: Path) -> None:
+    """The same through `flared up`: the watcher applies each edit, the scheduler follows."""
+    other = tmp_path / "other-store"
+    elsewhere = SnapshotService(load(tmp_path / "elsewhere-machine", {"url": f"file://{other}"}))
+    make_home(elsewhere.home("athena"))
+    with elsewhere._exclusive(elsewhere.state("athena")):
+        elsewhere._confirm(elsewhere.state("athena"), fresh=False)
+    assert elsewhere.snapshot("athena")["result"] == "ok"
+    (tmp_path / "up").mkdir()
+    with FlareUp(tmp_path / "up", [bot("athena")]) as flare:
+        flare.wait_running("athena", timeout=120)
+        first = flare.cli("snapshot", "--json")
+        assert first.returncode == 0, first.stdout + first.stderr
+        own_store = dict(flare.data["store"])
+
+        def snapshots() -> dict[str, Any]:
+            return dict(flare.bot_status("athena")["snapshots"])
+
+        def edit(store: dict[str, Any]) -> None:
+            before = flare.status()["config"]["digest"]
+            flare.write_config({**flare.data, "store": store})
+            flare._wait(lambda: flare.status()["config"]["digest"] != before, 20, "the edit applied")
+
+        edit({"url": f"file://{other}"})
+        there = flare.cli("snapshot", "--json")
+        assert json.loads(there.stdout)["results"][0]["result"] == "fenced", there.stdout  # rightly
+        assert "written by another writer" in (snapshots()["fenced"] or "")
+        edit(own_store)
+        flare._wait(lambda: snapshots()["fenced"] is None, 40, "unfenced back home")  # by the scheduler
+        home = flare.state_dir / "bots" / "athena" / "home"
+        (home / "memories").mkdir(exist_ok=True)
+        (home / "memories" / "MEMORY.md").write_text("told after the store came back\n")
+        again = flare.cli("snapshot", "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json.loads(again.stdout)["results"][0]["result"] == "ok"
 
 
 # ---------------------------------------------------------------------- make clean

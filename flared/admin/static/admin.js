@@ -173,7 +173,7 @@ function readiness(bot) {
 /** One deployment's status, or the Worker's {groups: {G: status}} merged into one. */
 function normalize(data) {
   if (!data || !data.groups) return { ...data, groups: null };
-  const out = { bots: [], leases: [], configs: {}, groups: {}, flared: null };
+  const out = { bots: [], leases: [], cron: { jobs: [] }, configs: {}, groups: {}, flared: null };
   for (const [g, s] of Object.entries(data.groups)) {
     out.groups[g] = s;
     if (!s || s.error) continue;
@@ -181,6 +181,7 @@ function normalize(data) {
     out.configs[g] = s.config;
     for (const b of s.bots || []) if (!b.group || b.group === g) out.bots.push({ ...b, group: g });
     for (const l of s.leases || []) out.leases.push(l);
+    for (const j of (s.cron && s.cron.jobs) || []) out.cron.jobs.push(j);
   }
   out.config = Object.values(out.configs)[0] || {};
   return out;
@@ -234,7 +235,7 @@ function botCard(bot) {
   const hermes = bot.hermes || {};
   const ready = readiness(bot);
   const hung = ready === "unresponsive" ? `gateway ${bot.detail}` : "";
-  const error = bot.error || bot.last_error || hung || snap.fenced || snap.gate || "";
+  const error = bot.error || bot.last_error || hung || snap.fenced || snap.shrunk || snap.gate || "";
   const busy = (what) => view.busy.has(`${what}:${bot.name}`);
   const card = el(
     "article",
@@ -298,6 +299,32 @@ function renderLeases(st) {
     table(
       ["lease", "bot", "session", "profile", "mode", "idle expires", "busy"],
       leases.map((l) => [l.id, l.bot, l.session || "shared", l.profile, l.mode, age(l.idle_expires_in_s), String(l.busy ?? 0)]),
+    ),
+  );
+}
+
+/** Every cron job: the YAML's and the ones each agent made itself in chat (cron/jobs.json). */
+function renderCron(st) {
+  const jobs = (st.cron && st.cron.jobs) || [];
+  if (!jobs.length) {
+    $("cron").replaceChildren(el("p", { class: "muted" }, "No cron jobs."));
+    return;
+  }
+  const result = (r) => (r && typeof r === "object" ? r.result : r) || "-";
+  const future = (iso) => (iso ? new Date(iso).toLocaleString() : "-");
+  $("cron").replaceChildren(
+    table(
+      ["cron job", "kind", "bot", "schedule", "next run", "last run", "result", "note"],
+      jobs.map((j) => [
+        j.name,
+        j.source === "hermes" ? "agent's own" : j.kind === "agent" ? "agent (YAML)" : `${j.action} (YAML)`,
+        j.bot || "-",
+        j.schedule,
+        j.enabled === false ? "disabled" : future(j.next_run),
+        when(j.last_run),
+        result(j.last_result),
+        j.error || j.warning || j.note || "",
+      ]),
     ),
   );
 }
@@ -563,6 +590,7 @@ function renderAll() {
   renderConfig(view.status);
   renderBots(view.status);
   renderLeases(view.status);
+  renderCron(view.status);
   renderLogSources(view.status);
 }
 

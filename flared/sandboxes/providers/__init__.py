@@ -24,9 +24,12 @@ def provider_key(profile: SandboxProfile) -> str:
 
 def make_provider(profile: SandboxProfile, state_dir: Path) -> Provider:
     if profile.provider == "local":
-        from flared.sandboxes.providers.local import LocalProvider, sandbox_root
+        from flared.sandboxes.providers.local import LocalProvider, drop_legacy_leases, sandbox_root
 
-        return LocalProvider(sandbox_root(state_dir), hidden=[state_dir])
+        root = sandbox_root(state_dir)
+        provider = LocalProvider(root, hidden=[state_dir])
+        drop_legacy_leases(state_dir, root)
+        return provider
     from flared.sandboxes.providers.cloudflare import CloudflareProvider
 
     return CloudflareProvider.from_profile(profile)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import stat
@@ -37,6 +38,7 @@ from typing import Any
 
 from flared.config.models import SandboxProfile
 from flared.sandboxes.providers import process
+from flared.sandboxes.providers.removal import remove_tree
 from flared.sandboxes.types import (
     TIMEOUT_EXIT,
     ExecRequest,
@@ -45,7 +47,11 @@ from flared.sandboxes.types import (
     cap_output,
 )
 
+log = logging.getLogger("flared.sandboxes")
+
 KILLED_EXIT = 137  # 128 + SIGKILL
+#: Lease directories live in a directory of flared's here (see :func:`sandbox_root`).
+SANDBOXES_HOME = Path("/var/tmp")
 SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000  # the uid commands see inside
 UID_BASE = 200_000  # host uids for leases when flared runs as root
@@ -72,32 +78,64 @@ WRAPPER = '[ -d "$0" ] || mkdir -p -- "$0" 2>/dev/null; cd -- "$0" || exit 1; ex
 
 
 def sandbox_root(state_dir: Path) -> Path:
-    """Where lease directories live.
+    """Where lease directories live: ``/var/tmp/flared-sandboxes[-<uid>]/<hash of the state dir>``.
 
-    As root, bwrap runs as each lease's unprivileged uid, which must be able
-    to look up the lease directory; binding from file descriptors does not
-    help (bwrap resolves /proc/self/fd after entering its user namespace,
-    where the kernel denies it). So when some parent of the state dir is not
-    searchable by others (a 0700 home or temp dir), leases live under
-    /var/tmp instead, in a directory named after the state dir.
+    Not under the state dir. A sandbox reads its own ``/proc/self/mountinfo``,
+    which names the source of each bind mount by its path on the host
+    filesystem (a bind of another path does not change that, and bubblewrap
+    0.8 has no overlay to put in between): leases inside the state dir showed
+    its path, a home directory and a user name, on every line. Under
+    ``/var/tmp`` they show only a hash. As root, each lease's unprivileged uid
+    must also be able to look up its directory, which a 0700 home or temp
+    dir above the state dir would forbid; ``/var/tmp`` is always searchable.
+    A system without ``/var/tmp`` keeps them in ``<state>/sandboxes/local``.
     """
-    preferred = Path(state_dir).resolve() / "sandboxes" / "local"
-    if os.geteuid() != 0 or _searchable(preferred.parent):
-        return preferred
-    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
-    return Path("/var/tmp/flared-sandboxes") / digest
+    legacy = legacy_root(state_dir)
+    if not SANDBOXES_HOME.is_dir():
+        return legacy
+    digest = hashlib.sha256(str(legacy).encode()).hexdigest()[:16]
+    euid = os.geteuid()
+    return SANDBOXES_HOME / ("flared-sandboxes" if euid == 0 else f"flared-sandboxes-{euid}") / digest
 
 
-def _searchable(path: Path) -> bool:
-    """Every existing ancestor lets others search it (o+x)."""
-    for p in [path, *path.parents]:
-        try:
-            mode = p.stat().st_mode
-        except FileNotFoundError:
-            continue
-        if not mode & stat.S_IXOTH:
-            return False
-    return True
+def legacy_root(state_dir: Path) -> Path:
+    """Where leases lived before (flared up to issue 20), and still do without ``/var/tmp``."""
+    return Path(state_dir).resolve() / "sandboxes" / "local"
+
+
+def drop_legacy_leases(state_dir: Path, root: Path) -> None:
+    """Remove lease directories an older flared left in the state dir (scratch; their rows are forgotten)."""
+    old = legacy_root(state_dir)
+    if old == root or not old.is_dir():
+        return
+    try:
+        remove_tree(old)
+    except OSError as exc:
+        log.warning("could not remove the old sandbox directory %s: %s", old, exc)
+        return
+    log.info("removed the sandbox directory of an older flared (%s); leases now live in %s", old, root)
+
+
+def claim_shared_dir(path: Path) -> None:
+    """Make ``path`` (a directory right under ``/var/tmp``) ours, or refuse one someone else made.
+
+    ``/var/tmp`` is writable by every local user: a directory or link put
+    there first by another user would let them swap a lease directory for a
+    link under flared's feet. It must be a real directory, ours, writable by
+    no one else.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o711)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a directory"
+        raise SandboxError(
+            f"{path} is not flared's own: {kind}, owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o} "
+            f"(it must be a directory of uid {os.geteuid()} that only it may write). Another user may have "
+            "made it to tamper with sandboxes: check it, remove it, and start flared again."
+        )
+    if stat.S_IMODE(st.st_mode) != 0o711:
+        os.chmod(path, 0o711)  # lease uids must search it (as root); nobody may list it
 
 
 def find_bwrap() -> str:
@@ -121,7 +159,7 @@ def default_hidden() -> list[Path]:
 
 
 class LocalProvider:
-    """bubblewrap sandboxes under ``root`` (``<state>/sandboxes/local``)."""
+    """bubblewrap sandboxes under ``root`` (:func:`sandbox_root`)."""
 
     name = "local"
     lazy = False
@@ -142,12 +180,9 @@ class LocalProvider:
     # ------------------------------------------------------------------ lifecycle
 
     def _write_etc(self) -> None:
+        if self.root.parent.parent == SANDBOXES_HOME:
+            claim_shared_dir(self.root.parent)
         self._etc.mkdir(parents=True, exist_ok=True)
-        for p in (self.root, *self.root.parents):
-            if p == Path("/var/tmp"):
-                break
-            if p.parent == Path("/var/tmp") and p.stat().st_uid == os.geteuid():
-                p.chmod(0o711)
         files = {
             "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
             f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/workspace:/bin/bash\n"
@@ -204,10 +239,11 @@ class LocalProvider:
         for proc in procs:
             process.kill_tree(proc)
         base = self.lease_dir(lease_id)
-        if base.exists():
-            _make_removable(base)
-            shutil.rmtree(base, ignore_errors=True)
-        if base.exists():
+        try:
+            remove_tree(base)
+        except OSError as exc:
+            raise SandboxError(f"could not remove sandbox directory {base}: {exc}") from exc
+        if os.path.lexists(base):
             raise SandboxError(f"could not remove sandbox directory {base}")
 
     def reap_orphans(self) -> int:
@@ -377,13 +413,3 @@ def _within(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _make_removable(path: Path) -> None:
-    """A sandbox may chmod its own dirs to 000; undo that so rmtree can work (we are root or owner)."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(dirpath, d), 0o700)
