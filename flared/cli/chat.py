@@ -36,7 +36,7 @@ from flared.cli.common import (
 )
 from flared.cli.remote import Remote, connect
 from flared.cli.text import Out
-from flared.control.client import ControlError
+from flared.control.client import ControlError, DaemonNotAnswering
 
 SESSION_HEADER = "X-Hermes-Session-Id"
 #: Hermes' api_server writes a keepalive every 30 s while the agent works: three missed is a hang.
@@ -334,8 +334,8 @@ def run(args: argparse.Namespace) -> int:
         result = chat(
             ep, message, session=args.session, timeout=args.timeout, out=sys.stdout, tools=sys.stderr
         )
-    except (ChatError, CommandError) as exc:
-        code = exc.code
+    except (ChatError, CommandError, DaemonNotAnswering) as exc:
+        code = exc.code if isinstance(exc, ChatError | CommandError) else EXIT_FAILED
         if args.json:
             sid = exc.session_id if isinstance(exc, ChatError) else None
             print(

@@ -254,7 +254,7 @@ def test_a_stopped_flared_is_named_with_how_to_resume_it_not_a_traceback(daemon:
             subprocess.Popen(
                 [*FLARED, *args, "-c", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-            for args in (["status"], ["chat", "hello"])
+            for args in (["status"], ["chat", "--json", "hello"])
         ]
         outs = [p.communicate(timeout=60) for p in runs]
     finally:
@@ -263,8 +263,10 @@ def test_a_stopped_flared_is_named_with_how_to_resume_it_not_a_traceback(daemon:
         f"did not answer within 10 s: it is stopped (SIGSTOP, or Ctrl-Z in its terminal); "
         f"`kill -CONT {daemon.pid}` resumes it\n"
     )
-    for name, p, (stdout, stderr) in zip(("status", "chat"), runs, outs, strict=True):
-        assert p.returncode == 1 and stdout == "", stderr
+    for name, p, (_, stderr) in zip(("status", "chat"), runs, outs, strict=True):
+        assert p.returncode == 1, stderr
         assert "Traceback" not in stderr
         assert stderr.endswith(f"flared {name}: flared (pid {daemon.pid}) {resume}"), stderr
+    assert outs[0][0] == ""
+    assert json.loads(outs[1][0])["error"] == f"flared (pid {daemon.pid}) {resume}".rstrip("\n")
     daemon.answers()
