@@ -70,6 +70,15 @@ def test_the_admin_page_shows_and_steers_a_running_flared(tmp_path: Path, browse
     prune = {"name": "nightly-prune", "schedule": "0 3 * * *", "action": "prune"}
     with FlareUp(tmp_path, [bot("hermes")], cron=[prune]) as flare:
         flare.wait_running("hermes")
+        # A snapshot this state dir has no history of (taken before it, or on another
+        # machine): the page's history must still list it after one more (issue 23).
+        home = flare.state_dir / "bots" / "hermes" / "home"
+        (home / "before.txt").write_text("taken elsewhere\n")
+        earlier = flare.cli("snapshot", "--bot", "hermes", "--json")
+        assert earlier.returncode == 0, earlier.stderr
+        for local in flare.state_dir.rglob("history/hermes.jsonl"):
+            local.unlink()
+        (home / "after.txt").write_text("a change for Snapshot now\n")
         jobs_file = flare.state_dir / "bots" / "hermes" / "home" / "cron" / "jobs.json"
         jobs_file.parent.mkdir(parents=True, exist_ok=True)
         jobs_file.write_text(json.dumps({"jobs": [agent_job]}))
@@ -127,12 +136,18 @@ def test_the_admin_page_shows_and_steers_a_running_flared(tmp_path: Path, browse
         # Snapshot now -> a new row in the history, and the action in the audit log.
         card.get_by_role("button", name="Snapshot now").click()
         page.locator(".toast.ok", has_text="hermes: snapshot").wait_for(timeout=60_000)
-        row = card.locator('[data-testid="history"] tbody tr').first
-        row.wait_for(timeout=30_000)
+        rows = card.locator('[data-testid="history"] tbody tr')
+        row = rows.first
         listed = flare.cli("snapshots", "--json", "--bot", "hermes")
         assert listed.returncode == 0, listed.stderr
         ids = [s["id"] for s in json.loads(listed.stdout)["snapshots"]]
-        assert len(ids) == 1 and ids[0] in row.inner_text(), (ids, row.inner_text())
+        assert len(ids) == 2 and json.loads(earlier.stdout)["results"][0]["id"] in ids, (ids, earlier.stdout)
+        page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=history] tbody tr').length === n", arg=2
+        )
+        # One merged history, newest first: the new snapshot on top, the store's older one below.
+        texts = [rows.nth(i).inner_text() for i in range(2)]
+        assert ids[0] in texts[0] and ids[1] in texts[1], (ids, texts)
         audit = (flare.state_dir / "operator" / "audit.jsonl").read_text()
         assert '"user": "admin page (local)"' in audit and '"command": "POST /snapshots"' in audit
 
@@ -170,6 +185,17 @@ def test_the_admin_page_shows_and_steers_a_running_flared(tmp_path: Path, browse
         page.set_viewport_size({"width": 390, "height": 844})
         page.wait_for_timeout(300)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        # The history table is not cut off: nothing to scroll sideways, its buttons on screen.
+        history = card.locator('[data-testid="history"]')
+        assert history.evaluate("t => t.parentElement.scrollWidth <= t.parentElement.clientWidth")
+        for i in range(2):
+            button = rows.nth(i).get_by_role("button", name=re.compile(r"^Restore "))
+            box = button.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        label = rows.first.locator('td[data-label="size"]').evaluate(
+            "td => getComputedStyle(td, '::before').content"
+        )
+        assert label == '"size: "', label  # each cell says what it is
         page.screenshot(path=str(SHOTS / "admin-phone.png"), full_page=False)
         page.keyboard.press("Tab")
         focused = [

@@ -163,3 +163,28 @@ def test_a_bot_that_does_not_answer_in_time_is_named(served: tuple[Path, FakeLLM
 def test_the_default_timeout_is_three_missed_keepalives() -> None:
     out = run_cli("chat", "--help")
     assert "keepalive every 30 s while it works; default 90)" in " ".join(out.stdout.split())
+
+
+def test_another_program_on_the_port_is_named_not_printed(tmp_path: Path) -> None:
+    """`python -m http.server` on the bot's port: chat used to print its HTML error page (issue 23)."""
+    import http.server
+    import threading
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = write(tmp_path, [bot("solo", port)])
+        for extra in ((), ("--json",)):
+            out = run_cli("chat", "-c", str(cfg), *extra, "hi")
+            assert out.returncode == 1, out.stderr
+            assert "<html" not in (out.stdout + out.stderr).lower()
+            assert (
+                f"flared chat: something other than the Hermes API of bot 'solo' answered on "
+                f"http://127.0.0.1:{port} (HTTP 501, text/html, server 'SimpleHTTP/"
+            ) in out.stderr, out.stderr
+            assert f"page 'Error response'): another program holds port {port}." in out.stderr
+            assert "give the bot a free port in the config (`api: {port: N}`" in out.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

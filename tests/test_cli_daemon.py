@@ -159,6 +159,24 @@ def test_each_chat_is_a_new_conversation_unless_session(world: World) -> None:
     assert "pineapple" not in turns[-2].text.replace(turns[-2].last_user_text, "")  # the second began fresh
 
 
+def test_chat_refuses_a_session_the_bot_does_not_have(world: World) -> None:
+    """An unknown --session used to start a new, empty conversation silently (issue 23)."""
+    first = world.cli("chat", "hello")
+    assert first.returncode == 0, first.stderr
+    known = re.search(r"--session (\S+)\)", first.stderr).group(1)  # type: ignore[union-attr]
+    turns = len(world.fake.agent_turns())
+    out = world.cli("chat", "--session", "cli-no-such-talk", "which word?")
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    assert "flared chat: bot 'hermes' has no conversation 'cli-no-such-talk' (its latest: " in out.stderr
+    assert known in out.stderr and "nothing was sent. Leave out --session to start a new one." in out.stderr
+    assert len(world.fake.agent_turns()) == turns  # the model was never asked
+    js = world.cli("chat", "--json", "--session", "cli-no-such-talk", "hi")
+    assert js.returncode == 2 and "has no conversation" in json.loads(js.stdout)["error"]
+    cont = world.cli("chat", "--session", known, "again")
+    assert cont.returncode == 0, cont.stderr
+
+
 def test_chat_prints_the_providers_error_and_exits_1(world: World) -> None:
     world.fake.script(llm.error(401, "invalid x-api-key: check HERMES_FLARE_API_KEY"))
     out = world.cli("chat", "hello")

@@ -47,6 +47,27 @@ def test_boot_and_stop_print_what_they_did(tmp_path: Path) -> None:
         assert "hermes: started fresh: the store held no snapshot" in first
         (flare.state_dir / "bots" / "hermes" / "home" / "notes.txt").write_text("remember me\n")
 
+        # Editing the file: one line per edit, applied (what changed) or refused (where).
+        good = flare.config_path.read_text()
+        assert "every: 1h" in good
+        flare.config_path.write_text(good.replace("every: 1h", "every: 2h"))
+        wait_for(
+            lambda: "config edit applied: snapshots: every -> applied live" in printed(flare), 30, "applied"
+        )
+        flare.config_path.write_text(good.replace("every: 1h", "every: soon"))
+        refused = wait_for(
+            lambda: re.search(
+                r"config edit refused, the running config stays: (\S+):(\d+):(\d+): snapshots\.every: ",
+                printed(flare),
+            ),
+            30,
+            "refused",
+        )
+        assert refused.group(1) == str(flare.config_path)
+        line, col = int(refused.group(2)), int(refused.group(3))
+        assert flare.config_path.read_text().splitlines()[line - 1][col - 1 :].startswith("soon")
+        flare.config_path.write_text(good.replace("every: 1h", "every: 2h"))
+
         # `flared stop` from another terminal: both terminals say what the final snapshot did.
         out = flare.cli("stop")
         assert out.returncode == 0, out.stderr

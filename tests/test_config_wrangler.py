@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import flared
 from flared.config.loader import load_config
 from flared.config.models import MIN_COMPATIBILITY_DATE
 from flared.config.wrangler import DO_CLASSES, INSTANCE_TYPES, RenderError, render
@@ -164,6 +165,9 @@ def test_defaults_with_only_an_account_id(tmp_path: Path) -> None:
     assert v["SANDBOX_MAX_IDLE_MS"] == str((7200 + 600) * 1000)
     assert v["ACCESS_TEAM_DOMAIN"] == v["ACCESS_AUD"] == v["ACCESS_ALLOWED_EMAILS"] == ""
     assert v["EGRESS_SECRETS"] == v["ACCESS_ALLOWED_SERVICE_TOKENS"] == ""
+    # Empty on deploy: only a local topology points the store elsewhere.
+    assert v["R2_ENDPOINT"] == ""
+    assert v["FLARED_VERSION"] == flared.__version__
 
 
 def test_cloudflare_section_groups_and_access(tmp_path: Path) -> None:
@@ -297,3 +301,35 @@ def test_render_needs_no_secrets(tmp_path: Path) -> None:
     res = run_cli("render", "wrangler", "-c", str(path), env=env)
     assert res.returncode == 2
     assert "bots[0].group" in res.stderr
+
+
+def test_deploy_render_only_says_the_account_id_is_missing_before_npm_ci(tmp_path: Path) -> None:
+    """`scripts/deploy --render-only` spent ~14 s in `npm ci` before saying so (issue 23).
+
+    The real script in a copy of the tree; `scripts/setup` there only records how
+    it was called (the real one would install into this worktree), `.venv` is this one.
+    """
+    import shutil
+    import subprocess
+
+    from tests.fixtures.flare import ROOT
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "deploy", tmp_path / "scripts" / "deploy")
+    setup = tmp_path / "scripts" / "setup"
+    setup.write_text('#!/bin/sh\necho "setup $*" >> "$(dirname "$0")/../setup.calls"\n')
+    setup.chmod(0o755)
+    shutil.copy2(ROOT / "hermes-flare.yaml", tmp_path / "hermes-flare.yaml")
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_ACCOUNT_ID"}
+    out = subprocess.run(
+        [str(tmp_path / "scripts" / "deploy"), "--render-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert re.search(r"hermes-flare\.yaml:\d+:\d+: cloudflare\.account_id: is not set", out.stderr)
+    assert (tmp_path / "setup.calls").read_text() == "setup \n"  # never `--worker` (npm ci)
+    assert not (tmp_path / "wrangler.toml").exists() and not (tmp_path / "wrangler.toml.new").exists()

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+import flared
 from flared.supervisor import SupervisorClient
 from tests.fixtures.flare import bot, free_port
 
@@ -40,6 +41,8 @@ EXEC = ROOT / "images/exec/Dockerfile"
 ENTRYPOINT = ROOT / "images/agent/entrypoint.sh"
 IMAGE_CONF = ROOT / "supervisord/supervisord.conf"
 VENV_BIN = Path(sys.executable).parent
+# What the image's CMD runs supervisord under (flared/cli/foreground.py).
+WATCHER = ["python", "-m", "flared.cli.foreground", "--container", "--"]
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -176,9 +179,9 @@ def test_agent_image_runs_the_committed_supervisord_config_under_tini_as_hermes(
     assert "supervisord/supervisord.conf /etc/hermes-flare/supervisord.conf" in copies
     entry = json.loads(next(args for i, args in ins if i == "ENTRYPOINT"))
     cmd = json.loads(next(args for i, args in ins if i == "CMD"))
-    # The entrypoint (root) hands over to `hermes`, then tini runs supervisord.
+    # The entrypoint (root) hands over to `hermes`, then tini runs supervisord under the watcher.
     assert entry == ["/usr/local/bin/hermes-flare-entrypoint", "/usr/bin/tini", "--"]
-    assert cmd == ["supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
+    assert cmd == [*WATCHER, "supervisord", "-n", "-c", "/etc/hermes-flare/supervisord.conf"]
     env = " ".join(args for i, args in ins if i == "ENV")
     assert "FLARE_RUN_AS=hermes" in env
     assert next(args for i, args in ins if i == "EXPOSE") == "7979"
@@ -237,8 +240,9 @@ def put_config(port: int, text: str) -> tuple[int, bool]:
 
 @contextlib.contextmanager
 def container_start(
-    tmp_path: Path, yaml_text: str, group: str
+    tmp_path: Path, yaml_text: str, group: str, *, stopwaitsecs: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """The image's start command on this machine; ``stopwaitsecs``: supervisord's for flared."""
     state, config = tmp_path / "state", tmp_path / "etc/hermes-flare.yaml"
     port = free_port()
     env = {
@@ -257,8 +261,12 @@ def container_start(
     }
     # The entrypoint makes the state dirs, but supervisord's own paths come from its conf.
     conf = redirected_conf(tmp_path, state, config)
+    if stopwaitsecs is not None:
+        text = conf.read_text()
+        assert "\nstopwaitsecs=90\n" in text
+        conf.write_text(text.replace("\nstopwaitsecs=90\n", f"\nstopwaitsecs={stopwaitsecs}\n"))
     proc = subprocess.Popen(
-        ["sh", str(ENTRYPOINT), "supervisord", "-n", "-c", str(conf)],
+        ["sh", str(ENTRYPOINT), *WATCHER, "supervisord", "-n", "-c", str(conf)],
         env=env,
         start_new_session=True,
         stdout=(tmp_path / "container.log").open("wb"),
@@ -301,6 +309,8 @@ def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> Non
         assert (tmp_path / "etc/hermes-flare.yaml").read_text() == yaml_text
         # ... and flared reports the digest the Worker computes of the same text.
         assert health["config_digest"] == hashlib.sha256(yaml_text.encode()).hexdigest()
+        # ... and its version, which the Worker compares with the one it was rendered with.
+        assert health["version"] == flared.__version__
         # TCP control needs the internal token.
         with pytest.raises(urllib.error.HTTPError) as denied:
             get_json(f"http://127.0.0.1:{port}/status")
@@ -309,7 +319,13 @@ def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> Non
         assert status
         # A bot of another group gets no gateway in this container.
         programs = {p["name"] for p in SupervisorClient(state / "supervisor/supervisor.sock").processes()}
-        assert programs == {"flared"}, programs
+        assert programs == {"flared", "logs"}, programs
+        # flared's lines reach the container's own log (`docker logs`), prefixed (issue 23, item 2).
+        log = tmp_path / "container.log"
+        deadline = time.monotonic() + 15
+        while "[flared] " not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert re.search(r"^\[flared\] .* flared \S+ starting with ", log.read_text(), re.M), log.read_text()
 
         # A redeploy: the Worker's cron PUTs the new YAML as it does (scheduled.ts) ...
         data["snapshots"]["every"] = "2h"
@@ -380,3 +396,81 @@ def test_the_entrypoint_hands_the_secrets_to_flared_in_a_file(tmp_path: Path) ->
     text = ENTRYPOINT.read_text()
     listed = text.split("for name in ", 1)[1].split("; do", 1)[0].replace("\\\n", " ").split()
     assert sorted(listed) == sorted(handoff.BASE_VARS)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts the entrypoint as another uid")
+def test_the_entrypoint_refuses_a_volume_its_user_cannot_write_with_the_fix() -> None:
+    """Issue 23, item 3: a root-owned store volume made the final snapshot fail (Permission denied).
+
+    Started as uid 10001 (`--user`), the entrypoint cannot hand a root-owned
+    volume over: it refuses before anything runs, naming the directory and the fix.
+    """
+    import shutil
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="flare-volumes-"))  # pytest's tmp is root-only
+    try:
+        _refuses_volumes(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _refuses_volumes(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("version: 1\n")
+    (tmp_path / "c.yaml").chmod(0o644)
+    state, store = tmp_path / "state", tmp_path / "store"
+    for d in (state, store):
+        d.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
+        "FLARE_STATE_DIR": str(state),
+        "FLARE_STORE__URL": f"file://{store}",
+    }
+
+    def start_as_10001() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "sh", str(ENTRYPOINT), "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    res = start_as_10001()
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"hermes-flare: {state} is not writable by uid 10001, which runs flared")
+    assert "start the container as root (no --user / user: in compose)" in res.stderr
+    assert "chown -R 10001:10001 <the volume's host directory>" in res.stderr
+
+    os.chown(state, 10001, 10001)  # the state volume fixed; the store still root's
+    res = start_as_10001()
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"hermes-flare: {store} is not writable by uid 10001"), res.stderr
+    os.chown(store, 10001, 10001)
+    res = start_as_10001()
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_entrypoint_drops_the_last_containers_gateway_programs(tmp_path: Path) -> None:
+    """A state volume kept across containers (compose) held gateway-*.conf: supervisord
+    started the gateways before flared restored anything ("adopting it (no restore)")."""
+    (tmp_path / "c.yaml").write_text("version: 1\n")
+    programs = tmp_path / "state" / "supervisor" / "programs"
+    programs.mkdir(parents=True)
+    (programs / "gateway-hermes.conf").write_text("[program:gateway-hermes]\ncommand=sleep 1\n")
+    gateway_log = tmp_path / "state" / "bots" / "hermes" / "logs" / "gateway.log"
+    gateway_log.parent.mkdir(parents=True)
+    gateway_log.write_text("the last container's line\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HERMES_FLARE_CONFIG": str(tmp_path / "c.yaml"),
+        "FLARE_STATE_DIR": str(tmp_path / "state"),
+    }
+    res = subprocess.run(["sh", str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert programs.is_dir() and list(programs.iterdir()) == []
+    # ... and notes where each log ends, for the log mirror (`flared logs --mirror`).
+    noted = (tmp_path / "state" / "logs" / ".start-offsets").read_text()
+    assert noted == f"26 {gateway_log}\n"

@@ -114,6 +114,12 @@ def test_the_readme_quick_start(tmp_path: Path) -> None:
             "HERMES_FLARE_API_PORT": str(port),
             "FLARE_ADMIN__PORT": "0",  # the page's default port may be taken on a shared machine
             "NO_COLOR": "1",
+            # as after a clone: no `flared` on PATH, so hints must say `.venv/bin/flared`
+            "PATH": os.pathsep.join(
+                p
+                for p in os.environ["PATH"].split(os.pathsep)
+                if p.rstrip("/") != str(ROOT / ".venv" / "bin")
+            ),
         }
         env.pop("HERMES_FLARE_CONFIG", None)
         log = tmp_path / "make-up.log"
@@ -134,7 +140,8 @@ def test_the_readme_quick_start(tmp_path: Path) -> None:
             boot = log.read_text()
             assert "hermes-flare starting 1 bot(s) from" in boot, boot
             assert (
-                f"hermes: ready: chat API on http://127.0.0.1:{port}/v1 (try: flared chat hello)" in boot
+                f"hermes: ready: chat API on http://127.0.0.1:{port}/v1 (try: `.venv/bin/flared chat hello`)"
+                in boot
             ), boot
             assert re.search(r"admin page: http://127\.0\.0\.1:\d+/admin/#token=", boot), boot
 

@@ -9,6 +9,7 @@ tokens) is :mod:`flared.control`.
 
 from __future__ import annotations
 
+from flared.api import chat as chat_api
 from flared.api import config as config_api
 from flared.api import core
 from flared.api import leases as lease_api
@@ -34,4 +35,5 @@ def build_router(
     snapshot_api.register(router, snapshots, gateways)
     lease_api.register(router, leases)
     config_api.register(router, reloader)
+    chat_api.register(router, reloader.live)
     return router

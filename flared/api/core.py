@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flared import __version__
+from flared.api.chat import bot_endpoint
 from flared.config.redact import redact_text, redacted_config
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.gateways import Gateways
-from flared.hermes.home import api_key
 from flared.hermes.paths import BotPaths
 from flared.policy.reload import Reloader
 
@@ -41,6 +41,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
         cfg = live.config
         return {
             "ok": True,
+            "version": __version__,
             "config_digest": live.loaded.digest,
             "last_tick": daemon.last_tick.isoformat() if daemon.last_tick else None,
             "group": os.environ.get("FLARE_GROUP") or (cfg.bots[0].group if cfg.bots else "default"),
@@ -74,22 +75,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
 
     def bot_api(req: Request) -> dict[str, Any]:
         """Where a bot's local API listens and its key: what `flared chat` needs (admin only)."""
-        name = req.params["name"]
-        if name not in live.config.bot_names:
-            raise HTTPError(
-                404, f"no bot named {name!r} (bots: {', '.join(live.config.bot_names) or 'none'})"
-            )
-        bot = live.config.bot(name)
-        if bot.api is None:
-            raise HTTPError(
-                409, f"bot {name!r} has no local API: add `api: {{port: 8642}}` to it in {live.loaded.path}"
-            )
-        return {
-            "bot": name,
-            "url": f"http://{bot.api.dial_host}:{bot.api.port}/v1",
-            "key": api_key(live.loaded.state_dir, bot),
-            "model": bot.model.model or "hermes",
-        }
+        return bot_endpoint(live, req.params["name"])._asdict()
 
     def shutdown(req: Request) -> dict[str, Any]:
         return {"stopping": True, "supervisord_pid": daemon.shutdown_all(), "pid": os.getpid()}

@@ -20,6 +20,7 @@ import sys
 from flared import __version__
 from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
+from flared.cli.text import localize_hints
 from flared.control.client import DaemonNotAnswering
 
 
@@ -37,21 +38,45 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input (config or arguments).",
     )
     parser.add_argument("--version", action="version", version=f"flared {__version__}")
+    # `flared -c FILE status` as well as `flared status -c FILE`: a separate dest, because a
+    # subcommand's own default (None) would overwrite the value given before it.
+    parser.add_argument(
+        "-c", "--config", dest="config_before", metavar="FILE", help="config file, for any command"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin):
         module.register(sub)
     return parser
 
 
+#: Commands whose stdout is data (a file, log lines), printed as it is, hints or not.
+DATA_OUT = frozenset({"render", "schema", "logs"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    originals = localize_hints()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors
-        return int(exc.code or 0)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, usage errors
+            return int(exc.code or 0)
+    finally:
+        sys.stdout, sys.stderr = originals
+    data = args.command in DATA_OUT or bool(getattr(args, "json", False))
+    localize_hints(stdout=not data)
+    try:
+        return _run(parser, args)
+    finally:
+        sys.stdout, sys.stderr = originals
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INVALID
+    if args.config_before is not None and getattr(args, "config", None) is None:
+        args.config = args.config_before  # the one after the subcommand wins when both are given
     try:
         return int(args.func(args))
     except SystemExit as exc:  # load_or_exit and friends

@@ -10,9 +10,11 @@ The answer streams to the terminal; ``--json`` waits for the whole answer.
 a keepalive every 30 s while it works, and a bot whose gateway does not
 answer ``GET /health`` is named before anything is sent.
 Each chat is a new conversation unless ``--session ID`` continues one (the
-id is printed on stderr). When the agent fails (no key, the model server
-down), Hermes says so in the stream; that error is printed and the exit
-status is 1, with ``--json`` as ``{"error": ...}`` on stdout.
+id is printed on stderr; an id the bot does not have is refused, exit 2).
+Another program on the bot's port is named, not its page printed. When the
+agent fails (no key, the model server down), Hermes says so in the stream;
+that error is printed and the exit status is 1, with ``--json`` as
+``{"error": ...}`` on stdout.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def register(sub: Subparsers) -> None:
     add_json_arg(p)
     p.add_argument("--bot", help="bot name (default: the only bot with an `api:` section)")
     p.add_argument(
-        "--session", metavar="ID", help="continue this conversation (id printed by a previous chat)"
+        "--session",
+        metavar="ID",
+        help="continue this conversation (id printed by a previous chat; an unknown id is refused)",
     )
     p.add_argument(
         "--timeout",
@@ -222,6 +226,81 @@ class _Writer:
         return "".join(self.parts)
 
 
+def _get_json(ep: Endpoint, path: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """GET ``path`` on the bot's API server (beside ``/v1``); (status, JSON body or {})."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(ep.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {ep.key}"})
+        resp = conn.getresponse()
+        try:
+            data = json.loads(resp.read())
+        except ValueError:
+            data = {}
+        return resp.status, data if isinstance(data, dict) else {}
+    finally:
+        conn.close()
+
+
+def check_session(ep: Endpoint, session: str, timeout: float = 10.0) -> None:
+    """Refuse ``--session ID`` when the bot has no such conversation.
+
+    Hermes would take the unknown id and silently start a new, empty
+    conversation under it, so a mistyped id looked like the bot forgetting.
+    Only Hermes' own "session not found" answer refuses; a server that
+    cannot say (unreachable, another program) is left to the chat itself,
+    which explains those.
+    """
+    import http.client
+    import urllib.parse
+
+    try:
+        status, data = _get_json(ep, "/api/sessions/" + urllib.parse.quote(session, safe=""), timeout)
+        error = data.get("error")
+        if status != 404 or not isinstance(error, dict) or error.get("code") != "session_not_found":
+            return
+        _, listing = _get_json(ep, "/api/sessions?limit=5", timeout)
+    except (OSError, http.client.HTTPException):
+        return
+    ids = [str(s["id"]) for s in listing.get("data") or [] if isinstance(s, dict) and s.get("id")]
+    known = f"its latest: {', '.join(ids)}" if ids else "it has none yet"
+    raise ChatError(
+        f"bot {ep.bot!r} has no conversation {session!r} ({known}); nothing was sent. "
+        "Leave out --session to start a new one.",
+        EXIT_INVALID,
+    )
+
+
+def foreign_answer(ep: Endpoint, where: str, resp: Any) -> str | None:
+    """What to say when the program on the bot's port is not a Hermes API server, else None.
+
+    Hermes answers JSON or an event stream; anything else (an HTML page from a
+    dev server, a proxy's error page) means another program holds the port,
+    and printing its page would only bury that.
+    """
+    ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype in {"application/json", "text/event-stream"}:
+        return None
+    import re
+
+    body = resp.read(4096).decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>\s*(.*?)\s*</title>", body, re.I | re.S)
+    what = [f"HTTP {resp.status}", ctype or "no content type"]
+    if resp.getheader("Server"):
+        what.append(f"server {resp.getheader('Server')!r}")
+    if title and title.group(1):
+        what.append(f"page {title.group(1)[:80]!r}")
+    port = where.rsplit(":", 1)[-1]
+    return (
+        f"something other than the Hermes API of bot {ep.bot!r} answered on {where} ({', '.join(what)}): "
+        f"another program holds port {port}. Stop that program, or give the bot a free port in the "
+        "config (`api: {port: N}`; the edit is applied live), then chat again."
+    )
+
+
 def chat(
     ep: Endpoint,
     message: str,
@@ -243,12 +322,10 @@ def chat(
 
     from flared.hermes.liveness import health_error
 
-    session = session or new_session_id()
     body = {"model": ep.model, "messages": [{"role": "user", "content": message}], "stream": True}
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {ep.key}",
-        SESSION_HEADER: session,
     }
     parts = urllib.parse.urlsplit(ep.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -257,9 +334,12 @@ def chat(
     if trouble is not None:
         raise ChatError(
             f"bot {ep.bot!r} is not answering on {where} ({trouble}): is its gateway ready? "
-            "(`flared status` says; flared restarts a gateway that stopped answering; "
-            "start everything with `flared up`)"
+            "(`flared status` says; start everything with `flared up`)"
         )
+    if session:
+        check_session(ep, session, min(timeout, HEALTH_DEADLINE_S))
+    session = session or new_session_id()
+    headers[SESSION_HEADER] = session
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         try:
@@ -272,6 +352,9 @@ def chat(
         except OSError as exc:
             raise ChatError(f"cannot reach bot {ep.bot!r} on {where}: {exc}") from None
         session_id = resp.getheader(SESSION_HEADER) or session
+        foreign = foreign_answer(ep, where, resp)
+        if foreign:
+            raise ChatError(foreign)
         if resp.status >= 400:
             text = resp.read().decode("utf-8", "replace")
             try:

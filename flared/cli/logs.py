@@ -10,10 +10,13 @@ line prefixed with where it came from.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flared.cli.common import EXIT_INVALID, EXIT_OK, CommandError, Subparsers, add_config_arg
 from flared.cli.remote import Remote, connect
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from flared.config.loader import LoadedConfig
 
 FOLLOW_EVERY_S = 0.5
+#: In ``<state>/logs``: "SIZE PATH" of each log as the Agent image's entrypoint found it at start.
+START_OFFSETS = ".start-offsets"
 
 
 class Source:
@@ -47,6 +52,13 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--supervisord", action="store_true", help="supervisord's log")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines of each log to show first (default 40)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="copy new lines of flared's log and every gateway's (bots added later too) to stdout "
+        "until stopped, prefixed and redacted, read from the files: what the Agent image runs so "
+        "`docker logs` shows them",
+    )
     p.set_defaults(func=cmd_logs)
 
 
@@ -66,6 +78,8 @@ def _sources(args: argparse.Namespace, bots: list[str]) -> list[Source]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.mirror:
+        return cmd_mirror(args)
     if args.lines < 0:
         raise CommandError("--lines must be 0 or more", EXIT_INVALID)
     remote = connect(args)
@@ -172,3 +186,142 @@ class _FileReader(_Reader):
 
         text, offset = read_from(self._path(src), src.offset)
         return self._redact(text), offset
+
+
+# ---------------------------------------------------------------------- the container's log
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    """Run :class:`LogMirror` until SIGTERM (supervisord stops it last), then copy what is left."""
+    from flared.config import handoff
+
+    handoff.adopt()  # the secrets to redact, handed over as flared gets them
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    mirror = LogMirror(getattr(args, "config", None), sys.stdout)
+    while not stopping:
+        mirror.tick()
+        time.sleep(FOLLOW_EVERY_S)
+    mirror.tick()  # the final snapshots, written while the gateways and flared stopped
+    return EXIT_OK
+
+
+class LogMirror:
+    """Copies new lines of flared's log and each gateway's to one stream, prefixed and redacted.
+
+    Read from the files, not through the daemon: it must see flared's boot
+    and its final snapshot, when the daemon does not answer. A log that
+    existed before the mirror started is followed from its end (the state
+    volume keeps the last run's lines); one that appears later, from its
+    start. The config is read again when the file changes, so a bot added
+    by an edit is followed and new secrets are redacted.
+    """
+
+    def __init__(
+        self, config_path: str | None, out: TextIO, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config_path = config_path
+        self.out = out
+        self.started = clock()
+        self.loaded: LoadedConfig | None = None
+        self.stamp: tuple[int, int] | None = None
+        self.said_error = ""
+        self.announced = False
+        self.offsets: dict[Path, int] = {}
+        self.noted: dict[Path, int] | None = None
+        self.by_note = False
+
+    def _reload(self) -> None:
+        from flared.config.loader import ConfigError, load_config
+        from flared.config.where import find_config
+
+        path = find_config(self.config_path)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = (0, 0)
+        if stamp == self.stamp:
+            return
+        try:
+            self.loaded = load_config(str(path), check_state_dir=False)
+            self.stamp, self.said_error = stamp, ""
+        except ConfigError as exc:
+            self.stamp = stamp
+            text = "; ".join(str(i) for i in exc.issues)
+            if text != self.said_error:  # said once per edit, the last good config still redacts
+                self.said_error = text
+                self._write("logs", text if self.loaded is None else f"config not reread: {text}")
+
+    def sources(self) -> list[tuple[str, Path]]:
+        from flared.hermes.paths import BotPaths
+
+        if self.loaded is None:
+            return []
+        state = self.loaded.state_dir
+        out = [("flared", state / "logs" / "flared.log")]
+        out += [(f"gateway-{b}", BotPaths.of(state, b).gateway_log) for b in self.loaded.config.bot_names]
+        return out
+
+    def _start_offsets(self) -> dict[Path, int] | None:
+        """The sizes the entrypoint noted at container start (:data:`START_OFFSETS`), if it did."""
+        assert self.loaded is not None
+        try:
+            text = (self.loaded.state_dir / "logs" / START_OFFSETS).read_text()
+        except OSError:
+            return None
+        noted: dict[Path, int] = {}
+        for line in text.splitlines():
+            size, _, path = line.partition(" ")
+            if size.isdigit() and path:
+                noted[Path(path)] = int(size)
+        return noted
+
+    def _first_offset(self, path: Path) -> int | None:
+        """Where to start a log first seen now; None while it does not exist.
+
+        In the image the entrypoint noted each log's size when the container
+        started, so lines flared wrote before this process looked are kept and
+        the last container's are not repeated; a log not noted is new. Without
+        that note: a log older than this process from its end, a newer one whole.
+        """
+        if self.noted is None:
+            found = self._start_offsets()
+            self.by_note, self.noted = found is not None, found or {}
+        if self.by_note:
+            return self.noted.get(path, 0)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size if st.st_mtime < self.started else 0
+
+    def tick(self) -> None:
+        from flared.api.core import read_from
+        from flared.config.redact import redact_text
+
+        self._reload()
+        for name, path in self.sources():
+            if path not in self.offsets:
+                first = self._first_offset(path)
+                if first is None:
+                    continue  # not yet: from its first line once it appears
+                self.offsets[path] = first
+            text, self.offsets[path] = read_from(path, self.offsets[path])
+            if text:
+                assert self.loaded is not None
+                for line in redact_text(text, self.loaded.config).splitlines():
+                    self._write(name, line)
+        if self.loaded is not None and not self.announced:  # once the starting offsets are taken
+            self.announced = True
+            n = len(self.loaded.config.bot_names)
+            self._write("logs", f"following flared's log and {n} gateway log(s) in {self.loaded.state_dir}")
+        self.out.flush()
+
+    def _write(self, name: str, line: str) -> None:
+        self.out.write(f"[{name}] {line}\n")

@@ -31,6 +31,7 @@ from flared.cli.remote import connect
 from flared.cli.text import Out, human_age
 from flared.config.units import human_bytes
 from flared.control.client import ConnectionLost, ControlError, DaemonNotRunning
+from flared.snapshots.final import NOT_SAVED
 
 _READINESS_STYLE = {
     "ready": "green",
@@ -303,6 +304,10 @@ def final_snapshot_lines(finals: list[dict[str, Any]]) -> list[str]:
             )
         elif result == "unchanged":
             lines.append(f"{bot}: final snapshot: unchanged since {r.get('id')}, nothing uploaded")
+        elif result in NOT_SAVED:
+            lines.append(
+                f"{bot}: final snapshot {result.upper()}: {r.get('reason') or r.get('error') or '-'}"
+            )
         else:
             lines.append(f"{bot}: no final snapshot ({result}): {r.get('reason') or r.get('error') or '-'}")
     return lines

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from flared.config.units import human_bytes
 
@@ -130,3 +130,53 @@ class ProgressLine:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
+
+
+def flared_form() -> str:
+    """How the user runs this flared from where they stand, for the hints it prints.
+
+    ``flared`` when that name on PATH is this program; else this install's
+    script, relative to the working directory when inside it (``make up``
+    users have ``.venv/bin/flared`` and no ``flared`` on PATH).
+    """
+    import shutil
+
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "flared")
+    if not os.path.exists(script):
+        return "flared"  # `python -m flared` from elsewhere: nothing better to say
+    found = shutil.which("flared")
+    if found and os.path.realpath(found) == os.path.realpath(script):
+        return "flared"
+    rel = os.path.relpath(script)
+    return script if rel.startswith("..") else rel
+
+
+class HintForms:
+    """A text stream that prints "`flared ...`" hints in the form that works here (:func:`flared_form`).
+
+    Hints come from the CLI and from the daemon (through `status`, errors),
+    always as "`flared COMMAND`", so one rewrite where the text reaches the
+    user's terminal covers every one of them.
+    """
+
+    def __init__(self, stream: TextIO, form: str) -> None:
+        self.stream = stream
+        self.form = form
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.replace("`flared ", f"`{self.form} "))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def localize_hints(*, stdout: bool = True) -> tuple[TextIO, TextIO]:
+    """Wrap stderr (and stdout, unless it carries data: a rendered file, JSON, log lines)
+    in :class:`HintForms` when needed; returns the originals to put back."""
+    originals = (sys.stdout, sys.stderr)
+    form = flared_form()
+    if form != "flared":
+        if stdout:
+            sys.stdout = HintForms(sys.stdout, form)
+        sys.stderr = HintForms(sys.stderr, form)
+    return originals

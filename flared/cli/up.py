@@ -9,7 +9,6 @@ and after the stop prints what each final snapshot did.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flared import orphans
 from flared.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,6 +31,8 @@ from flared.cli.remote import connect
 from flared.cli.text import Out
 from flared.config import handoff
 from flared.control.client import ControlError
+from flared.lifeline import spawn_supervisord
+from flared.orphans import alive
 
 if TYPE_CHECKING:
     from flared.config.loader import LoadedConfig
@@ -91,6 +93,7 @@ def prepare_up(loaded: LoadedConfig) -> Path:
             f"hermes-flare is already running for {loaded.state_dir} (`flared stop` stops it; "
             "or use another state_dir)"
         )
+    end_orphans(loaded)
     for d in (layout.root, layout.logs):
         d.mkdir(parents=True, exist_ok=True)
     import shutil
@@ -107,6 +110,30 @@ def prepare_up(loaded: LoadedConfig) -> Path:
     # which every gateway would inherit (config/handoff.py).
     handoff.write(layout.handoff, handoff.secret_part(os.environ))
     return layout.conf
+
+
+def end_orphans(loaded: LoadedConfig) -> None:
+    """End what a previous run left running on this state dir after its supervisord died.
+
+    Its flared would hold the sandboxes' lock and its gateways the bots' ports: the new run
+    would crash-loop against them. They are stopped as supervisord would have (flared last,
+    with its final snapshots); one this user cannot end is refused with what to do."""
+    found = orphans.find(loaded.state_dir)
+    if not found:
+        return
+    err = Out(sys.stderr)
+    err.print(
+        f"a previous run on {loaded.state_dir} lost its supervisord and left running: "
+        f"{', '.join(str(o) for o in found)}; ending them (flared takes its final snapshots) ..."
+    )
+    left = orphans.end(found, flared_grace=float(loaded.config.snapshots.shutdown_budget) + 10, say=err.print)
+    if left:
+        pids = " ".join(str(o.pid) for o in left)
+        raise CommandError(
+            f"cannot end {', '.join(str(o) for o in left)} (another user's?), which still use "
+            f"{loaded.state_dir}: end them (`sudo kill {pids}`), then run `flared up` again"
+        )
+    err.print("ended; starting afresh")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -126,14 +153,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Neither supervisord nor the watcher keeps the secrets of this shell: they are in the
     # 0600 handoff file for flared alone, and every gateway gets only its own `.env`.
     base_env = handoff.base_env()
-    child = os.fork()
-    if child == 0:  # supervisord: its own process group, so Ctrl-C reaches it once (forwarded)
-        try:
-            os.setpgid(0, 0)
-            _term_when_parent_dies()
-            os.execve(supervisord, ["supervisord", "-n", "-c", str(conf)], base_env)
-        finally:
-            os._exit(127)
+    child = spawn_supervisord([supervisord, "-n", "-c", str(conf)], base_env)
     os.execve(
         sys.executable,
         [
@@ -149,17 +169,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached
 
 
-def _term_when_parent_dies() -> None:
-    """Linux: supervisord gets SIGTERM (a graceful stop) if the watcher is killed outright."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     from flared.cli.status import final_snapshot_lines, read_stop_record
+    from flared.snapshots.final import not_saved_line
 
     err = Out(sys.stderr)
     remote = connect(args)
@@ -182,22 +194,30 @@ def cmd_stop(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGTERM)  # flared is gone already: supervisord stops the gateways
     err.print(f"stopping hermes-flare (pid {pid}): gateways first, then a final snapshot of each bot ...")
     deadline = time.monotonic() + args.timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             raise CommandError(f"still stopping after {args.timeout:.0f} s (supervisord pid {pid})")
         time.sleep(0.1)
     record = read_stop_record(state_dir)
     if record is not None and not _written_since(record, asked):
         record = None
-    data = {"stopped": True, "supervisord_pid": pid, "final_snapshots": (record or {}).get("final_snapshots")}
+    finals: list[dict[str, Any]] = (record or {}).get("final_snapshots") or []
+    data = {
+        "stopped": True,
+        "supervisord_pid": pid,
+        "final_snapshots": finals if record else None,
+        "error": not_saved_line(finals),
+    }
 
     def render(out: Out, d: dict[str, Any]) -> None:
-        for line in final_snapshot_lines(d.get("final_snapshots") or []):
+        for line in final_snapshot_lines(finals):
             out.print(line)
         out.print("hermes-flare stopped")
+        if d["error"]:
+            Out(sys.stderr).print(f"error: {d['error']}")
 
     emit(args, data, render)
-    return EXIT_OK
+    return EXIT_FAILED if data["error"] else EXIT_OK
 
 
 def _written_since(record: dict[str, Any], since: float) -> bool:
@@ -216,14 +236,6 @@ def _supervisord_pid(pidfile: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if b"supervisord" in cmdline else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped
-    except (OSError, IndexError):
-        return False
 
 
 def setup_logging(loaded: LoadedConfig) -> None:
@@ -259,9 +271,25 @@ def adopt_handoff() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flared.control.auth import parent_if_supervisord
     from flared.daemon import Daemon
+    from flared.lifeline import die_with_parent
 
+    if parent_if_supervisord() is not None:
+        # A kill -9 of supervisord must not leave flared running unsupervised: SIGTERM then
+        # (a graceful stop, final snapshots included), as supervisord's own stop would send.
+        die_with_parent(signal.SIGTERM)
     adopt_handoff()
     loaded = load_or_exit(args)
     setup_logging(loaded)
-    return Daemon(loaded).run()
+    daemon = Daemon(loaded)
+    code = daemon.run()
+    if daemon.snapshots.abandoned:
+        # A final snapshot is still stuck on the store: exit now, as its deadline said,
+        # rather than join its thread until supervisord's SIGKILL (which says nothing).
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code

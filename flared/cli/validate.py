@@ -131,5 +131,6 @@ def image_supervisord_conf() -> str:
     return render_supervisord_conf(
         Layout(IMAGE_STATE_DIR),
         flared_cmd=["/opt/hermes-flare/.venv/bin/flared", "run", "-c", str(IMAGE_CONFIG)],
+        mirror_cmd=["/opt/hermes-flare/.venv/bin/flared", "logs", "--mirror", "-c", str(IMAGE_CONFIG)],
         stopwaitsecs=90,
     )

@@ -169,7 +169,11 @@ class SnapshotsConfig(Model):
     )
     on_shutdown: bool = Field(default=True, description="Take a final snapshot when flared stops.")
     shutdown_budget: Duration = Field(
-        default=60.0, description="Time allowed for final snapshots at shutdown."
+        default=60.0,
+        description="Time allowed for final snapshots at shutdown, from flared's SIGTERM; cut to "
+        "supervisord's stopwaitsecs for flared less 5 s when that is shorter. A final snapshot "
+        "still running then is abandoned: flared, `flared stop`, `flared up` and the container "
+        "exit 1 naming the bot (docs/snapshots.md).",
     )
     keep: KeepConfig = Field(default_factory=KeepConfig, description="Retention policy.")
     exclude: list[str] = Field(

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flared import __version__
 from flared.config import yamlpos
 from flared.config.loader import LoadedConfig, find_config, load_config, read_config_text
 from flared.config.models import CloudflareConfig, HermesFlareConfig
@@ -116,6 +117,10 @@ def worker_vars(cfg: HermesFlareConfig, cf: CloudflareConfig) -> dict[str, str]:
         "SANDBOX_MAX_IDLE_MS": str(int((max_life + SWEEP_MARGIN_S) * 1000)),
         "R2_BUCKET_NAME": cf.bucket,
         "CF_ACCOUNT_ID": cf.account_id or "",
+        # Another S3 endpoint than R2's, for a local test topology only; empty on deploy.
+        "R2_ENDPOINT": "",
+        # What the Agent image should run: /api/status flags a group running another flared.
+        "FLARED_VERSION": __version__,
         "ACCESS_TEAM_DOMAIN": access.team_domain if access else "",
         "ACCESS_AUD": access.aud if access else "",
         "ACCESS_ALLOWED_EMAILS": ",".join(access.allowed_emails) if access else "",

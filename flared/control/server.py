@@ -59,7 +59,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -123,10 +123,13 @@ class Request:
 
 @dataclass
 class Response:
+    """An answer; a ``stream`` (an iterator of byte chunks) is sent chunked as it is produced."""
+
     status: int = 200
     body: Any = None
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    stream: Iterator[bytes] | None = None
 
     def encode(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -452,6 +455,9 @@ class ControlServer:
             conn.receive_data(data)  # b"" is the client closing
 
     def _send(self, conn: h11.Connection, sock: socket.socket, resp: Response, *, close: bool) -> None:
+        if resp.stream is not None:
+            self._send_stream(conn, sock, resp, resp.stream, close=close)
+            return
         body = resp.encode()
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(body)))]
         headers += list(resp.headers.items())
@@ -464,6 +470,35 @@ class ControlServer:
         ]
         sock.settimeout(self.limits.body_timeout)  # a client that never reads
         sock.sendall(b"".join(p for p in parts if p))  # one write: head and body in one segment
+
+    def _send_stream(
+        self,
+        conn: h11.Connection,
+        sock: socket.socket,
+        resp: Response,
+        stream: Iterator[bytes],
+        *,
+        close: bool,
+    ) -> None:
+        """Chunked: each piece reaches the client when it is made (a chat's tokens)."""
+        headers = [("Content-Type", resp.content_type), ("Transfer-Encoding", "chunked")]
+        headers += list(resp.headers.items())
+        if close:
+            headers.append(("Connection", "close"))
+        sock.settimeout(self.limits.body_timeout)  # a client that never reads
+        try:
+            head = conn.send(
+                h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status))
+            )
+            sock.sendall(head or b"")
+            for piece in stream:
+                if piece:
+                    sock.sendall(conn.send(h11.Data(data=piece)) or b"")
+            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+        finally:
+            closer = getattr(stream, "close", None)
+            if closer is not None:
+                closer()
 
     # ------------------------------------------------------------------ one request
 

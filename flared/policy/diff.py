@@ -66,7 +66,7 @@ EFFECT_TEXT: dict[Effect, str] = {
     "start-bot": "restored, then started",
     "stop-bot": "final snapshot, then stopped",
     "next-snapshot": "used from the next snapshot",
-    "deploy": "takes effect at the next deploy (flared render wrangler)",
+    "deploy": "takes effect at the next deploy (`flared render wrangler`)",
     "restart-flared": "cannot change while flared runs: restart it",
 }
 

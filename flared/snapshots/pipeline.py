@@ -292,6 +292,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             allocated_size=captured.allocated_size,
         )
         body = manifest.to_bytes()
+        announce(job.progress, "publishing")
         store.put_bytes(manifest_key(bot, sid), body)
         generation = (latest.generation if latest else 0) + 1
         pointer = Latest(bot, sid, generation, captured.digest, now_iso(), host(), WRITER).to_bytes()

@@ -39,6 +39,7 @@ from flared.snapshots import catalog, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
+from flared.snapshots.final import NOT_SAVED, Deadline
 from flared.snapshots.manifest import Latest, now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
@@ -70,6 +71,8 @@ class SnapshotService:
         self._guard = threading.Lock()
         self._marks: dict[str, Callable[[], object]] = {}  # bot -> home.previous marker still to write
         self.scheduler = Scheduler(self, self._pool.submit, self._stop)
+        #: A final snapshot was left running at the deadline: the process must exit without joining it.
+        self.abandoned = False
 
     # ------------------------------------------------------------------ state
 
@@ -688,25 +691,53 @@ class SnapshotService:
             self.bots.pop(bot, None)
         return out
 
-    def shutdown(self, final_snapshots: bool = True) -> None:
+    def shutdown(
+        self, final_snapshots: bool = True, deadline: Deadline | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Stop the triggers, then take each ready bot's final snapshot within ``deadline``.
+
+        Returns what each attempted final snapshot did. One still running at the deadline
+        (a store that stopped answering) is left behind as ``timed out``: :attr:`abandoned`
+        tells flared to exit under it rather than wait for supervisord's SIGKILL."""
         self._stop.set()
+        finals: dict[str, dict[str, Any]] = {}
         if final_snapshots:
-            budget = self.policy.shutdown_budget
+            deadline = deadline or Deadline(self.policy.shutdown_budget, "snapshots.shutdown_budget")
             ready = [b for b, st in self.bots.items() if st.fence is not None and not st.fenced]
-            futures = {b: self._pool.submit(self.snapshot, b, "shutdown") for b in ready}
-            done, pending = concurrent.futures.wait(futures.values(), timeout=budget)
+            doing = {b: _Doing() for b in ready}
+            futures = {b: self._pool.submit(self.snapshot, b, "shutdown", progress=doing[b]) for b in ready}
+            done, _pending = concurrent.futures.wait(futures.values(), timeout=deadline.seconds)
             for bot, fut in futures.items():
-                if fut in done and fut.exception() is None:
-                    r = fut.result()
-                    log.info(
-                        "bot %s: final snapshot: %s %s",
-                        bot,
-                        r["result"],
-                        r.get("id") or r.get("reason") or "",
-                    )
-                elif fut in pending:
-                    log.error("bot %s: final snapshot did not finish within %.0f s", bot, budget)
+                if fut not in done:
+                    self.abandoned = True
+                    last_ok = (self.state(bot).last_ok or {}).get("id")
+                    kept = f"the store's latest is still {last_ok}" if last_ok else "the store holds none yet"
+                    r = {
+                        "bot": bot,
+                        "result": "timed out",
+                        "trigger": "shutdown",
+                        "reason": f"still {doing[bot].what} when the deadline of {deadline} was hit; {kept}",
+                    }
+                elif fut.exception() is not None:
+                    r = {
+                        "bot": bot,
+                        "result": "failed",
+                        "trigger": "shutdown",
+                        "reason": str(fut.exception()),
+                    }
+                else:
+                    r = dict(fut.result())
+                finals[bot] = r
+                level = logging.ERROR if r["result"] in NOT_SAVED else logging.INFO
+                log.log(
+                    level,
+                    "bot %s: final snapshot: %s %s",
+                    bot,
+                    r["result"],
+                    r.get("id") or r.get("reason") or "",
+                )
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return finals
 
     # ------------------------------------------------------------------ status
 
@@ -736,6 +767,19 @@ class SnapshotService:
             "restore": st.restore,
             "running": st.running,
         }
+
+
+class _Doing:
+    """What a final snapshot is doing (the pipeline's named steps), to say where a deadline hit it."""
+
+    def __init__(self) -> None:
+        self.what = "waiting for the store or for the bot's lock"
+
+    def __call__(self, n: int) -> None:
+        pass
+
+    def step(self, name: str, total: int | None = None) -> None:
+        self.what = name if total is None else f"{name} ({total} bytes)"
 
 
 def _resolve(future: concurrent.futures.Future[str | None], fn: Callable[[], str | None]) -> None:

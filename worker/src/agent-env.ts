@@ -9,6 +9,8 @@
 export interface AgentEnvSource {
   R2_BUCKET_NAME: string;
   CF_ACCOUNT_ID?: string;
+  /** Another S3 endpoint for the store (a test's S3 server); empty on deploy. */
+  R2_ENDPOINT?: string;
   R2_ACCESS_KEY_ID?: string;
   R2_SECRET_ACCESS_KEY?: string;
   SANDBOX_PROFILES?: string;
@@ -53,8 +55,14 @@ export function toBase64(text: string): string {
   return btoa(bin);
 }
 
-/** The R2 endpoint flared's S3 store uses, from the account id `flared render wrangler` put in [vars]. */
-export function r2Endpoint(env: Pick<AgentEnvSource, "CF_ACCOUNT_ID">): string | null {
+/**
+ * The S3 endpoint flared's store uses: R2_ENDPOINT when set (a local S3
+ * server in the topology test), else R2's, from the account id `flared
+ * render wrangler` put in [vars].
+ */
+export function r2Endpoint(env: Pick<AgentEnvSource, "CF_ACCOUNT_ID" | "R2_ENDPOINT">): string | null {
+  const override = typeof env.R2_ENDPOINT === "string" ? env.R2_ENDPOINT.trim() : "";
+  if (override) return override;
   const id = typeof env.CF_ACCOUNT_ID === "string" ? env.CF_ACCOUNT_ID.trim() : "";
   return id ? `https://${id}.r2.cloudflarestorage.com` : null;
 }

@@ -51,6 +51,25 @@ describe("the real Agent in a Durable Object", () => {
   });
 });
 
+describe("a cold start", () => {
+  it("is waited for past the library's 20 s port wait, not answered 503", { timeout: 60_000 }, async () => {
+    await T.Agent.getByName("default").setListenAfter(21_000);
+    const res = await api("/api/status?group=default");
+    const text = await res.text();
+    expect(res.status, text).toBe(200);
+    expect(JSON.parse(text)).toMatchObject({ flared: { path: "/status" } });
+    expect((await T.Agent.getByName("default").probe()).starts).toBe(1);
+  });
+
+  it("that fails answers the JSON 503 with Retry-After", async () => {
+    await T.Agent.getByName("default").setStartFault("container failed to start (test fault)");
+    const res = await api("/api/status?group=default");
+    expect(res.status).toBe(503);
+    expect(res.headers.get("Retry-After")).toBe("10");
+    expect(await res.json()).toMatchObject({ container: true, error: expect.stringContaining("test fault") });
+  });
+});
+
 describe("the internal token", () => {
   it("is minted just before a container start and survives a stop event handled late", async () => {
     const agent = T.Agent.getByName("default");

@@ -29,6 +29,17 @@ export { CONFIG_YAML };
 
 export { agentEnvVars, commaList, CONTROL_PORT, EGRESS_PLACEHOLDER_PREFIX, IMAGE_STATE_DIR, referencedVars, toBase64 };
 
+/**
+ * How long a cold start may take before a request gives up: getting an
+ * instance, pulling the image, and flared listening on its control port.
+ * The library's own containerFetch waits 8 s for an instance and 20 s in all,
+ * less than an Agent image's cold start on Cloudflare.
+ */
+export const COLD_START_INSTANCE_MS = 60_000;
+export const COLD_START_TIMEOUT_MS = 90_000;
+/** Seconds a client should wait before retrying when the container could not be started. */
+export const START_RETRY_AFTER_S = 10;
+
 /** Header the Worker sets so the object knows which group it is. */
 export const GROUP_HEADER = "X-Flare-Group";
 
@@ -78,7 +89,7 @@ export async function containerErrorAsJson(res: Response, group: string): Promis
   const status = res.status >= 500 ? 503 : res.status;
   return Response.json(
     { error: `the Agent container of group ${group}: ${text.slice(0, 1000) || `HTTP ${res.status}`}`, container: true },
-    { status },
+    { status, headers: status === 503 ? { "Retry-After": String(START_RETRY_AFTER_S) } : {} },
   );
 }
 
@@ -132,8 +143,29 @@ export class Agent extends Container<Env> {
   override async fetch(request: Request): Promise<Response> {
     const group = await agentGroup(this.ctx.storage, request.headers.get(GROUP_HEADER));
     const token = await this.tokenFor(group);
+    const failed = await this.startIfNeeded(request.signal);
+    if (failed) return containerErrorAsJson(failed, group);
     const res = await this.containerFetch(toControlRequest(request, token), CONTROL_PORT);
     return containerErrorAsJson(res, group);
+  }
+
+  /**
+   * Start the container and wait for flared's port for as long as a cold
+   * start takes (containerFetch alone would give up after 20 s and answer
+   * 503). null when it listens; otherwise the failure as a response.
+   */
+  private async startIfNeeded(signal: AbortSignal): Promise<Response | null> {
+    if (await this.isUp()) return null;
+    try {
+      await this.startAndWaitForPorts({
+        ports: [CONTROL_PORT],
+        cancellationOptions: { abort: signal, instanceGetTimeoutMS: COLD_START_INSTANCE_MS, portReadyTimeoutMS: COLD_START_TIMEOUT_MS },
+      });
+      return null;
+    } catch (err) {
+      const msg = err instanceof Error ? err.message : String(err);
+      return new Response(`the container did not start within ${COLD_START_TIMEOUT_MS / 1000}s: ${msg}`, { status: 503 });
+    }
   }
 
   /**
@@ -172,6 +204,11 @@ export class Agent extends Container<Env> {
     const running = this.ctx.container?.running ?? false;
     if (running) await this.stop();
     return { restarting: running };
+  }
+
+  /** RPC: whether the container runs and flared's port answered since it started (never starts one). */
+  async isUp(): Promise<boolean> {
+    return (this.ctx.container?.running ?? false) && (await this.getState()).status === "healthy";
   }
 
   /** RPC for the sandbox outbound handler: the token this container was started with. */

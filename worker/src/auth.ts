@@ -64,7 +64,11 @@ export function bearerToken(header: string | null | undefined): string | null {
   return m?.[1] ?? null;
 }
 
-/** Access signs with RS256; nothing else (no `none`, no HMAC) is ever accepted. */
+/**
+ * Access signs application tokens with RS256 today; ES256 is accepted too in
+ * case it moves to EC keys (the key still has to be in the team's JWKS).
+ * Nothing else (no `none`, no HMAC, whose key would be public) is accepted.
+ */
 const ACCESS_ALGORITHMS = ["RS256", "ES256"];
 
 // One JWKS cache per team per isolate: jose refetches on an unknown `kid`

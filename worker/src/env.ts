@@ -25,6 +25,10 @@ export interface Env {
   /** R2 bucket name and optional account id (for the S3 endpoint flared uses). */
   R2_BUCKET_NAME: string;
   CF_ACCOUNT_ID?: string;
+  /** Another S3 endpoint for the snapshot store instead of R2's (tests); empty on deploy. */
+  R2_ENDPOINT?: string;
+  /** The flared version that rendered this wrangler.toml: /api/status flags a container running another. */
+  FLARED_VERSION?: string;
   /** Cloudflare Access for /api/* (both empty = Access off). */
   ACCESS_TEAM_DOMAIN?: string;
   ACCESS_AUD?: string;

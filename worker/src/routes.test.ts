@@ -92,6 +92,17 @@ describe("proxied routes", () => {
     expect(a).not.toBe(b);
   });
 
+  it("GET /api/status flags a group whose flared is not the version this Worker was rendered with", async () => {
+    expect(E.FLARED_VERSION).toMatch(/^\d+\.\d+/);
+    await T.Agent.getByName("research").setFlaredVersion("0.0.1-old");
+    await T.Agent.getByName("default").setFlaredVersion(E.FLARED_VERSION!);
+    const body = (await (await api("/api/status")).json()) as { groups: Record<string, { version_mismatch: unknown }> };
+    expect(body.groups.default!.version_mismatch).toBeNull();
+    expect(body.groups.research!.version_mismatch).toEqual({ worker_expects: E.FLARED_VERSION, container_runs: "0.0.1-old" });
+    const one = (await (await api("/api/status?group=research")).json()) as { version_mismatch: unknown };
+    expect(one.version_mismatch).toEqual({ worker_expects: E.FLARED_VERSION, container_runs: "0.0.1-old" });
+  });
+
   it("?group= picks one group and relays its answer as is", async () => {
     const res = await api("/api/config?group=research");
     expect(res.status).toBe(200);
@@ -185,6 +196,7 @@ describe("the Worker's configuration", () => {
       SANDBOX_PROFILES: "default",
       SANDBOX_MAX_IDLE_MS: "7800000",
       EGRESS_SECRETS: "",
+      R2_ENDPOINT: "",
       ACCESS_ALLOWED_EMAILS: "",
       ACCESS_ALLOWED_SERVICE_TOKENS: "",
     });
@@ -216,6 +228,13 @@ describe("the Agent container's environment", () => {
     });
     expect(Object.values(vars)).not.toContain("test-api-token");
     expect(st.starts).toBe(1);
+  });
+
+  it("points the store at R2_ENDPOINT when set (a local S3 server), at R2 when it is empty", () => {
+    const local = agentEnvVars({ ...E, R2_ENDPOINT: "http://10.88.0.1:9000" } as Env, "default", "t", CONFIG_YAML);
+    expect(local.FLARE_STORE__ENDPOINT).toBe("http://10.88.0.1:9000");
+    const deployed = agentEnvVars({ ...E, R2_ENDPOINT: "" } as Env, "default", "t", CONFIG_YAML);
+    expect(deployed.FLARE_STORE__ENDPOINT).toBe("https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com");
   });
 
   it("lists the variables the YAML interpolates", () => {

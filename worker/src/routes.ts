@@ -9,8 +9,9 @@
  */
 import { Hono, type Context } from "hono";
 import { serveAdmin } from "./admin";
-import { GROUP_HEADER } from "./agent";
+import { COLD_START_TIMEOUT_MS, GROUP_HEADER } from "./agent";
 import { requireAuth } from "./auth";
+import { chatCompletions, listModels, openAIError } from "./chat";
 import type { AppEnv, Env } from "./env";
 
 type C = Context<AppEnv>;
@@ -18,8 +19,10 @@ type C = Context<AppEnv>;
 /** Who asked, for flared's audit log; flared trusts it only from the Worker (internal token). */
 export const ACTOR_HEADER = "X-Flare-Actor";
 
-/** How long one group's flared may take to answer a proxied request. */
-export const PROXY_TIMEOUT_MS = 30_000;
+/** How long a running flared may take to answer a proxied request. */
+export const FLARED_ANSWER_MS = 30_000;
+/** A proxied request's whole budget: a cold start of the container, then flared's answer. */
+export const PROXY_TIMEOUT_MS = COLD_START_TIMEOUT_MS + FLARED_ANSWER_MS;
 
 export class RouteError extends Error {
   constructor(
@@ -98,13 +101,13 @@ export async function callAgent(
   }
 }
 
-/** flared's answer as the client's, keeping its status and JSON body. */
+/** flared's answer as the client's, keeping its status, JSON body and any Retry-After. */
 async function relay(res: Response): Promise<Response> {
   const text = await res.text();
-  return new Response(text, {
-    status: res.status,
-    headers: { "Content-Type": res.headers.get("Content-Type") ?? "application/json" },
-  });
+  const headers: Record<string, string> = { "Content-Type": res.headers.get("Content-Type") ?? "application/json" };
+  const retry = res.headers.get("Retry-After");
+  if (retry) headers["Retry-After"] = retry;
+  return new Response(text, { status: res.status, headers });
 }
 
 async function proxyToGroup(c: C, group: string, path: string, body?: string): Promise<Response> {
@@ -144,6 +147,40 @@ async function fanOut(c: C, path: string, body?: string): Promise<Response> {
   return c.json({ groups: Object.fromEntries(answers.map(([g, , body]) => [g, body])) }, ok ? 200 : 502);
 }
 
+/**
+ * The version check of a rollout: a group whose flared is not the version
+ * this Worker was rendered with (FLARED_VERSION) runs an image from another
+ * deploy. Present only when flared reports a version.
+ */
+export function versionMismatch(env: Env, status: unknown): { worker_expects: string; container_runs: string } | null {
+  const want = env.FLARED_VERSION;
+  const flared = (status as { flared?: { version?: unknown } } | null)?.flared;
+  const got = flared?.version;
+  if (!want || typeof got !== "string" || got === want) return null;
+  return { worker_expects: want, container_runs: got };
+}
+
+/** /api/status with `version_mismatch` on each group's answer whose flared reports a version. */
+async function statusWithVersions(c: C): Promise<Response> {
+  const single = Boolean(c.req.query("group"));
+  const res = await fanOut(c, "/status");
+  const text = await res.text();
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return new Response(text, res);
+  }
+  const flag = (status: unknown): void => {
+    if (typeof status !== "object" || status === null || !("flared" in status)) return;
+    const v = (status as { flared?: { version?: unknown } }).flared?.version;
+    if (typeof v === "string") (status as Record<string, unknown>).version_mismatch = versionMismatch(c.env, status);
+  };
+  if (single) flag(body);
+  else for (const status of Object.values((body.groups ?? {}) as Record<string, unknown>)) flag(status);
+  return new Response(JSON.stringify(body), { status: res.status, headers: res.headers });
+}
+
 async function jsonBody(c: C): Promise<Record<string, unknown>> {
   const text = await c.req.text();
   if (!text.trim()) return {};
@@ -173,7 +210,7 @@ export function buildApp(): Hono<AppEnv> {
 
   app.use("/api/*", requireAuth());
 
-  app.get("/api/status", (c) => fanOut(c, "/status"));
+  app.get("/api/status", statusWithVersions);
   app.get("/api/config", (c) => fanOut(c, "/config"));
 
   app.get("/api/snapshots", (c) => {
@@ -221,12 +258,18 @@ export function buildApp(): Hono<AppEnv> {
     return c.json({ group, ...result });
   });
 
+  // OpenAI-compatible chat with the bots (model = bot), behind the same auth.
+  app.use("/v1/*", requireAuth());
+  app.get("/v1/models", (c) => listModels(c));
+  app.post("/v1/chat/completions", chatCompletions);
+
   // The admin page (its files only; every call it makes goes through /api/* above).
   app.get("/admin", serveAdmin);
   app.get("/admin/*", serveAdmin);
 
   app.notFound((c) => c.json({ error: `no route ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
   app.onError((err, c) => {
+    if (err instanceof RouteError && new URL(c.req.url).pathname.startsWith("/v1/")) return openAIError(err.status, err.message);
     if (err instanceof RouteError) return c.json({ error: err.message }, err.status);
     console.error("unhandled error", err instanceof Error ? err.message : String(err));
     return c.json({ error: "internal error" }, 500);

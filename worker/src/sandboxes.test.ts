@@ -152,6 +152,30 @@ describe("sandbox handler details", () => {
     expect(await registry(E).list()).toEqual([]);
   });
 
+  it("a failing Exec or Registry object is the contract's JSON 503 with Retry-After, not a 500", async () => {
+    const id = "fl-default-cccccccccccc";
+    const exec = () =>
+      new Request(`http://x/internal/sandboxes/${id}/exec`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${TOKEN}` },
+        body: JSON.stringify({ command: "true", cwd: "/workspace" }),
+      });
+    await T.Exec.getByName(id).setFault("broken-object");
+    const res = await handleSandboxRequest(exec(), E, TOKEN);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("Retry-After")).toBe("1");
+    expect(await res.json()).toMatchObject({ started: false, error: expect.stringContaining("not available") });
+    expect((await T.Exec.getByName(id).stats()).execs).toBe(0);
+
+    const brokenRegistry = {
+      getByName: () => ({ touch: () => Promise.reject(new Error("Registry overloaded")) }),
+    } as unknown as Env["Registry"];
+    const res2 = await handleSandboxRequest(exec(), { ...E, Registry: brokenRegistry } as Env, TOKEN);
+    expect(res2.status).toBe(503);
+    expect(res2.headers.get("Retry-After")).toBe("1");
+    expect(await res2.json()).toMatchObject({ started: false, error: expect.stringContaining("Registry overloaded") });
+  });
+
   it("the cron sweep destroys only sandboxes idle past the limit, oldest first, bounded", async () => {
     const reg = registry(E);
     const now = Date.now();

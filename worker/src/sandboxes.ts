@@ -220,9 +220,18 @@ function describe(err: unknown): string {
 
 async function execIn(env: Env, id: string, req: ExecRequest): Promise<Response> {
   const sandbox = getSandbox(env.Exec, id, { sleepAfter: sleepAfterFor(req.idle_ttl_ms, env) });
-  // Recorded before the container exists: a crash after this leaves a record, not a leak.
-  await registry(env).touch(id);
-  if (!(await sandbox.setNetwork(req.network))) {
+  let sameNetwork: boolean;
+  try {
+    // Recorded before the container exists: a crash after this leaves a record, not a leak.
+    await registry(env).touch(id);
+    sameNetwork = await sandbox.setNetwork(req.network);
+  } catch (err) {
+    // A Durable Object that failed (reset, overloaded): nothing ran, retryable.
+    return json({ error: `sandbox ${id} is not available: ${describe(err)}`, started: false }, 503, {
+      "Retry-After": String(RETRY_AFTER_SECONDS),
+    });
+  }
+  if (!sameNetwork) {
     return json({ error: `sandbox ${id} was created with network ${!req.network}; its profile now says ${req.network}`, started: false }, 409);
   }
   let stdinPath: string | null = null;

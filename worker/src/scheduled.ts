@@ -10,14 +10,22 @@
  * starting container can never make scheduled() overrun (moltworker dropped
  * its cron after slow work there overran the limit and reset the Durable
  * Object). Everything heavy (snapshots, cron jobs) happens in flared.
+ *
+ * A container that is not up yet gets a cold start's time to answer, not the
+ * 5 s a running one gets: giving up earlier would leave a YAML redeployed
+ * while the container was (re)starting to the next tick, or the one after.
+ * A cron invocation may run for minutes, so the deadline covers that wait.
  */
-import { CONFIG_YAML } from "./agent";
+import { CONFIG_YAML, COLD_START_TIMEOUT_MS } from "./agent";
 import type { Env } from "./env";
 import { allGroups, callAgent } from "./routes";
 import { sweepStale } from "./sandboxes";
 
 export interface ScheduledOptions {
+  /** /healthz of a container already up. */
   healthTimeoutMs: number;
+  /** /healthz of a container this call starts (or that is still starting). */
+  startTimeoutMs: number;
   pushTimeoutMs: number;
   deadlineMs: number;
   sweepLimit: number;
@@ -25,8 +33,9 @@ export interface ScheduledOptions {
 
 export const DEFAULTS: ScheduledOptions = {
   healthTimeoutMs: 5_000,
+  startTimeoutMs: COLD_START_TIMEOUT_MS + 5_000,
   pushTimeoutMs: 10_000,
-  deadlineMs: 20_000,
+  deadlineMs: COLD_START_TIMEOUT_MS + 25_000,
   sweepLimit: 10,
 };
 
@@ -57,7 +66,8 @@ function message(err: unknown): string {
 export async function syncGroup(env: Env, group: string, digest: string, opts: ScheduledOptions): Promise<GroupOutcome> {
   let running: string | null;
   try {
-    const res = await callAgent(env, group, "GET", "/healthz", undefined, opts.healthTimeoutMs);
+    const up = await env.Agent.getByName(group).isUp();
+    const res = await callAgent(env, group, "GET", "/healthz", undefined, up ? opts.healthTimeoutMs : opts.startTimeoutMs);
     if (!res.ok) return { group, action: "unreachable", error: `healthz answered ${res.status}` };
     const body = (await res.json()) as { config_digest?: unknown };
     running = typeof body.config_digest === "string" ? body.config_digest : null;

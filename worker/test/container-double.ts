@@ -30,6 +30,9 @@ export class ContainerDouble {
   all: Fetcher | null = null;
   /** When set, the next start fails this way (the container exits at once). */
   startFault: string | null = null;
+  /** How long after a start its ports begin to listen (a cold start: image pull, flared's boot). */
+  listenAfterMs = 0;
+  private startedAt = 0;
   readonly signals: number[] = [];
   private exited: Promise<void> = Promise.resolve();
   private settle: ((code: number) => void) | null = null;
@@ -48,6 +51,7 @@ export class ContainerDouble {
       entrypoint: options.entrypoint ?? null,
     });
     this.running = true;
+    this.startedAt = Date.now();
     this.exited = new Promise<void>((resolve, reject) => {
       this.settle = (code) => (code === 0 ? resolve() : reject(new Error(`Container exited with unexpected exit code: ${code}`)));
     });
@@ -87,7 +91,7 @@ export class ContainerDouble {
   getTcpPort(port: number): Fetcher {
     const fetchPort = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
       const started = this.current;
-      if (!started) throw new Error("the container is not listening");
+      if (!started || Date.now() - this.startedAt < this.listenAfterMs) throw new Error("the container is not listening");
       const request = new Request(input, init);
       const host = new URL(request.url).hostname;
       // What the library probes for readiness: any answer means the port listens.

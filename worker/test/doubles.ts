@@ -37,10 +37,53 @@ export interface SeenRequest {
 
 /** flared's control API inside the container double (state per container start). */
 class InMemoryFlared {
+  /** A streamed chat sends its first chunk, then waits for this before the rest. */
+  private gate: Promise<void> = Promise.resolve();
+  private openGate: () => void = () => undefined;
+  holdStreams(): void {
+    this.gate = new Promise((resolve) => (this.openGate = resolve));
+  }
+  releaseStreams(): void {
+    this.openGate();
+  }
+
+  /** flared's relay to a bot's Hermes API: the answer names the bot and what it was asked. */
+  chat(bot: string, body: string, session: string | null): Response {
+    const req = JSON.parse(body) as { messages?: unknown; stream?: boolean };
+    if (!Array.isArray(req.messages)) return Response.json({ error: "messages is required (a list)" }, { status: 400 });
+    const last = (req.messages.at(-1) as { content?: string } | undefined)?.content ?? "";
+    const answer = `${bot} heard: ${last}`;
+    const headers = { "X-Hermes-Session-Id": session ?? "session-new" };
+    if (!req.stream) {
+      return Response.json(
+        { object: "chat.completion", model: "hermes-model", choices: [{ index: 0, message: { role: "assistant", content: answer }, finish_reason: "stop" }] },
+        { headers },
+      );
+    }
+    const enc = new TextEncoder();
+    const event = (delta: object, finish: string | null = null) =>
+      enc.encode(`data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`);
+    const gate = this.gate;
+    const [first, rest] = [answer.slice(0, 5), answer.slice(5)];
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(event({ role: "assistant", content: first }));
+        await gate;
+        controller.enqueue(event({ content: rest }));
+        controller.enqueue(event({}, "stop"));
+        controller.enqueue(enc.encode("data: [DONE]\n\n"));
+        controller.close();
+      },
+    });
+    return new Response(stream, { headers: { ...headers, "Content-Type": "text/event-stream" } });
+  }
+
   seen: SeenRequest[] = [];
   pushes = 0;
   digest: string | undefined;
   delayMs = 0;
+  /** The flared version /status reports (the image's). */
+  version = "0.1.0";
   /** When set, every answer is this text with status 500 (not JSON). */
   plainError: string | null = null;
   private startsSeen = 0;
@@ -75,9 +118,12 @@ class InMemoryFlared {
       this.pushes++;
       return Response.json({ applied: true, config_digest: this.digest });
     }
+    const chat = /^\/bots\/([^/]+)\/chat\/completions$/.exec(url.pathname);
+    if (chat && req.method === "POST") return this.chat(decodeURIComponent(chat[1]!), body, req.headers.get("X-Hermes-Session-Id"));
     if (url.pathname === "/bots/nobody/restart") {
       return Response.json({ error: "no bot named 'nobody'" }, { status: 404 });
     }
+    if (url.pathname === "/status") return Response.json({ flared: { ...seen, version: this.version } });
     return Response.json({ flared: seen });
   }
 }
@@ -114,11 +160,25 @@ export class Agent extends RealAgent {
   async setDigest(digest: string): Promise<void> {
     this.flared.digest = digest;
   }
+  /** Streamed chats stop after their first chunk until releaseStreams(). */
+  async holdStreams(): Promise<void> {
+    this.flared.holdStreams();
+  }
+  async releaseStreams(): Promise<void> {
+    this.flared.releaseStreams();
+  }
+  async setFlaredVersion(version: string): Promise<void> {
+    this.flared.version = version;
+  }
   async setDelay(ms: number): Promise<void> {
     this.flared.delayMs = ms;
   }
   async setPlainError(text: string | null): Promise<void> {
     this.flared.plainError = text;
+  }
+  /** Ports of the next starts listen only this long after the start (a slow cold start). */
+  async setListenAfter(ms: number): Promise<void> {
+    this.box.listenAfterMs = ms;
   }
   /** The next container start fails with this message (null: starts work again). */
   async setStartFault(message: string | null): Promise<void> {
@@ -165,6 +225,7 @@ export class FakeExec extends DurableObject<Env> {
     if (configuration.sleepAfter !== undefined) await this.ctx.storage.put("sleepAfter", configuration.sleepAfter);
   }
   async setNetwork(network: boolean): Promise<boolean> {
+    if ((await this.ctx.storage.get<string>("fault")) === "broken-object") throw new Error("Durable Object reset because its code was updated.");
     const stored = await this.ctx.storage.get<boolean>("network");
     if (stored === undefined) await this.ctx.storage.put("network", network);
     return stored === undefined || stored === network;
@@ -188,7 +249,7 @@ export class FakeExec extends DurableObject<Env> {
   }
 
   // Test controls.
-  async setFault(fault: "unavailable" | "undestroyable" | null): Promise<void> {
+  async setFault(fault: "unavailable" | "undestroyable" | "broken-object" | null): Promise<void> {
     await this.ctx.storage.put("fault", fault);
   }
   async stats(): Promise<{ execs: number; destroyed: boolean; sleepAfter: string | number | undefined; network: boolean | undefined }> {

@@ -345,9 +345,7 @@ function historySection(bot) {
   const keep = view.config && view.config.snapshots && view.config.snapshots.keep;
   const retention = keep ? `The store keeps the last ${keep.last} snapshots${keep.max_age ? `, none older than ${keep.max_age}` : ""}.` : "";
   const storedIds = new Set(stored.map((s) => s.id));
-  const rows = history.length
-    ? history
-    : stored.map((s) => ({ at: s.created_at, id: s.id, packed_size: s.packed_size, result: "ok", trigger: "-" }));
+  const rows = mergedHistory(history, stored);
   const byId = Object.fromEntries(stored.map((s) => [s.id, s]));
   const body = rows
     .slice()
@@ -357,11 +355,11 @@ function historySection(bot) {
       el(
         "tr",
         { class: h.result === "ok" ? "" : "failed" },
-        el("td", {}, when(h.at)),
-        el("td", {}, bytes(h.packed_size ?? h.bytes_uploaded)),
-        el("td", {}, h.seconds !== undefined ? `${Number(h.seconds).toFixed(2)} s` : "-"),
-        el("td", {}, h.trigger || "-"),
-        el("td", {}, h.result === "ok" ? h.result : `${h.result}: ${h.reason || h.error || ""}`),
+        el("td", { "data-label": "time" }, when(h.at)),
+        el("td", { "data-label": "size" }, bytes(h.packed_size ?? h.bytes_uploaded)),
+        el("td", { "data-label": "duration" }, h.seconds !== undefined ? `${Number(h.seconds).toFixed(2)} s` : "-"),
+        el("td", { "data-label": "trigger" }, h.trigger || "-"),
+        el("td", { "data-label": "result" }, h.result === "ok" ? h.result : `${h.result}: ${h.reason || h.error || ""}`),
         el(
           "td",
           {},
@@ -383,13 +381,27 @@ function historySection(bot) {
           { class: "scroll" },
           el(
             "table",
-            { "data-testid": "history" },
+            { "data-testid": "history", class: "stack" },
             el("thead", {}, el("tr", {}, ["time", "size", "duration", "trigger", "result", ""].map((h) => el("th", { scope: "col" }, h)))),
             el("tbody", {}, body),
           ),
         )
       : el("p", { class: "muted" }, "No snapshots yet."),
   );
+}
+
+/**
+ * One history, oldest first: this flared's attempts (with failures, trigger, duration)
+ * and every snapshot the store holds that they do not name (taken before this state
+ * dir existed, or by another machine). Either alone switched source after one snapshot.
+ */
+function mergedHistory(history, stored) {
+  const named = new Set(history.map((h) => h.id).filter(Boolean));
+  const fromStore = stored
+    .filter((s) => !named.has(s.id))
+    .map((s) => ({ at: s.created_at, id: s.id, packed_size: s.packed_size, result: "ok", trigger: "-" }));
+  const t = (h) => new Date(h.at).getTime() || 0;
+  return [...history, ...fromStore].sort((a, b) => t(a) - t(b));
 }
 
 const SVG = "http://www.w3.org/2000/svg";

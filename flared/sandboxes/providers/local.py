@@ -145,6 +145,49 @@ def find_bwrap() -> str:
     return path
 
 
+#: Where the fix for a sandbox that cannot start in a container is written down.
+CONTAINER_FIX = (
+    "in a container, start it with `--security-opt systempaths=unconfined` (podman; Docker also "
+    "needs `seccomp=unconfined` and, with AppArmor, `apparmor=unconfined`): docs/vps.md, "
+    '"The terminal sandbox"'
+)
+
+
+def probe_bwrap(bwrap: str) -> bool:
+    """Start one empty sandbox with the namespaces and fresh /proc every command gets.
+
+    Where the kernel or the container refuses them (no user namespaces, a
+    masked /proc), every command would fail with bwrap's own words as if they
+    were its output. Refusing here instead fails closed with the fix; nothing
+    ever runs outside a sandbox. Returns whether the sandbox may also set its
+    own host name: a container engine's default seccomp profile refuses
+    ``sethostname`` (the UTS namespace stays private; it keeps the container's name).
+    """
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(SANDBOX_UID)]
+    argv += [*system_binds(), "--proc", "/proc", "--dev", "/dev"]
+    said = ""
+    for hostname in (["--hostname", "sandbox"], []):
+        try:
+            res = subprocess.run(
+                [*argv, *hostname, "--", "/bin/sh", "-c", "exit 0"],
+                env=BWRAP_ENV,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SandboxError(f"the sandbox cannot start here: {exc}") from None
+        if res.returncode == 0:
+            return bool(hostname)
+        said = (res.stderr.strip().splitlines() or [f"bwrap exited {res.returncode}"])[-1]
+        if "hostname" not in said:
+            break
+    raise SandboxError(
+        f"the sandbox cannot start here ({said}); commands are not run outside it. "
+        f"bubblewrap needs user namespaces and a fresh /proc: {CONTAINER_FIX}"
+    )
+
+
 def default_hidden() -> list[Path]:
     """Install locations that must not be visible in a sandbox even if they sit under /usr."""
     paths = {Path(sys.prefix), Path(sys.base_prefix) / "lib" / "python3" / "dist-packages"}
@@ -168,6 +211,7 @@ class LocalProvider:
         self.root = Path(root)
         self.leases_dir = self.root / "leases"
         self.bwrap = find_bwrap()
+        self.own_hostname = probe_bwrap(self.bwrap)
         self.as_root = os.geteuid() == 0
         self.hidden = sorted({*default_hidden(), *(Path(p) for p in hidden)})
         self._lock = threading.Lock()
@@ -292,9 +336,9 @@ class LocalProvider:
             str(SANDBOX_UID),
             "--gid",
             str(SANDBOX_UID),
-            "--hostname",
-            "sandbox",
         ]
+        if self.own_hostname:
+            args += ["--hostname", "sandbox"]
         args += system_binds()
         for path in self.hidden:
             if any(_within(path, Path(r)) for r in SYSTEM_ROOTS) and path.is_dir():
