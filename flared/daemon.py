@@ -54,6 +54,9 @@ from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.types import SandboxError
 from flared.snapshots.final import Deadline, final_snapshot_deadline, not_saved_line
 from flared.snapshots.service import SnapshotService
+from flared.stream.program import NAME as STREAM_PROGRAM
+from flared.stream.render import StreamLayout
+from flared.stream.status import report as stream_report
 from flared.supervisor import Layout, SupervisorClient, SupervisorError
 
 log = logging.getLogger("flared")
@@ -73,7 +76,9 @@ class Daemon:
         self.live = LiveConfig(loaded)
         layout = Layout(loaded.state_dir)
         self.supervisor = SupervisorClient(supervisor_socket or layout.socket)
-        self.gateways = Gateways(self.live, self.supervisor, layout, wake=self._wake.set)
+        self.gateways = Gateways(
+            self.live, self.supervisor, layout, wake=self._wake.set, may_stream=self._may_stream
+        )
         self.liveness = LivenessProbe(self.gateways)
         self.snapshots = SnapshotService(loaded, self.gateways)
         self.leases = LeaseManager(loaded)
@@ -87,6 +92,49 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.stopwaitsecs: int | None = None  # supervisord's, for flared: bounds the final snapshots
         self.supervisord_pid: int | None = None  # the parent that started flared, if supervisord
+
+    def _may_stream(self, bot: str) -> bool:
+        return self.snapshots.may_stream(bot)
+
+    def _stream_status(self, procs: dict[str, dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
+        """Each bot's stream (replication lag and last error per database), or why it is off."""
+        cfg, gw = self.live.config, self.gateways
+        homes = {b.name: BotPaths.of(cfg.state_dir, b.name).home for b in gw.enabled_bots()}
+        if not cfg.snapshots.stream.enabled:
+            off = (
+                "snapshots.encryption.key is set: Litestream 0.5 cannot encrypt, so the databases "
+                "go in the encrypted snapshots"
+                if cfg.snapshots.encryption.key is not None
+                else "snapshots.stream.enabled is false"
+            )
+            return {bot: {"enabled": False, "reason": off} for bot in homes}
+        why: dict[str, str] = {}
+        for bot in homes:
+            if bot not in gw.ready:
+                why[bot] = "waiting for its restore"
+            elif bot in gw.held:
+                why[bot] = "a restore is replacing its databases"
+            elif not self.snapshots.may_stream(bot):
+                st = self.snapshots.status(bot)
+                why[bot] = (
+                    st.get("stream_stopped")
+                    or st.get("fenced")
+                    or st.get("gate")
+                    or (
+                        "its restore has not finished"
+                        if st.get("gated")
+                        else "taking the bot over: it streams one fence check after its claim"
+                    )
+                )
+        return stream_report(
+            cfg.snapshots.stream,
+            homes,
+            gw.streamed_bots(),
+            why,
+            procs.get(STREAM_PROGRAM),
+            StreamLayout(self.live.loaded.state_dir).socket,
+            now,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -343,6 +391,7 @@ class Daemon:
         procs = {p["name"]: p for p in _safe(self.supervisor.processes, [])}
         here = {b.name for b in gw.enabled_bots()}  # this container's group
         now = time.time()
+        streams = _safe(functools.partial(self._stream_status, procs, now), {})
         bots = []
         for index, bot in enumerate(cfg.bots):
             name = program_name(bot.name)
@@ -417,6 +466,7 @@ class Daemon:
             if bot.api is not None:
                 entry["api"] = f"http://{bot.api.host}:{bot.api.port}/v1"
             entry["snapshots"] = snap
+            entry["stream"] = streams.get(bot.name)
             bots.append(entry)
         loaded, errors = self.live.loaded, self.live.errors
         out: dict[str, Any] = {

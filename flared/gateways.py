@@ -45,6 +45,8 @@ from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
 from flared.reconcile import Action, plan
+from flared.stream.program import NAME as STREAM_PROGRAM
+from flared.stream.program import stream_program
 from flared.supervisor import Layout, SupervisorClient, apply, observe
 
 log = logging.getLogger("flared")
@@ -278,8 +280,12 @@ class Gateways:
         layout: Layout,
         *,
         wake: Callable[[], None] = lambda: None,
+        may_stream: Callable[[str], bool] = lambda _bot: False,
     ) -> None:
         self.live = live
+        #: Whether a ready bot's databases may be streamed (its snapshot fence holds); the daemon
+        #: asks the snapshot service, anything else streams nothing.
+        self.may_stream = may_stream
         self.supervisor = supervisor
         self.layout = layout
         self.wake = wake  # asks the daemon for a reconcile now rather than at the next tick
@@ -393,10 +399,22 @@ class Gateways:
             if self._still_failed(bot.name, text):
                 continue
             desired[program_name(bot.name)] = text
+        stream = stream_program(self.live.loaded, self.streamed_bots())
+        if stream is not None:
+            desired[STREAM_PROGRAM] = stream.render()
         if self.live.config.operator is not None:
             # The operator bot's program: its failures never touch the bots.
             desired[OPERATOR_PROGRAM] = operator_program(self.live.loaded).render()
         return desired
+
+    def streamed_bots(self) -> list[str]:
+        """Bots whose databases Litestream streams now: restored, not held for a restore (a
+        database replaced under a running Litestream corrupts its replica), not fenced."""
+        return [
+            b.name
+            for b in self.enabled_bots()
+            if b.name in self.ready and b.name not in self.held and self.may_stream(b.name)
+        ]
 
     def _rendered_program(self, bot: BotConfig) -> str:
         """Render the bot's Hermes home and program, unless nothing it depends on changed.

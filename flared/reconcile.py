@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MANAGED_PREFIXES = ("gateway-", "operator")
+MANAGED_PREFIXES = ("gateway-", "operator", "litestream")
+#: Programs added before the others in one plan: Litestream watches a restored home before
+#: its gateway writes to it.
+FIRST = ("litestream",)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def plan(desired: dict[str, str], observed: Observed, *, restart_stopped: bool =
     ``restart_stopped``, loaded programs that gave up (FATAL) are started again.
     """
     actions: list[Action] = []
-    for name in sorted(desired):
+    for name in sorted(desired, key=lambda n: (n not in FIRST, n)):
         text = desired[name]
         changed = observed.files.get(name) != text
         loaded = name in observed.groups

@@ -195,6 +195,9 @@ def render_supervisord_conf(
             startsecs=1,
             startretries=100,
             user=user,
+            # Only in the image, where the container ends with supervisord's watcher; a wrapper
+            # would bake this machine's Python path into the committed config.
+            dies_with_supervisord=False,
         ).render()
         + "\n"
         if mirror_cmd

@@ -145,3 +145,32 @@ def test_the_admin_page_is_shown_with_its_url_or_why_it_is_not_served() -> None:
     why = "admin page not served: cannot listen on 127.0.0.1:8643 (Address already in use); set admin.port"
     assert why in render(status(bot(), admin={"url": None, "error": why}))
     assert "admin page" not in render(status(bot(), admin={"url": None, "error": None}))  # turned off
+
+
+def test_the_stream_shows_its_lag_and_a_stalled_database_with_its_error() -> None:
+    ok = {
+        "enabled": True,
+        "streaming": True,
+        "stalled": False,
+        "databases": [{"db": "state.db", "state": "ok", "lag_s": 0.7, "error": None}],
+    }
+    row = next(ln for ln in render(status(bot(stream=ok))).splitlines() if ln.startswith("hermes"))
+    assert row.endswith("0.7 s behind")
+    stalled = {
+        "enabled": True,
+        "streaming": True,
+        "stalled": True,
+        "databases": [
+            {"db": "state.db", "state": "stalled", "lag_s": 95.0, "error": "403 Forbidden"},
+            {"db": "kanban.db", "state": "ok", "lag_s": 0.5, "error": None},
+        ],
+    }
+    text = render(status(bot(stream=stalled)))
+    assert next(ln for ln in text.splitlines() if ln.startswith("hermes")).endswith("stalled")
+    assert "  stream of state.db stalled (95 s behind): 403 Forbidden" in text
+    assert "kanban.db" not in text
+    paused = {"enabled": True, "streaming": False, "reason": "a restore is replacing its databases"}
+    assert "stream paused: a restore is replacing its databases" in render(status(bot(stream=paused)))
+    assert next(
+        ln for ln in render(status(bot(stream={"enabled": False}))).splitlines() if ln.startswith("hermes")
+    ).endswith("off")

@@ -239,6 +239,14 @@ def test_merge_keys_keep_yaml_precedence_and_are_not_duplicates(tmp_path: Path) 
     assert [p for p, _ in twice.duplicates] == [("bots",)]
 
 
+def test_streaming_is_on_by_default_and_off_by_itself_with_encryption(tmp_path: Path) -> None:
+    plain = load_config(write(tmp_path, BASE), environ={}).config.snapshots.stream
+    assert plain.enabled and plain.interval == 1.0
+    text = "snapshots: {encryption: {key: correct-horse}}\n" + BASE
+    encrypted = load_config(write(tmp_path, text), environ={}).config.snapshots.stream
+    assert not encrypted.enabled
+
+
 def test_liveness_probe_settings_are_checked_with_their_place(tmp_path: Path) -> None:
     text = "liveness: {every: 0s, heartbeat_stale: 20s, failures: 0}\n" + BASE
     with pytest.raises(ConfigError) as info:

@@ -60,3 +60,16 @@ def test_plan_is_idempotent_after_applying() -> None:
     files = {a.name: a.text for a in first if isinstance(a, WriteProgram)}
     groups = {a.name for a in first if isinstance(a, AddGroup)}
     assert plan(desired, obs(files, groups)) == []
+
+
+def test_litestream_is_added_before_the_gateways_it_streams() -> None:
+    actions = plan({"gateway-a": "A", "litestream": "L"}, obs())
+    added = [a.name for a in actions if isinstance(a, AddGroup)]
+    assert added == ["litestream", "gateway-a"]
+
+
+def test_litestream_no_longer_wanted_is_stopped_and_removed() -> None:
+    actions = plan(
+        {"gateway-a": "A"}, obs({"gateway-a": "A", "litestream": "L"}, {"gateway-a", "litestream"})
+    )
+    assert actions == [RemoveGroup("litestream"), DeleteProgram("litestream")]

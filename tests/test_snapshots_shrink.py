@@ -47,7 +47,9 @@ def test_the_rule_trips_on_lost_databases_and_content_not_on_normal_use() -> Non
 
 def service(tmp: Path) -> SnapshotService:
     path = tmp / "hermes-flare.yaml"
-    path.write_text(yaml.safe_dump(config(tmp, [bot("athena")])))
+    data = config(tmp, [bot("athena")])
+    data["snapshots"]["stream"] = {"enabled": False}  # the rule on homes with their databases inside
+    path.write_text(yaml.safe_dump(data))
     svc = SnapshotService(load_config(path))
     st = svc.state("athena")
     with svc._exclusive(st):
@@ -84,3 +86,22 @@ def test_accept_shrink_publishes_and_a_restored_older_snapshot_is_its_own_basis(
     accepted = svc.snapshot("athena", accept_shrink=True)
     assert accepted["result"] == "ok" and svc.status("athena")["shrunk"] is None, accepted
     assert catalog.read_latest(svc.store, "athena")[0].id == accepted["id"]  # type: ignore[union-attr]
+
+
+def test_the_first_streamed_snapshot_after_unstreamed_ones_is_no_shrink(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    home = make_home(svc.home("athena"))
+    db = sqlite3.connect(home / "state.db")
+    db.execute("CREATE TABLE IF NOT EXISTS pad(b BLOB)")
+    db.execute("INSERT INTO pad VALUES (?)", (os.urandom(2 * MIB),))
+    db.commit()
+    db.close()
+    assert svc.snapshot("athena")["result"] == "ok"  # the databases inside
+    data = yaml.safe_load(svc.loaded.path.read_text())
+    data["snapshots"]["stream"] = {"enabled": True}
+    svc.loaded.path.write_text(yaml.safe_dump(data))
+    svc.update(load_config(svc.loaded.path))
+    (home / "memories" / "USER.md").write_text("a change\n")
+    streamed = svc.snapshot("athena")  # the databases now in the stream: most of the size left
+    assert streamed["result"] == "ok", streamed
+    assert svc.status("athena")["shrunk"] is None

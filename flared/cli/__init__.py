@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from flared import __version__
-from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, up, validate
+from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, stream, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 from flared.cli.text import localize_hints
 from flared.control.client import DaemonNotAnswering
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", dest="config_before", metavar="FILE", help="config file, for any command"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin):
+    for module in (validate, up, status, logs, snapshots, sandboxes, chat, operator, admin, stream):
         module.register(sub)
     return parser
 

@@ -215,12 +215,13 @@ def render_status(out: Out, d: dict[str, Any]) -> None:
                 human_age(b.get("uptime_s")),
                 str(b.get("restarts", 0)) if running else "-",
                 _snapshot_cell(snap) if snap else "-",
+                _stream_cell(out, b.get("stream")),
             ]
         )
         notes = _bot_notes(out, b, snap)
         if notes:
             details.append((b["name"], notes))
-    out.table(["bot", "gateway", "api", "pid", "uptime", "restarts", "last snapshot"], rows)
+    out.table(["bot", "gateway", "api", "pid", "uptime", "restarts", "last snapshot", "stream"], rows)
     for name, notes in details:
         out.print(f"{name}:")
         for n in notes:
@@ -281,6 +282,38 @@ def _bot_notes(out: Out, b: dict[str, Any], snap: dict[str, Any]) -> list[str]:
     last = snap.get("last") or {}
     if last.get("result") == "failed" and last.get("reason") and last["reason"] != snap.get("shrunk"):
         notes.append(out.style(f"last snapshot failed: {last['reason']}", "yellow"))
+    notes += _stream_notes(out, b.get("stream"))
+    return notes
+
+
+def _stream_cell(out: Out, stream: dict[str, Any] | None) -> str:
+    """The databases' replication: the worst lag, `stalled`, `paused` or `off`."""
+    if not stream:
+        return "-"
+    if not stream.get("enabled"):
+        return "off"
+    if not stream.get("streaming"):
+        return out.style("paused", "yellow")
+    dbs = stream.get("databases") or []
+    if stream.get("stalled"):
+        return out.style("stalled", "red")
+    lags = [d["lag_s"] for d in dbs if d.get("lag_s") is not None]
+    if not lags:
+        return "starting"
+    return out.style(f"{max(lags):.1f} s behind", "green")
+
+
+def _stream_notes(out: Out, stream: dict[str, Any] | None) -> list[str]:
+    """Why a stream is paused, and each stalled database with its last error."""
+    if not stream or not stream.get("enabled"):
+        return []
+    if not stream.get("streaming"):
+        return [out.style(f"stream paused: {stream.get('reason') or 'not streamed yet'}", "yellow")]
+    notes = []
+    for d in stream.get("databases") or []:
+        if d.get("state") == "stalled":
+            lag = f" ({d['lag_s']:.0f} s behind)" if d.get("lag_s") is not None else ""
+            notes.append(out.style(f"stream of {d['db']} stalled{lag}: {d.get('error')}", "red"))
     return notes
 
 

@@ -128,7 +128,26 @@ def cross_checks(data: dict[str, Any], interpolated: set[yamlpos.Path]) -> list[
                             "set allow_secrets: true on this profile if that is intended",
                         )
                     )
+    out += _stream_checks(data)
     return out
+
+
+def _stream_checks(data: dict[str, Any]) -> list[tuple[yamlpos.Path, str]]:
+    """Streaming with client-side encryption cannot hold: Litestream 0.5 uploads plain pages."""
+    snapshots = data.get("snapshots")
+    snapshots = snapshots if isinstance(snapshots, dict) else {}
+    encryption, stream = snapshots.get("encryption"), snapshots.get("stream")
+    key = encryption.get("key") if isinstance(encryption, dict) else None
+    if key and isinstance(stream, dict) and stream.get("enabled") is True:
+        return [
+            (
+                ("snapshots", "stream", "enabled"),
+                "cannot stream with snapshots.encryption.key set: Litestream 0.5 has no client-side "
+                "encryption, so the databases would reach the store unencrypted. Remove this line "
+                "(streaming stays off and the databases go in the encrypted snapshots) or the key",
+            )
+        ]
+    return []
 
 
 def _as_list(v: Any) -> list[Any]:

@@ -160,6 +160,58 @@ class EncryptionConfig(Model):
     )
 
 
+class StreamConfig(Model):
+    """Litestream: each bot's SQLite databases streamed to the store within about a second."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Stream the bots' SQLite databases (`state.db`, `kanban.db`, `cron/executions.db`, "
+        "any `*.db` Hermes creates) to the store with Litestream; snapshots then leave them out. "
+        "Off by itself when `snapshots.encryption.key` is set (Litestream 0.5 has no client-side "
+        "encryption); `true` with a key is refused.",
+    )
+    interval: Duration = Field(
+        default=1.0,
+        description="How often Litestream looks for new transactions and ships them: the most a "
+        "lost machine costs. Shorter costs more store writes (100ms: ~6x the PUTs; see docs/snapshots.md).",
+    )
+    pattern: str = Field(
+        default="*.db",
+        description="Glob (matched in every directory of the Hermes home) of databases to stream.",
+    )
+    retention: Duration = Field(
+        default=14 * 86400.0,
+        description="How far back the stream can go (`flared restore --id` of an older snapshot gets "
+        "its databases as of that snapshot only within this window).",
+    )
+    stall_after: Duration = Field(
+        default=30.0,
+        description="A database whose newest transaction has not reached the store for this long is "
+        "reported as stalled by `flared status` and the admin page.",
+    )
+
+    fence_check: Duration = Field(
+        default=10.0,
+        description="How often a streaming flared reads `latest.json` to learn that another flared took "
+        "the bot over (it then stops streaming it); a flared that takes a bot over starts its stream "
+        "this long (plus a second) after its claim. One GET per bot each time.",
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 0.1:
+            raise ValueError("must be at least 100ms (every sync is a store write)")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("a file-name glob such as `*.db` (it applies in every directory)")
+        return v
+
+
 class SnapshotsConfig(Model):
     """When and how each bot's Hermes home is snapshotted."""
 
@@ -182,6 +234,18 @@ class SnapshotsConfig(Model):
     )
     compression: CompressionConfig = Field(default_factory=CompressionConfig, description="Packing.")
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig, description="Optional encryption.")
+    stream: StreamConfig = Field(
+        default_factory=StreamConfig, description="Continuous replication of the SQLite databases."
+    )
+
+    @model_validator(mode="after")
+    def _no_stream_when_encrypted(self) -> SnapshotsConfig:
+        """Litestream 0.5 uploads plain pages: with a key, the databases go in the encrypted
+        snapshots instead (an explicit `stream.enabled: true` is refused by the loader's checks)."""
+        if self.encryption.key is None:
+            return self
+        self.stream.enabled = False
+        return self
 
 
 class LivenessConfig(Model):

@@ -85,6 +85,12 @@ def encryption_key(policy: SnapshotsConfig) -> str | None:
     return key.get_secret_value() if key is not None else None
 
 
+def left_out(policy: SnapshotsConfig) -> list[str]:
+    """What snapshots leave out by pattern: the user's `exclude`, and the databases Litestream
+    streams (they come back from the stream, at the position the manifest records)."""
+    return [*policy.exclude, *([policy.stream.pattern] if policy.stream.enabled else [])]
+
+
 def read_manifest(store: Store, bot: str, snapshot_id: str) -> Manifest:
     """A snapshot's manifest (NotFound, StoreError; ValueError when it is not a manifest)."""
     return Manifest.from_bytes(store.get_bytes(manifest_key(bot, snapshot_id))[0])

@@ -107,6 +107,9 @@ class Manifest:
     host: str = ""
     parent: str | None = None
     databases: list[str] = field(default_factory=list)
+    #: The stream position the home pairs with (``at``, RFC 3339; ``txids``: database -> TXID),
+    #: None when the databases are in the blob (taken without streaming).
+    stream: dict[str, Any] | None = None
     #: Disk blocks the files took (st_blocks * 512): a sparse file takes far less than its size,
     #: and unsquashfs writes it sparse again. None in manifests written before flared kept it.
     allocated_size: int | None = None

@@ -104,6 +104,8 @@ class SnapshotJob:
     unconfirmed: tuple[str, ...] = ()  # ids this state dir uploaded and has not seen published
     basis: str | None = None  # the snapshot the home was restored from, when not `latest`
     accept_shrink: bool = False  # publish a home that lost most of its basis (:mod:`.shrink`)
+    #: The stream's position now (taken before the walk): what the manifest pairs the home with.
+    stream_position: Callable[[], dict[str, Any] | None] | None = None
 
 
 def clean_work(work: Path) -> None:
@@ -188,7 +190,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             "--takeover` claims the bot",
         )
     key = encryption_key(job.policy)
-    rules = cap.rules(job.policy.exclude, encrypted=key is not None)
+    rules = cap.rules(catalog.left_out(job.policy), encrypted=key is not None)
     if not job.home.is_dir():
         return SnapshotResult("skipped", bot, reason="the bot has no Hermes home yet")
     steps: dict[str, float] = {}
@@ -202,6 +204,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             return SnapshotResult(
                 "unchanged", bot, id=latest.id, fence=job.fence, fingerprint=fp, steps=steps
             )
+        position = job.stream_position() if job.stream_position is not None else None
         clean_work(job.work)
         cache = HashCache(job.cache, job.work)
         captured = cap.capture(walked, cache)
@@ -289,6 +292,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             host=host(),
             parent=latest.id if latest else None,
             databases=captured.databases,
+            stream=position,
             allocated_size=captured.allocated_size,
         )
         body = manifest.to_bytes()
@@ -349,8 +353,14 @@ def _refuse_shrink(job: SnapshotJob, latest: Latest, captured: cap.Captured) -> 
     except (NotFound, ValueError) as exc:
         log.warning("bot %s: no manifest of %s to compare with (%s)", job.bot, basis_id, exc)
         return None
+    # A basis with its databases inside against a capture that streams them: sizes differ by design.
+    streamed_now = job.stream_position is not None and basis.stream is None
     lost = shrink.losses(
-        basis, captured.databases, captured.raw_size, lambda rel: os.path.lexists(job.home / rel)
+        basis,
+        captured.databases,
+        captured.raw_size,
+        lambda rel: os.path.lexists(job.home / rel),
+        compare_size=not streamed_now,
     )
     if not lost:
         return None

@@ -658,9 +658,12 @@ def restore(
     progress: Progress | None = None,
     on_reading: Callable[[str | None], None] = lambda _id: None,
     saved_as: SavedAs | None = None,
+    before_commit: Callable[[Prepared], str | None] | None = None,
 ) -> RestoreResult:
     """Restore the newest good snapshot (or `snapshot_id`) into `home`: prepare, then commit.
 
+    `before_commit` completes the staging dir (the streamed databases); an error it
+    returns fails the restore with the home untouched.
     Raises StoreUnreachable when the store cannot say what it holds.
     """
     prepared = prepare(
@@ -668,6 +671,13 @@ def restore(
     )
     if isinstance(prepared, RestoreResult):
         return prepared
+    error = before_commit(prepared) if before_commit is not None else None
+    if error is not None:
+        discard(prepared.staging)
+        seconds = round(time.monotonic() - prepared.started, 3)
+        return RestoreResult(
+            "failed", bot, id=prepared.id, error=error, fence=prepared.fence, seconds=seconds
+        )
     try:
         return commit(prepared, home, saved_as=saved_as or (lambda _h: (None, None)), store=store)
     except OSError as exc:

@@ -148,5 +148,5 @@ class Scheduler:
             return None
         policy = self.service.policy
         key = catalog.encryption_key(policy)
-        patterns = cap.exclusions(policy.exclude, encrypted=key is not None)
+        patterns = cap.exclusions(catalog.left_out(policy), encrypted=key is not None)
         return None if cap.matches("/".join(parts[2:]), patterns) else parts[0]

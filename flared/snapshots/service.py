@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,17 +37,20 @@ from flared.config.loader import LoadedConfig
 from flared.config.models import SnapshotsConfig
 from flared.hermes.paths import BotPaths
 from flared.snapshots import capture as cap
-from flared.snapshots import catalog, pipeline
+from flared.snapshots import catalog, claim, pipeline
 from flared.snapshots import history as snapshot_history
 from flared.snapshots import restore as restoring
 from flared.snapshots.catalog import DamagedPointer, Fence
 from flared.snapshots.final import NOT_SAVED, Deadline
-from flared.snapshots.manifest import Latest, now_iso, valid_id
+from flared.snapshots.manifest import Latest, Manifest, now_iso, valid_id
 from flared.snapshots.pipeline import SnapshotJob, SnapshotResult
 from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
 from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
 from flared.snapshots.stores.factory import open_store
+from flared.stream import restore as stream_restore
+from flared.stream import status as stream_status
+from flared.stream.render import StreamLayout, stream_key
 
 log = logging.getLogger("flared.snapshots")
 
@@ -69,6 +74,7 @@ class SnapshotService:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
         self._guard = threading.Lock()
+        self._save_lock = threading.Lock()
         self._marks: dict[str, Callable[[], object]] = {}  # bot -> home.previous marker still to write
         self.scheduler = Scheduler(self, self._pool.submit, self._stop)
         #: A final snapshot was left running at the deadline: the process must exit without joining it.
@@ -91,7 +97,9 @@ class SnapshotService:
         return self.dir / "cache" / bot
 
     def _rules(self) -> cap.Rules:
-        return cap.rules(self.policy.exclude, encrypted=catalog.encryption_key(self.policy) is not None)
+        return cap.rules(
+            catalog.left_out(self.policy), encrypted=catalog.encryption_key(self.policy) is not None
+        )
 
     def _saved_as(self, bot: str, known: dict[str, str], fence: Fence | None) -> restoring.SavedAs:
         """How a restore learns whether the home it moves aside is held by a snapshot: the
@@ -179,6 +187,167 @@ class SnapshotService:
                 self._load(st)
             return st
 
+    def may_stream(self, bot: str) -> bool:
+        """Whether this flared may stream the bot's databases: the same rule as snapshots (its
+        restore succeeded or the store confirmed it holds nothing, and it is not fenced), and
+        one fence check after a claim, so the writer it took the bot from has stopped."""
+        if not self.policy.stream.enabled:
+            return False
+        with self._guard:
+            st = self.bots.get(bot)
+        if st is None or st.fence is None or st.fenced or not self._databases_intact(st):
+            return False
+        return time.time() - st.claimed_at >= self.policy.stream.fence_check + 1.0
+
+    def _database_ids(self, bot: str, known: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
+        """(device, inode) of the databases at the home's top level and those already known
+        (a stat each: this runs every reconcile tick). A database deleted while Hermes or
+        Litestream holds it open keeps its inode, so a new file at its path has another."""
+        home = self.home(bot)
+        out: dict[str, tuple[int, int]] = {}
+        for path in {*home.glob(self.policy.stream.pattern), *(home / rel for rel in known)}:
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                out[path.relative_to(home).as_posix()] = (info.st_dev, info.st_ino)
+        return out
+
+    def _record_databases(self, st: BotState) -> None:
+        """The home is the bot's now (restored, kept, adopted): remember its databases' identity."""
+        st.stream_ids = self._database_ids(st.name, self._known_databases(st.name))
+
+    def _known_databases(self, bot: str) -> list[str]:
+        """Databases below the top level too (`cron/executions.db`), from Litestream's own files."""
+        meta = StreamLayout(self.loaded.state_dir).meta(bot)
+        suffix = "-litestream"
+        return [
+            p.relative_to(meta).as_posix().removesuffix(suffix)
+            for p in meta.glob(f"**/*{suffix}")
+            if p.is_dir()
+        ]
+
+    def _databases_intact(self, st: BotState) -> bool:
+        """False (and why, in `stream_lost`) once a streamed database was deleted or replaced
+        outside a restore: Hermes would create an empty one, which Litestream would ship as
+        the newest state over the good replica. New databases join the watched set."""
+        if st.stream_lost is not None:
+            return False
+        now = self._database_ids(st.name, st.stream_ids)
+        for rel, ident in st.stream_ids.items():
+            if now.get(rel) != ident:
+                st.stream_lost = (
+                    f"{rel} was deleted or replaced outside a restore: its stream is stopped, the store "
+                    f"keeps the last good copy; `flared restore --bot {st.name}` puts it back, `flared "
+                    f"snapshot --bot {st.name} --accept-shrink` accepts this home as it is"
+                )
+                log.error("bot %s: %s", st.name, st.stream_lost)
+                with contextlib.suppress(OSError):
+                    self._save(st)
+                return False
+        for rel, ident in now.items():
+            st.stream_ids.setdefault(rel, ident)
+        return True
+
+    def _claim(self, st: BotState) -> None:
+        """Restored from the store: take the bot over (see :mod:`.claim`); the lock is held."""
+        if not self.policy.stream.enabled or st.fence is None:
+            return
+        try:
+            claimed = claim.claim(self.store, st.name, st.fence)
+        except claim.Lost as exc:
+            st.fenced = (
+                f"another flared {exc} while this one restored; `flared restore --bot {st.name}` takes "
+                f"that state, `flared snapshot --bot {st.name} --takeover` claims the bot"
+            )
+            log.error("bot %s: fenced: %s", st.name, st.fenced)
+            return
+        except StoreError as exc:  # the claim is retried by nobody: the fence check still guards
+            log.warning("bot %s: could not claim latest.json for the stream: %s", st.name, exc)
+            return
+        if claimed is not None:
+            st.fence, st.claimed_at = claimed, time.time()
+
+    def check_fence(self, bot: str) -> str | None:
+        """Whether another flared took the bot over since this one last wrote `latest.json`: then
+        the bot is fenced (its stream stops at the next reconcile). Returns why, or None."""
+        st = self.state(bot)
+        if st.fence is None or st.fenced or st.running:  # a running snapshot checks it as it publishes
+            return st.fenced
+        with self._exclusive(st):
+            if st.fence is None or st.fenced:
+                return st.fenced
+            try:
+                who = claim.moved(self.store, bot, st.fence)
+            except (StoreError, DamagedPointer) as exc:
+                log.debug("bot %s: fence check skipped: %s", bot, exc)
+                return None
+            if who is None:
+                return None
+            st.fenced = (
+                f"another flared {who}: this one stopped streaming and snapshotting the bot; "
+                f"`flared restore --bot {bot}` takes that state, `flared snapshot --bot {bot} --takeover` "
+                "claims the bot back"
+            )
+            st.fingerprint = None
+            self._save(st)
+        log.error("bot %s: fenced: %s", bot, st.fenced)
+        return st.fenced
+
+    def _fence_loop(self) -> None:
+        while not self._stop.wait(self.policy.stream.fence_check):
+            if not self.policy.stream.enabled:
+                continue
+            for bot in list(self.bots):
+                st = self.bots.get(bot)
+                if st is not None and st.phase == "ready":
+                    try:
+                        self.check_fence(bot)
+                    except Exception:  # a bug must not stop the other bots' checks
+                        log.exception("bot %s: fence check failed", bot)
+
+    def _stream_position(self, bot: str) -> Callable[[], dict[str, Any] | None]:
+        socket = StreamLayout(self.loaded.state_dir).socket
+        return lambda: stream_status.position(socket, self.home(bot))
+
+    def _stream_scratch(self, bot: str) -> Path:
+        """Beside the work dir, not in it (a restore's unpack empties that): on the state dir's
+        filesystem, so restored databases move into the staging dir by a rename."""
+        return self.dir / "stream-restore" / bot
+
+    def _stream_into(self, bot: str, staging: Path, manifest: Manifest | None, exact: bool) -> str | None:
+        """Restore the bot's streamed databases into `staging` (None, or what went wrong).
+
+        The newest position, or with `exact` (`restore --id`) the one the snapshot recorded;
+        a snapshot taken without streaming keeps its own databases then."""
+        if not self.policy.stream.enabled:
+            return None
+        point = None
+        if exact:
+            point = stream_restore.Point.of_manifest(manifest.stream if manifest else None)
+            if point is None:
+                return None
+        try:
+            keys = [o.key for o in self.store.list(stream_key(bot) + "/")]
+            dbs = stream_restore.streamed_databases(bot, keys)
+            if point is not None:
+                point = dataclasses.replace(point, earliest=stream_restore.earliest_txids(bot, keys))
+            done = stream_restore.restore_into(
+                self.loaded.config, bot, dbs, staging, self._stream_scratch(bot), point
+            )
+        except stream_restore.StreamRestoreError as exc:
+            return f"the streamed databases could not be restored: {exc}"
+        except StoreUnreachable as exc:
+            return f"the stream could not be listed: {exc}"
+        except OSError as exc:
+            return f"the streamed databases could not be restored: {pipeline.describe_os_error(exc)}"
+        if done["databases"]:
+            log.info(
+                "bot %s: restored %s from the stream in %.2f s",
+                bot,
+                ", ".join(done["databases"]),
+                done["seconds"],
+            )
+        return None
+
     def _state_file(self, bot: str) -> Path:
         return self.dir / f"{bot}.json"
 
@@ -191,6 +360,7 @@ class SnapshotService:
         st.last = raw.get("last")
         st.last_ok = raw.get("last_ok")
         st.basis = raw.get("basis")
+        st.stream_lost = raw.get("stream_lost")
         st.elsewhere = dict(raw.get("elsewhere") or {})
         was = raw.get("store")
         if was is not None and was != self.store.description:  # edited while flared was down
@@ -266,11 +436,13 @@ class SnapshotService:
         self._save(st)
 
     def _save(self, st: BotState) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self._state_file(st.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st.persisted(), indent=2))
-        os.replace(tmp, path)
+        """Also called from the reconcile thread (a stream stopped): one writer of the file at a time."""
+        with self._save_lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self._state_file(st.name)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st.persisted(), indent=2))
+            os.replace(tmp, path)
 
     @contextlib.contextmanager
     def _exclusive(self, st: BotState) -> Iterator[None]:
@@ -296,6 +468,7 @@ class SnapshotService:
         """flared restarted under a running gateway: keep the live home, re-confirm the fence."""
         st = self.state(bot)
         st.phase = "ready"
+        self._record_databases(st)
         self._spawn(f"adopt-{bot}", lambda: self._boot_loop(st, adopt=True))
 
     def _spawn(self, name: str, fn: Callable[[], None]) -> None:
@@ -344,6 +517,7 @@ class SnapshotService:
             delay = min(delay * 2, cfg.retry_max)
 
     def _ready(self, st: BotState) -> None:
+        self._record_databases(st)
         if st.on_ready is not None:
             st.on_ready(st.name)
 
@@ -398,28 +572,49 @@ class SnapshotService:
             )
         else:
             known = {latest.content_digest: latest.id} if latest is not None and valid_id(latest.id) else {}
-            res = restoring.restore(
-                self.store,
-                st.name,
-                home,
-                self._work(st.name),
-                key=catalog.encryption_key(self.policy),
-                on_reading=lambda sid: setattr(st, "reading", sid),
-                saved_as=self._saved_as(st.name, known, Fence(etag)),
-            )
+            # The databases come from the stream's newest position whichever snapshot is
+            # unpacked: restore them while the snapshot downloads and unpacks.
+            early = self._stream_scratch(st.name) / "databases"
+            shutil.rmtree(early, ignore_errors=True)
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stream-restore") as pool:
+                databases = pool.submit(self._stream_into, st.name, early, None, False)
+
+                def complete(p: restoring.Prepared) -> str | None:
+                    return databases.result() or stream_restore.move_into(early, p.staging)
+
+                res = restoring.restore(
+                    self.store,
+                    st.name,
+                    home,
+                    self._work(st.name),
+                    key=catalog.encryption_key(self.policy),
+                    on_reading=lambda sid: setattr(st, "reading", sid),
+                    saved_as=self._saved_as(st.name, known, Fence(etag)),
+                    before_commit=complete,
+                )
+                error = databases.result()
             st.restore = res.as_dict()
             if res.result == "failed":
+                shutil.rmtree(early, ignore_errors=True)
                 st.phase = "restore failed"
                 st.gate = res.error
                 log.error("bot %s: %s", st.name, res.error)
                 return False
             if res.result == "empty":
                 home.mkdir(parents=True, exist_ok=True)
+                # No snapshot yet, maybe a stream (lost before the first snapshot): nothing runs
+                # on this home, so its databases go straight in.
+                error = error or stream_restore.move_into(early, home)
+                if error is not None:
+                    st.phase, st.gate = "restore failed", error
+                    log.error("bot %s: %s", st.name, error)
+                    return False
                 log.info("bot %s: the store holds no snapshot: starting fresh", st.name)
             else:
                 log.info("bot %s: restored snapshot %s in %.2f s", st.name, res.id, res.seconds)
             st.fence, st.fenced = res.fence, None
             self._after_restore(st, res)
+            self._claim(st)
         st.phase, st.gate = "ready", None
         st.last_attempt = time.time()
         self._save(st)
@@ -493,6 +688,7 @@ class SnapshotService:
             unconfirmed=tuple(st.in_flight),
             basis=st.basis,
             accept_shrink=accept_shrink,
+            stream_position=self._stream_position(st.name) if self.policy.stream.enabled else None,
         )
         try:
             res = pipeline.take_snapshot(job)
@@ -506,6 +702,10 @@ class SnapshotService:
         st.last = out
         snapshot_history.record(snapshot_history.history_path(self.dir, st.name), out)
         st.shrunk = res.reason if res.shrink else None
+        if res.result in {"ok", "unchanged"} and accept_shrink and st.stream_lost is not None:
+            log.warning("bot %s: its home accepted as it is: streaming its databases again", st.name)
+            st.stream_lost = None
+            self._record_databases(st)
         if res.result in {"ok", "unchanged"}:
             st.fence = res.fence or st.fence
             st.fingerprint = res.fingerprint
@@ -637,6 +837,14 @@ class SnapshotService:
                     waited = time.monotonic()
                     walker.join()
                 prepared.steps["fingerprint"] = round(time.monotonic() - waited, 3)  # beyond the stop
+                # With the gateway stopped (and Litestream no longer watching the home, see
+                # Gateways.streamed_bots): the stream's newest position is final.
+                mark = time.monotonic()
+                error = self._stream_into(bot, prepared.staging, prepared.manifest, snapshot_id is not None)
+                prepared.steps["stream"] = round(time.monotonic() - mark, 3)
+                if error is not None:
+                    restoring.discard(prepared.staging)
+                    return {"result": "failed", "bot": bot, "error": f"{error}; the home is as it was"}
                 try:
                     res = restoring.commit(prepared, self.home(bot), saved_as=None, store=self.store)
                 except OSError as exc:
@@ -649,9 +857,12 @@ class SnapshotService:
                     }
                 self._defer_mark(bot, restoring.tree_id(restoring.rollback_path(self.home(bot))), saved_as)
                 out = res.as_dict()
-                st.fence, st.fenced, st.gate = res.fence, None, None
+                was_fenced = st.fenced is not None
+                st.fence, st.fenced, st.gate, st.stream_lost = res.fence, None, None, None
                 st.store = self.store.description
                 self._after_restore(st, res, fingerprint)
+                if was_fenced:  # another flared wrote the bot: stop its stream before this one starts
+                    self._claim(st)
                 st.restore = out
                 # An older snapshot becomes the new latest with the next snapshot.
                 st.due_now = res.fence is not None and res.id != res.fence.snapshot_id
@@ -670,8 +881,10 @@ class SnapshotService:
     # ------------------------------------------------------------------ triggers
 
     def start(self) -> None:
-        """Start the periodic and on-change triggers (:mod:`flared.snapshots.scheduler`)."""
+        """Start the periodic and on-change triggers (:mod:`flared.snapshots.scheduler`) and the
+        stream's fence check."""
         self.scheduler.start()
+        self._spawn("fence-check", self._fence_loop)
 
     # ------------------------------------------------------------------ reload, retire, shutdown
 
@@ -762,6 +975,7 @@ class SnapshotService:
             "next_due_in_s": next_due,
             "fenced": st.fenced,
             "shrunk": st.shrunk,
+            "stream_stopped": st.stream_lost,
             "gated": st.fence is None,
             "gate": st.gate,
             "restore": st.restore,

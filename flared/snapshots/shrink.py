@@ -30,19 +30,26 @@ MIN_LOST_BYTES = 256 * 1024
 
 
 def losses(
-    basis: Manifest, databases: Iterable[str], raw_size: int, exists: Callable[[str], bool]
+    basis: Manifest,
+    databases: Iterable[str],
+    raw_size: int,
+    exists: Callable[[str], bool],
+    *,
+    compare_size: bool = True,
 ) -> list[str]:
     """What the home lost of `basis`, in words; empty when it may be published.
 
     `databases`: what this capture holds as databases; `exists(rel)`: whether a path is still
     in the home (a database left out by a new `snapshots.exclude` is not lost).
+    `compare_size` False: the basis' size counts what this capture leaves out on purpose (the
+    first snapshot after streaming was turned on: the databases now live in the stream).
     """
     now = set(databases)
     gone = [d for d in basis.databases if d not in now and not exists(d)]
     out = []
     if gone:
         out.append(f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} gone")
-    if raw_size < basis.raw_size * FRACTION and basis.raw_size - raw_size >= MIN_LOST_BYTES:
+    if compare_size and raw_size < basis.raw_size * FRACTION and basis.raw_size - raw_size >= MIN_LOST_BYTES:
         out.append(f"{human_bytes(raw_size)} of content left of {human_bytes(basis.raw_size)}")
     return out
 

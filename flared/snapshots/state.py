@@ -38,6 +38,11 @@ class BotState:
     due_now: bool = False
     running: bool = False
     reading: str | None = None
+    claimed_at: float = 0.0  # when this flared claimed latest.json for the stream (see .claim)
+    #: The streamed databases' (device, inode) since the bot became ready: one replaced outside
+    #: a restore (a deleted home) must not be streamed over its good replica.
+    stream_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stream_lost: str | None = None  # why the bot's stream is stopped (until a restore or an accept)
     on_ready: Callable[[str], None] | None = None
 
     def pointer(self) -> dict[str, Any]:
@@ -62,4 +67,5 @@ class BotState:
             "basis": self.basis,
             "last": self.last,
             "last_ok": self.last_ok,
+            "stream_lost": self.stream_lost,
         }

@@ -230,6 +230,18 @@ function snapshotSummary(snap) {
   return text;
 }
 
+/** The stream of a bot's databases: the worst lag, or why it is paused, stalled or off. */
+function streamSummary(stream) {
+  if (!stream) return "-";
+  if (!stream.enabled) return stream.reason ? `off: ${stream.reason}` : "off";
+  if (!stream.streaming) return `paused: ${stream.reason || "not streamed yet"}`;
+  const dbs = stream.databases || [];
+  const stalled = dbs.filter((d) => d.state === "stalled");
+  if (stalled.length) return stalled.map((d) => `${d.db} stalled${d.lag_s !== null ? ` (${Math.round(d.lag_s)} s behind)` : ""}: ${d.error}`).join("; ");
+  const lags = dbs.map((d) => d.lag_s).filter((l) => l !== null && l !== undefined);
+  return lags.length ? `${dbs.length} database${dbs.length === 1 ? "" : "s"}, ${Math.max(...lags).toFixed(1)} s behind` : "starting";
+}
+
 function botCard(bot) {
   const snap = bot.snapshots || {};
   const hermes = bot.hermes || {};
@@ -257,6 +269,7 @@ function botCard(bot) {
       el("dt", {}, "heartbeat"), el("dd", {}, hermes.heartbeat_age_s !== null && hermes.heartbeat_age_s !== undefined ? `${age(hermes.heartbeat_age_s)} ago` : "-"),
       bot.api ? [el("dt", {}, "API"), el("dd", {}, bot.api)] : null,
       el("dt", {}, "snapshots"), el("dd", { "data-testid": "snapshot-summary" }, snapshotSummary(snap)),
+      el("dt", {}, "stream"), el("dd", { "data-testid": "stream-summary", class: bot.stream && bot.stream.stalled ? "error" : "" }, streamSummary(bot.stream)),
       snap.restore ? [el("dt", {}, "restore"), el("dd", {}, `${snap.restore.result || ""}${snap.restore.id ? ` ${snap.restore.id}` : ""}`)] : null,
     ),
     error ? el("p", { class: "error", "data-testid": "error" }, error) : null,
