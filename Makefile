@@ -27,5 +27,6 @@ schema: setup
 	$(VENV)/flared schema > schema/hermes-flare.schema.json
 	$(VENV)/python -m flared.config.docgen > docs/config.md
 
+# Deletes the state dir and caches, never a snapshot store (see scripts/clean).
 clean:
-	rm -rf .flare .pytest_cache .mypy_cache .ruff_cache
+	@python3 $(dir $(abspath $(lastword $(MAKEFILE_LIST))))scripts/clean

@@ -42,8 +42,10 @@ from flared.control.auth import ProcessTree, parent_if_supervisord
 from flared.control.locate import publish_socket, socket_path
 from flared.control.server import ControlServer, HTTPError, Request, Response, bind_tcp
 from flared.gateways import Gateways, failure_hint, gateway_error, readiness
+from flared.hangs import not_answering
 from flared.hermes.liveness import gateway_liveness
 from flared.hermes.paths import BotPaths, program_name
+from flared.liveness_probe import LivenessProbe
 from flared.operator.audit import AuditLog, audit_path, tail
 from flared.policy.cron import CronService
 from flared.policy.reload import Reloader
@@ -77,6 +79,7 @@ class Daemon:
         self.gateways = Gateways(
             self.live, self.supervisor, layout, wake=self._wake.set, may_stream=self._may_stream
         )
+        self.liveness = LivenessProbe(self.gateways)
         self.snapshots = SnapshotService(loaded, self.gateways)
         self.leases = LeaseManager(loaded)
         self.cron = CronService(loaded, snapshots=self.snapshots, leases=self.leases, gateways=self.gateways)
@@ -165,6 +168,7 @@ class Daemon:
             publish_socket(loaded.path, socket_path(loaded))
         self.watcher = watch_config(loaded.path, self.reloader.from_disk, self._stop)
         self.cron.start()
+        threading.Thread(target=self._probe_liveness, name="liveness", daemon=True).start()
         release_memory()
         trimmed = time.monotonic()
         while not self._stop.is_set():
@@ -297,6 +301,15 @@ class Daemon:
             self.supervisor.reset()
             log.exception("reconcile failed, will retry")
 
+    def _probe_liveness(self) -> None:
+        """Every ``liveness.every``: probe the ready gateways, restart the hung (read live: reloadable)."""
+        while not self._stop.wait(self.live.config.liveness.every):
+            try:
+                self.liveness.probe()
+            except Exception:
+                self.supervisor.reset()
+                log.exception("liveness probe failed, will retry")
+
     def _signal_stop(self, signum: int, _frame: Any) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         self.request_stop()
@@ -391,6 +404,8 @@ class Daemon:
             failure = gw.failure_of(bot.name)
             enabled = bot.name in here
             held = bot.name in gw.held
+            needed = cfg.liveness.failures
+            hang, reviving, probes = self.liveness.seen(bot.name, now, needed)
             ready, detail = readiness(
                 enabled=enabled,
                 phase=(snap or {}).get("phase"),
@@ -399,6 +414,8 @@ class Daemon:
                 proc=p,
                 liveness=hermes,
                 has_api=bot.api is not None,
+                not_answering=not_answering(hang, needed),
+                reviving=reviving,
             )
             if failure is not None:
                 state = "FAILED"
@@ -440,6 +457,7 @@ class Daemon:
                 "log": str(paths.gateway_log),
                 "failure": failure.as_dict(now) if failure is not None else None,
                 "hermes": hermes,
+                "liveness": probes,
             }
             if ready == "failed":
                 entry["hint"] = failure_hint(

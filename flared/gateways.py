@@ -222,14 +222,20 @@ def readiness(
     proc: dict[str, Any] | None,
     liveness: dict[str, Any],
     has_api: bool,
+    not_answering: str | None = None,
+    reviving: bool = False,
 ) -> tuple[str, str]:
-    """Pure: (``ready`` | ``starting`` | ``failed`` | ``stopped``, what it waits for or why).
+    """Pure: (``ready`` | ``starting`` | ``unresponsive`` | ``failed`` | ``stopped``, what it waits for or why).
 
     RUNNING is not ready: Hermes takes seconds to bring up its API after
     supervisord counts it started. Ready means Hermes itself says
     ``running`` (and its ``api_server`` is connected) for *this* process:
-    the files a previous run left behind do not count.
+    the files a previous run left behind do not count. A ready gateway whose
+    last liveness probes failed (``not_answering``, :mod:`flared.hangs`) is
+    ``unresponsive``; one being restarted for that is ``starting``.
     """
+    if reviving and enabled:
+        return "starting", "restarting it: it stopped answering"
     if not enabled:
         return "stopped", "disabled in the config"
     if failure is not None:
@@ -258,6 +264,8 @@ def readiness(
     if has_api and platforms.get("api_server") == "fatal":
         return "failed", "the API server could not start"
     if gstate in {"running", "degraded"} and (not has_api or platforms.get("api_server") == "connected"):
+        if not_answering:
+            return "unresponsive", not_answering
         return "ready", "" if gstate == "running" else "some platforms are retrying"
     return "starting", f"Hermes is {gstate or 'starting'}"
 
@@ -322,8 +330,19 @@ class Gateways:
                 log.info("bot %s: restarting its failed gateway on request", bot)
                 self.reconcile()
                 return
+        self.bounce(name)
+
+    def bounce(self, name: str, *, wait: bool = True) -> None:
+        """Stop and start a program through supervisord, a stopped (SIGSTOP) one too.
+
+        SIGCONT first, so a stopped process can take supervisord's SIGINT and
+        shut down cleanly; one that still does not exit gets SIGKILL (its whole
+        process group) after ``stopwaitsecs``, supervisord's own escalation.
+        """
+        with contextlib.suppress(xmlrpc.client.Fault):  # not running (any more): nothing to resume
+            self.supervisor.signal(name, "CONT")
         self.supervisor.stop(name)
-        self.supervisor.start(name)
+        self.supervisor.start(name, wait=wait)
 
     def mark_ready(self, bot: str) -> None:
         """The bot's state is in place: its gateway may start."""
@@ -515,6 +534,10 @@ class Gateways:
 
     def failure_of(self, bot: str) -> Failure | None:
         return self.failures.get(bot)
+
+    def running_programs(self) -> dict[str, dict[str, Any]]:
+        """supervisord's process info per program, as the last reconcile read it."""
+        return {str(p["name"]): p for p in self._observed}
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:

@@ -67,7 +67,8 @@ def test_json_and_session(served: tuple[Path, FakeLLM]) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"bot": "solo", "reply": "hello from solo", "session_id": "s-1"}
     assert fake.requests[-1].headers["X-Hermes-Session-Id"] == "s-1"
-    assert fake.requests[-1].body["stream"] is False
+    # streamed, then printed whole: --timeout bounds the silence between pieces, not the turn
+    assert fake.requests[-1].body["stream"] is True
 
 
 def test_each_chat_without_session_is_a_new_conversation(served: tuple[Path, FakeLLM]) -> None:
@@ -139,6 +140,29 @@ def test_bot_choice_errors(tmp_path: Path) -> None:
     down = run_cli("chat", "-c", str(cfg), "--bot", "a", "hi")
     assert down.returncode == 1 and "is not answering" in down.stderr
     assert all("Traceback" not in r.stderr for r in (several, no_api, unknown, down))
+
+
+def test_a_bot_that_does_not_answer_in_time_is_named(served: tuple[Path, FakeLLM]) -> None:
+    import time
+
+    cfg, fake = served
+
+    def late(_req: Any) -> llm.Reply:
+        time.sleep(3)
+        return llm.Reply(text="too late")
+
+    fake.script(llm.Reply(build=late, when=lambda r: True))
+    out = run_cli("chat", "-c", str(cfg), "--timeout", "1", "hi")
+    assert out.returncode == 1
+    assert out.stderr.startswith("flared chat: bot 'solo' did not answer within 1 s (--timeout)\n"), (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_the_default_timeout_is_three_missed_keepalives() -> None:
+    out = run_cli("chat", "--help")
+    assert "keepalive every 30 s while it works; default 90)" in " ".join(out.stdout.split())
 
 
 def test_another_program_on_the_port_is_named_not_printed(tmp_path: Path) -> None:

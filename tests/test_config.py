@@ -51,7 +51,8 @@ def test_defaults_and_paths_resolve_relative_to_the_file(tmp_path: Path) -> None
     loaded = load_config(write(tmp_path, BASE), environ={})
     cfg = loaded.config
     assert cfg.state_dir == str(tmp_path / ".flare")
-    assert cfg.store.url == f"file://{tmp_path / '.flare' / 'store'}"
+    # beside the state dir, never in it: `make clean` deletes the state dir
+    assert cfg.store.url == f"file://{tmp_path / '.flare-store'}"
     assert cfg.snapshots.every == 900
     assert list(cfg.sandboxes) == ["default"]
     assert cfg.bots[0].sandbox == "default"
@@ -244,3 +245,18 @@ def test_streaming_is_on_by_default_and_off_by_itself_with_encryption(tmp_path: 
     text = "snapshots: {encryption: {key: correct-horse}}\n" + BASE
     encrypted = load_config(write(tmp_path, text), environ={}).config.snapshots.stream
     assert not encrypted.enabled
+
+
+def test_liveness_probe_settings_are_checked_with_their_place(tmp_path: Path) -> None:
+    text = "liveness: {every: 0s, heartbeat_stale: 20s, failures: 0}\n" + BASE
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    found = {i.path: (i.line, i.message) for i in info.value.issues}
+    assert found["liveness.every"] == (1, "must be more than 0s")
+    assert (
+        found["liveness.heartbeat_stale"][1]
+        == "must be more than 30s: Hermes rewrites its heartbeat every 30 s"
+    )
+    assert "liveness.failures" in found
+    ok = load_config(write(tmp_path, "liveness: {every: 1s, failures: 2}\n" + BASE), environ={}).config
+    assert (ok.liveness.every, ok.liveness.timeout, ok.liveness.failures) == (1.0, 5.0, 2)

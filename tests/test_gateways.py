@@ -191,3 +191,7 @@ def test_readiness() -> None:
     failed = dict(kw, failure=Failure("fatal", 78, "port taken", 0.0))
     assert readiness(proc=None, liveness={}, **failed) == ("failed", "port taken")  # type: ignore[arg-type]
     assert readiness(proc=None, liveness={}, **dict(kw, enabled=False))[0] == "stopped"  # type: ignore[arg-type]
+    hung = readiness(proc=running, liveness=ok, not_answering="not answering: x", **kw)  # type: ignore[arg-type]
+    assert hung == ("unresponsive", "not answering: x")
+    reviving = readiness(proc=running, liveness=ok, reviving=True, **kw)  # type: ignore[arg-type]
+    assert reviving == ("starting", "restarting it: it stopped answering")

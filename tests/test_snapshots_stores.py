@@ -116,3 +116,29 @@ def test_local_store_writes_whole_objects_only(tmp_path: Path) -> None:
     st.put_file("b/x.sqsh", src, sha256=sha(src), metadata={}, progress=progress)
     assert all("x.sqsh" not in names for names in seen)  # only a temporary while copying
     assert [o.key for o in st.list("b/")] == ["b/x.sqsh"]
+
+
+def test_the_old_default_store_is_moved_only_into_an_empty_new_default(tmp_path: Path) -> None:
+    from flared.snapshots.stores.factory import adopt_legacy_default
+
+    legacy, new = tmp_path / ".flare" / "store", tmp_path / ".flare-store"
+    (legacy / "athena").mkdir(parents=True)
+    (legacy / "athena" / "latest.json").write_text("{}")
+    other = tmp_path / "elsewhere"
+    assert adopt_legacy_default(other) == other and legacy.exists()  # not the default's name
+    new.mkdir()
+    assert adopt_legacy_default(new) == new  # empty: made way for the rename
+    assert (new / "athena" / "latest.json").read_text() == "{}" and not legacy.exists()
+
+    (legacy / "hermes").mkdir(parents=True)
+    assert adopt_legacy_default(new) == new and (legacy / "hermes").exists()  # a store there already wins
+
+
+def test_the_old_default_store_stays_in_use_when_it_cannot_be_moved(tmp_path: Path) -> None:
+    from flared.snapshots.stores.factory import adopt_legacy_default
+
+    legacy = tmp_path / ".flare" / "store"
+    (legacy / "athena").mkdir(parents=True)
+    (tmp_path / ".flare-store").write_text("a file in the way")
+    assert adopt_legacy_default(tmp_path / ".flare-store") == legacy
+    assert (legacy / "athena").is_dir()

@@ -44,9 +44,10 @@ def bot_endpoint(live: LiveConfig, name: str) -> BotEndpoint:
         raise HTTPError(
             409, f"bot {name!r} has no local API: add `api: {{port: 8642}}` to it in {live.loaded.path}"
         )
-    host = "127.0.0.1" if bot.api.host in ("0.0.0.0", "::", "") else bot.api.host
     key = api_key(live.loaded.state_dir, bot) or ""
-    return BotEndpoint(name, f"http://{host}:{bot.api.port}/v1", key, bot.model.model or "hermes")
+    return BotEndpoint(
+        name, f"http://{bot.api.dial_host}:{bot.api.port}/v1", key, bot.model.model or "hermes"
+    )
 
 
 def chat_body(raw: bytes, model: str) -> bytes:

@@ -21,6 +21,7 @@ from flared import __version__
 from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, stream, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 from flared.cli.text import localize_hints
+from flared.control.client import DaemonNotAnswering
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"flared {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except DaemonNotAnswering as exc:  # from any command that asked the daemon
+        print(f"flared {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED

@@ -6,6 +6,9 @@ Where that API listens and its key come from the running daemon (`GET
 the daemon knows what it started. Without a daemon the file is read.
 
 The answer streams to the terminal; ``--json`` waits for the whole answer.
+``--timeout`` (default 90 s) bounds the silence, not the turn: Hermes sends
+a keepalive every 30 s while it works, and a bot whose gateway does not
+answer ``GET /health`` is named before anything is sent.
 Each chat is a new conversation unless ``--session ID`` continues one (the
 id is printed on stderr; an id the bot does not have is refused, exit 2).
 Another program on the bot's port is named, not its page printed. When the
@@ -35,9 +38,13 @@ from flared.cli.common import (
 )
 from flared.cli.remote import Remote, connect
 from flared.cli.text import Out
-from flared.control.client import ControlError
+from flared.control.client import ControlError, DaemonNotAnswering
 
 SESSION_HEADER = "X-Hermes-Session-Id"
+#: Hermes' api_server writes a keepalive every 30 s while the agent works: three missed is a hang.
+DEFAULT_TIMEOUT_S = 90.0
+#: How long the bot's ``GET /health`` may take before the chat is not even sent.
+HEALTH_DEADLINE_S = 10.0
 
 
 class ChatError(Exception):
@@ -74,7 +81,12 @@ def register(sub: Subparsers) -> None:
         help="continue this conversation (id printed by a previous chat; an unknown id is refused)",
     )
     p.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for the answer (default 600)"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="give up after this long without a word from the bot (it sends a keepalive every 30 s "
+        f"while it works; default {DEFAULT_TIMEOUT_S:.0f})",
     )
     p.add_argument("message", nargs="+", help="the message (words are joined with spaces; `-` reads stdin)")
     p.set_defaults(func=run)
@@ -131,10 +143,9 @@ def endpoint_from_file(args: argparse.Namespace) -> Endpoint:
     bots = [(b.name, b.api is not None) for b in loaded.config.bots if b.enabled or b.name == args.bot]
     bot = loaded.config.bot(_choose(bots, args.bot))
     assert bot.api is not None
-    host = "127.0.0.1" if bot.api.host in ("0.0.0.0", "::", "") else bot.api.host
     return Endpoint(
         bot.name,
-        f"http://{host}:{bot.api.port}/v1",
+        f"http://{bot.api.dial_host}:{bot.api.port}/v1",
         api_key(loaded.state_dir, bot) or "",
         bot.model.model or "hermes",
     )
@@ -295,40 +306,49 @@ def chat(
     message: str,
     *,
     session: str | None = None,
-    stream: bool = False,
-    timeout: float = 600.0,
+    timeout: float = DEFAULT_TIMEOUT_S,
     out: TextIO | None = None,
     tools: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Send one message; returns ``{"bot", "reply", "session_id"}``; raises ChatError when the agent failed."""
+    """Send one message; returns ``{"bot", "reply", "session_id"}``; raises ChatError when the agent failed.
+
+    The answer is always streamed (``out`` None collects it silently), so
+    ``timeout`` bounds the silence between two pieces, not the whole turn:
+    Hermes writes a keepalive every 30 s while a long turn works. A gateway
+    that does not answer ``GET /health`` is reported before the chat is sent.
+    """
     import http.client
     import urllib.parse
 
-    if session:
-        check_session(ep, session, min(timeout, 10.0))
-    session = session or new_session_id()
-    body = {"model": ep.model, "messages": [{"role": "user", "content": message}], "stream": stream}
+    from flared.hermes.liveness import health_error
+
+    body = {"model": ep.model, "messages": [{"role": "user", "content": message}], "stream": True}
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {ep.key}",
-        SESSION_HEADER: session,
     }
     parts = urllib.parse.urlsplit(ep.url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     where = f"{parts.scheme}://{parts.netloc}"
+    trouble = health_error(host, port, min(timeout, HEALTH_DEADLINE_S))
+    if trouble is not None:
+        raise ChatError(
+            f"bot {ep.bot!r} is not answering on {where} ({trouble}): is its gateway ready? "
+            "(`flared status` says; start everything with `flared up`)"
+        )
+    if session:
+        check_session(ep, session, min(timeout, HEALTH_DEADLINE_S))
+    session = session or new_session_id()
+    headers[SESSION_HEADER] = session
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         try:
             conn.request(
                 "POST", parts.path.rstrip("/") + "/chat/completions", body=json.dumps(body), headers=headers
             )
             resp = conn.getresponse()
-        except ConnectionRefusedError:
-            raise ChatError(
-                f"bot {ep.bot!r} is not answering on {where}: is its gateway ready? (`flared status` says; "
-                "start everything with `flared up`)"
-            ) from None
         except TimeoutError:
-            raise ChatError(f"bot {ep.bot!r} did not answer within {timeout:.0f}s") from None
+            raise ChatError(f"bot {ep.bot!r} did not answer within {timeout:.0f} s (--timeout)") from None
         except OSError as exc:
             raise ChatError(f"cannot reach bot {ep.bot!r} on {where}: {exc}") from None
         session_id = resp.getheader(SESSION_HEADER) or session
@@ -345,49 +365,29 @@ def chat(
             if resp.status == 401:
                 detail = "the API key was refused (was the gateway started from this config?)"
             raise ChatError(f"bot {ep.bot!r} answered {resp.status}: {detail}", session_id=session_id)
-        if stream:
-            writer = _Writer(out)
-            error: str | None = None
-            try:
-                for kind, value in sse_events(resp):
-                    if kind == "content":
-                        writer.write(value)
-                    elif kind == "error":
-                        error = error or str(value)
-                    elif kind == "tool" and tools is not None and value.get("status") == "running":
-                        tools.write(f"[{value.get('tool')}] {value.get('label') or ''}\n")
-                        tools.flush()
-            except TimeoutError:
-                raise ChatError(
-                    f"bot {ep.bot!r} stopped answering for {timeout:.0f}s", session_id=session_id
-                ) from None
-            if error:
-                if writer.started and out is not None:
-                    out.write("\n")
-                raise ChatError(f"bot {ep.bot!r}: the agent failed: {error}", session_id=session_id)
-            reply = writer.text
-        else:
-            try:
-                data = json.loads(resp.read())
-            except TimeoutError:
-                raise ChatError(
-                    f"bot {ep.bot!r} did not answer within {timeout:.0f}s", session_id=session_id
-                ) from None
-            except ValueError:
-                raise ChatError(
-                    f"bot {ep.bot!r} sent an answer that is not JSON", session_id=session_id
-                ) from None
-            choices = data.get("choices") or [{}]
-            hermes = data.get("hermes") or {}
-            if choices[0].get("finish_reason") == "error" or hermes.get("failed"):
-                raise ChatError(
-                    f"bot {ep.bot!r}: the agent failed: {hermes.get('error') or 'see the gateway log'}",
-                    session_id=session_id,
-                )
-            reply = str((choices[0].get("message") or {}).get("content") or "").strip()
+        writer = _Writer(out)
+        error: str | None = None
+        try:
+            for kind, value in sse_events(resp):
+                if kind == "content":
+                    writer.write(value)
+                elif kind == "error":
+                    error = error or str(value)
+                elif kind == "tool" and tools is not None and value.get("status") == "running":
+                    tools.write(f"[{value.get('tool')}] {value.get('label') or ''}\n")
+                    tools.flush()
+        except TimeoutError:
+            raise ChatError(
+                f"bot {ep.bot!r} stopped answering: nothing for {timeout:.0f} s (--timeout)",
+                session_id=session_id,
+            ) from None
+        if error:
+            if writer.started and out is not None:
+                out.write("\n")
+            raise ChatError(f"bot {ep.bot!r}: the agent failed: {error}", session_id=session_id)
     finally:
         conn.close()
-    return {"bot": ep.bot, "reply": reply, "session_id": session_id}
+    return {"bot": ep.bot, "reply": writer.text, "session_id": session_id}
 
 
 # ---------------------------------------------------------------------- the command
@@ -415,16 +415,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2))
             return EXIT_OK
         result = chat(
-            ep,
-            message,
-            session=args.session,
-            stream=True,
-            timeout=args.timeout,
-            out=sys.stdout,
-            tools=sys.stderr,
+            ep, message, session=args.session, timeout=args.timeout, out=sys.stdout, tools=sys.stderr
         )
-    except (ChatError, CommandError) as exc:
-        code = exc.code
+    except (ChatError, CommandError, DaemonNotAnswering) as exc:
+        code = exc.code if isinstance(exc, ChatError | CommandError) else EXIT_FAILED
         if args.json:
             sid = exc.session_id if isinstance(exc, ChatError) else None
             print(

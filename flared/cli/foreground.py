@@ -88,7 +88,10 @@ class Reporter:
                 if b.get("log"):
                     self.out.print(f"  log: {b['log']} (`flared logs --bot {name}`)")
                 self.said[name] = key
-            if ready not in {"ready", "failed"}:
+            elif ready == "unresponsive" and self.said.get(name, "").split("|")[0] != ready:
+                self.out.print(f"{name}: {self.out.style('gateway ' + str(b.get('detail')), 'red')}")
+                self.said[name] = key
+            if ready not in {"ready", "failed", "unresponsive"}:
                 settled = False
         return settled
 

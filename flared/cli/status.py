@@ -33,7 +33,13 @@ from flared.config.units import human_bytes
 from flared.control.client import ConnectionLost, ControlError, DaemonNotRunning
 from flared.snapshots.final import NOT_SAVED
 
-_READINESS_STYLE = {"ready": "green", "starting": "yellow", "failed": "red", "stopped": "dim"}
+_READINESS_STYLE = {
+    "ready": "green",
+    "starting": "yellow",
+    "unresponsive": "red",
+    "failed": "red",
+    "stopped": "dim",
+}
 
 
 def register(sub: Subparsers) -> None:
@@ -255,6 +261,18 @@ def _bot_notes(out: Out, b: dict[str, Any], snap: dict[str, Any]) -> list[str]:
             notes.append(f"fix: {b['hint']}")
         if b.get("log"):
             notes.append(f"log: {b['log']} (`flared logs --bot {b['name']}`)")
+    if b.get("readiness") == "unresponsive":
+        notes.append(out.style(f"gateway {b.get('detail')}", "red"))
+    revived = (b.get("liveness") or {}).get("restarts")
+    if revived:
+        n = revived["count"]
+        notes.append(
+            out.style(
+                f"restarted {n} time{'s' if n != 1 else ''} because it stopped answering (last "
+                f"{human_age(revived.get('last_s_ago'))} ago: {revived.get('reason')})",
+                "yellow",
+            )
+        )
     line = restore_line(snap.get("restore"))
     if line:
         notes.append(line)

@@ -10,6 +10,7 @@ position-keeping parser (:mod:`flared.config.yamlpos`) are apart.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import os
 import re
@@ -189,6 +190,12 @@ def read_config_text(cfg_path: Path, shown: str) -> str:
     except UnicodeDecodeError as exc:
         raise ConfigError([Issue(shown, 0, 0, "(file)", f"is not UTF-8 text ({exc.reason})")]) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            message = (
+                "cannot be read: it is a symbolic link loop (its links lead back to themselves); "
+                "make it a file, or a link to one"
+            )
+            raise ConfigError([Issue(shown, 0, 0, "(file)", message)]) from None
         raise ConfigError([Issue(shown, 0, 0, "(file)", f"cannot be read: {exc.strerror}")]) from None
 
 

@@ -91,9 +91,11 @@ class StoreConfig(Model):
     """Where snapshots live: a local directory or an S3-compatible bucket (R2)."""
 
     url: str = Field(
-        default="file://./.flare/store",
-        description="`file://PATH` (relative to the config file) or `s3://BUCKET/PREFIX`.",
-        examples=["file://./.flare/store", "s3://hermes-flare-data/snapshots"],
+        default="file://./.flare-store",
+        description="`file://PATH` (relative to the config file) or `s3://BUCKET/PREFIX`. The local "
+        "default sits beside the state dir, not in it: deleting the state dir (`make clean`) keeps "
+        "every snapshot.",
+        examples=["file://./.flare-store", "s3://hermes-flare-data/snapshots"],
     )
     endpoint: str | None = Field(
         default=None,
@@ -120,7 +122,7 @@ class StoreConfig(Model):
         if v.startswith("s3://") and not v[5:].split("/")[0]:
             raise ValueError("s3:// url needs a bucket name, e.g. s3://hermes-flare-data/snapshots")
         if v == "file://":
-            raise ValueError("file:// url needs a path, e.g. file://./.flare/store")
+            raise ValueError("file:// url needs a path, e.g. file://./.flare-store")
         return v
 
 
@@ -244,6 +246,45 @@ class SnapshotsConfig(Model):
             return self
         self.stream.enabled = False
         return self
+
+
+class LivenessConfig(Model):
+    """Probing each ready gateway, so one that stopped answering is restarted.
+
+    A stopped (SIGSTOP) or deadlocked gateway keeps its process: supervisord
+    says RUNNING and Hermes' own files still say running, so only a probe
+    notices.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Probe ready gateways and restart one that stopped answering."
+    )
+    every: Duration = Field(default=15.0, description="How often each ready gateway is probed.")
+    timeout: Duration = Field(
+        default=5.0, description="Deadline of one probe: `GET /health` on the bot's `api:` port."
+    )
+    failures: int = Field(
+        default=3, ge=1, description="Failed probes in a row after which flared restarts the gateway."
+    )
+    heartbeat_stale: Duration = Field(
+        default=120.0,
+        description="Hermes rewrites `state/gateway.heartbeat` every 30 s; a heartbeat older than this "
+        "fails the probe (the only probe of a bot without `api:`).",
+    )
+
+    @field_validator("every", "timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0s")
+        return v
+
+    @field_validator("heartbeat_stale")
+    @classmethod
+    def _beyond_hermes_interval(cls, v: float) -> float:
+        if v <= 30:
+            raise ValueError("must be more than 30s: Hermes rewrites its heartbeat every 30 s")
+        return v
 
 
 class RestoreConfig(Model):
@@ -435,6 +476,11 @@ class ApiConfig(Model):
     key: SecretStr | None = secret(
         "Bearer key (16+ chars). When unset flared generates one and keeps it in the state dir."
     )
+
+    @property
+    def dial_host(self) -> str:
+        """Where a local client reaches it: loopback when it binds every address."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
 DEFAULT_TOOLSETS = ["terminal", "file", "memory", "skills", "cronjob", "web", "todo", "session_search"]
@@ -696,6 +742,9 @@ class HermesFlareConfig(Model):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Snapshot store.")
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, description="Snapshot policy.")
     restore: RestoreConfig = Field(default_factory=RestoreConfig, description="Restore policy.")
+    liveness: LivenessConfig = Field(
+        default_factory=LivenessConfig, description="Gateway liveness probe: restart a gateway that hangs."
+    )
     sandboxes: dict[str, SandboxProfile] = Field(
         default_factory=lambda: {"default": SandboxProfile()}, description="Named sandbox profiles."
     )

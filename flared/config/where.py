@@ -23,3 +23,19 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env)
     return Path(DEFAULT_NAME)
+
+
+def resolved(path: Path) -> Path:
+    """``path`` absolute, with links resolved where they can be.
+
+    A link loop cannot be resolved (``Path.resolve`` raises): it is kept as
+    named, in its resolved directory, so the running daemon is still found
+    (its pointer is keyed by that path) and the caller can report the loop.
+    """
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop
+        try:
+            return path.absolute().parent.resolve() / path.name
+        except (RuntimeError, OSError):
+            return path.absolute()

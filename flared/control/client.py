@@ -9,6 +9,7 @@ a command that talks to the daemon may take (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -24,6 +25,43 @@ class DaemonNotRunning(Exception):
 
 class ConnectionLost(Exception):
     """The daemon went away while it was handling the request (flared stopped or crashed)."""
+
+
+class DaemonNotAnswering(TimeoutError):
+    """The daemon's socket took the request but no answer came in time (flared stopped or stuck).
+
+    A TimeoutError, so code that treats any OSError as "not reachable" keeps
+    doing so; the CLI prints its message instead of a traceback.
+    """
+
+
+def _not_answering(sock: socket.socket, timeout: float) -> DaemonNotAnswering:
+    """Which process holds the socket and, when it is stopped, how to resume it."""
+    import struct
+
+    pid = 0
+    with contextlib.suppress(OSError, struct.error):
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    who = f"flared (pid {pid})" if pid else "flared"
+    if pid and _process_state(pid) == "T":
+        return DaemonNotAnswering(
+            f"{who} did not answer within {timeout:g} s: it is stopped (SIGSTOP, or Ctrl-Z in its "
+            f"terminal); `kill -CONT {pid}` resumes it"
+        )
+    return DaemonNotAnswering(
+        f"{who} did not answer within {timeout:g} s: it is busy or stuck; its log says why "
+        "(`flared logs --flared`)"
+    )
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state in /proc/PID/stat (``T``: stopped), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :]
+    return rest[:1] or None
 
 
 class ControlError(Exception):
@@ -43,6 +81,8 @@ def _exchange(path: str, request: bytes, timeout: float) -> tuple[int, bytes]:
             s.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             raise DaemonNotRunning(path) from None
+        except TimeoutError:  # its listen backlog is full: nobody accepts
+            raise _not_answering(s, timeout) from None
         try:
             s.sendall(request)
             chunks = []
@@ -53,6 +93,8 @@ def _exchange(path: str, request: bytes, timeout: float) -> tuple[int, bytes]:
                 chunks.append(data)
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ConnectionLost(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise _not_answering(s, timeout) from None
     finally:
         s.close()
     return _parse(b"".join(chunks))

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flared.config.where import DEFAULT_STATE_DIR
+from flared.config.where import DEFAULT_STATE_DIR, resolved
 
 if TYPE_CHECKING:
     from flared.config.loader import LoadedConfig
@@ -52,7 +52,7 @@ def pointer_path(config_path: Path) -> Path | None:
     d = pointer_dir()
     if d is None:
         return None
-    key = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:24]
+    key = hashlib.sha256(str(resolved(config_path)).encode()).hexdigest()[:24]
     return d / f"{key}.sock"
 
 
@@ -81,7 +81,7 @@ def daemon_socket(config_path: Path) -> Path:
     """
     env_socket = os.environ.get("FLARE_CONTROL__SOCKET")
     if env_socket:
-        return config_path.resolve().parent / os.path.expanduser(env_socket)
+        return resolved(config_path).parent / os.path.expanduser(env_socket)
     if not os.environ.get("FLARE_STATE_DIR"):
         link = pointer_path(config_path)
         if link is not None and link.is_symlink() and link.exists():
@@ -105,7 +105,7 @@ def guess_socket(path: Path) -> Path:
     state_dir, socket = lenient_fields(text)
     state_dir = os.environ.get("FLARE_STATE_DIR") or state_dir or DEFAULT_STATE_DIR
     socket = os.environ.get("FLARE_CONTROL__SOCKET") or socket
-    base = path.resolve().parent
+    base = resolved(path).parent
     if socket:
         return base / os.path.expanduser(_expand(socket))
     return base / os.path.expanduser(_expand(str(state_dir))) / "flared.sock"

@@ -50,3 +50,29 @@ def startup_failed_at(home: Path) -> float | None:
         return datetime.fromisoformat(str(st["updated_at"])).timestamp()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def health_error(host: str, port: int, timeout: float) -> str | None:
+    """None when the gateway's api_server answers ``GET /health`` within ``timeout``; else what went wrong.
+
+    Any HTTP answer below 500 counts: it proves the gateway's event loop runs.
+    """
+    import http.client  # ~30 ms of import (ssl, email): only where a probe is made
+
+    deadline = f"{timeout:g} s"
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        resp.read()
+    except TimeoutError:
+        return f"GET /health got no answer within {deadline}"
+    except ConnectionRefusedError:
+        return f"GET /health: nothing listens on {host}:{port}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET /health failed: {exc}"
+    finally:
+        conn.close()
+    if resp.status >= 500:
+        return f"GET /health answered {resp.status}"
+    return None

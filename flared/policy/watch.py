@@ -11,6 +11,7 @@ refuses it and the next write applies.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -96,10 +97,21 @@ class Watcher:
 
     def _changed(self) -> None:
         fp = self._settled()
-        if fp is None:
-            log.info("%s is gone; waiting for it to come back (the running config stays)", self.path)
-            return
         if fp == self._last:
+            return  # also: still gone or unreadable, said once already
+        if fp is None:
+            # Said once per change (the watch wakes every second). A file that
+            # is there but cannot be read (a link loop, no permission) is also
+            # reloaded: the refusal's reason then shows in `flared status`.
+            self._last = None
+            why = unreadable(self.path)
+            log.warning("%s %s; the running config stays until it can be read again", self.path, why)
+            if why != GONE:
+                self.changes += 1
+                try:
+                    self.on_change()
+                except Exception:
+                    log.exception("reloading %s failed", self.path)
             return
         self._last = fp
         self.changes += 1
@@ -119,6 +131,22 @@ class Watcher:
                 return fp
             fp = now
         return fp
+
+
+GONE = "is gone"
+
+
+def unreadable(path: Path) -> str:
+    """Why ``path`` cannot be read, in a few words."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return GONE if not os.path.islink(path) else "is a link to nothing"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be read ({exc.strerror})"
+    return "changed while it was read"
 
 
 def watch_config(path: Path, reload: Callable[[], dict[str, Any]], stop: threading.Event) -> Watcher:

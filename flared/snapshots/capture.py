@@ -313,6 +313,7 @@ class Captured:
     databases: list[str]
     left_out: list[tuple[str, str]]
     duplicates: bool  # two files share content: mksquashfs' duplicate check pays off
+    allocated_size: int = 0  # disk blocks the files take (a sparse file: far less than raw_size)
     hashed_bytes: int = 0  # what this scan read (0 when every hash came from the cache)
     backed_up: list[str] = field(default_factory=list)  # databases copied this time
 
@@ -466,6 +467,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
     left_out = list(walked.left_out)
     hashed = 0
     raw_size = 0  # what the snapshot holds: a database by its copy (its WAL's content included)
+    allocated_size = 0  # the disk blocks that takes: a sparse file far less than its size
     copies: set[str] = set()
 
     home_s = str(home)
@@ -553,7 +555,9 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
             left_out.append((rel, f"it has the content of {secret_shas[sha]}"))
             continue
         entries.append(Entry(rel, "f", st, sha256=sha, source=source, database=db is not None))
-        raw_size += db_size(Path(source)) if db is not None else st.st_size
+        size = db_size(Path(source)) if db is not None else st.st_size
+        raw_size += size
+        allocated_size += size if db is not None else st.st_blocks * 512  # a copy is dense
 
     for rel, why in left_out:
         log.warning("snapshot leaves out %s: %s", rel, why)
@@ -568,6 +572,7 @@ def capture(walked: Walk, cache: HashCache) -> Captured:
         digest=digest(entries),
         files=len(files),
         raw_size=raw_size,
+        allocated_size=allocated_size,
         databases=databases,
         left_out=left_out,
         duplicates=len(sizes) < len(content_files),

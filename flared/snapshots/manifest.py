@@ -110,10 +110,18 @@ class Manifest:
     #: The stream position the home pairs with (``at``, RFC 3339; ``txids``: database -> TXID),
     #: None when the databases are in the blob (taken without streaming).
     stream: dict[str, Any] | None = None
+    #: Disk blocks the files took (st_blocks * 512): a sparse file takes far less than its size,
+    #: and unsquashfs writes it sparse again. None in manifests written before flared kept it.
+    allocated_size: int | None = None
     format: int = FORMAT
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
+
+    @property
+    def unpacked_size(self) -> int:
+        """Room the unpacked home takes on disk (what a restore checks is free)."""
+        return self.allocated_size if self.allocated_size is not None else self.raw_size
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:

@@ -293,6 +293,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             parent=latest.id if latest else None,
             databases=captured.databases,
             stream=position,
+            allocated_size=captured.allocated_size,
         )
         body = manifest.to_bytes()
         announce(job.progress, "publishing")

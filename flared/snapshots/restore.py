@@ -309,7 +309,7 @@ def _unpack_one(
             )
     # Room for the download (twice when sealed) and the unpacked tree, before moving a byte.
     download = manifest.packed_size * (2 if manifest.encrypted else 1)
-    unpacked = manifest.raw_size
+    unpacked = manifest.unpacked_size
     try:
         clean_work(work)
         discard(staging)
@@ -390,7 +390,7 @@ def _unpack_in_place(
         hasher = threading.Thread(target=hash_it, name="restore-hash")
         hasher.start()
         try:
-            _unpack(fd, staging, home, needed, manifest.raw_size)
+            _unpack(fd, staging, home, needed, manifest.unpacked_size)
         finally:
             hasher.join()
         if failed:
@@ -421,7 +421,7 @@ def _download_and_unpack(
     except NotFound:
         raise RestoreError("its blob is missing") from None
     step("download")
-    needed = manifest.packed_size * (2 if manifest.encrypted else 1) + manifest.raw_size
+    needed = manifest.packed_size * (2 if manifest.encrypted else 1) + manifest.unpacked_size
     if got.sha256 is None and not manifest.encrypted:
         # Fetched in ranges, not hashed on the way: hash it while unsquashfs reads it.
         size = _unpack_in_place(blob, manifest, staging, home, needed, step)
@@ -437,7 +437,7 @@ def _download_and_unpack(
         blob.unlink()
         blob = plain
     step("verify")
-    _unpack(blob, staging, home, needed, manifest.raw_size)
+    _unpack(blob, staging, home, needed, manifest.unpacked_size)
     blob.unlink()
     step("unpack")
     return size

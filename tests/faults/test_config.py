@@ -22,7 +22,7 @@ import pytest
 
 from flared.config.yamlpos import MAX_BYTES
 from flared.control.client import ControlClient, ControlError
-from tests.fixtures.flare import FLARED, FlareUp, bot
+from tests.fixtures.flare import FLARED, FlareUp, bot, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +235,40 @@ def test_the_cli_reports_the_refusal_without_a_traceback(running: Running, kept:
     assert "more than 20,000 values" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     kept()
+
+
+def test_a_config_that_becomes_a_symlink_loop_is_reported_once(running: Running, kept: Any) -> None:
+    """The file is swapped for a link into a loop: status says so, the log says it once."""
+    path = running.flare.config_path
+    log = running.flare.state_dir / "logs" / "flared.log"
+    said = "hermes-flare.yaml is a symbolic link loop; the running config stays"
+    before = log.read_text().count(said)
+    loop = path.with_name("loop.yaml")
+    os.symlink(path.name, loop)
+    os.symlink(loop.name, path.with_name(".swap"))
+    os.replace(path.with_name(".swap"), path)
+    try:
+        errors = wait_for(running.errors, 10, "the loop to be refused")
+        assert any(
+            e
+            == f"{path}: cannot be read: it is a symbolic link loop (its links lead back to themselves); make it a file, or a link to one"
+            for e in errors
+        ), errors
+
+        out = running.flare.cli("status")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert "the config file on disk was NOT applied" in out.stdout
+        assert "cannot be read: it is a symbolic link loop (its links lead back to themselves)" in out.stdout
+
+        # No daemon runs the other name of the loop: offline status, the file's own error.
+        offline = run_cli("status", "-c", str(loop))
+        assert offline.returncode == 2 and "Traceback" not in offline.stderr, offline.stderr
+        assert f"{loop}: cannot be read: it is a symbolic link loop" in offline.stderr
+
+        time.sleep(3)  # the watch wakes every second
+        assert log.read_text().count(said) == before + 1
+        kept()
+    finally:
+        path.unlink()
+        loop.unlink()
+        path.write_text(running.good)

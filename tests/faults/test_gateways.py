@@ -8,11 +8,20 @@ at the first exit 78, shows it failed with Hermes' own error line and what
 to edit (hermes-flare.yaml, not the config.yaml flared generates), and
 starts it again on a config change or `flared restart`. Nothing is lost: the
 bot's home and snapshots are untouched.
+
+Row: a gateway hangs (SIGSTOP stands in for a deadlock). Its process lives,
+so supervisord says RUNNING and Hermes' files say running. flared's liveness
+probe (`GET /health` with a deadline) notices, status says it is not
+answering, `flared chat` names the bot within its timeout, and after
+``liveness.failures`` failed probes flared restarts it through supervisord.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -104,3 +113,55 @@ def test_port_taken_gateway_is_failed_with_its_error_then_recovers(tmp_path: Any
             flare.write_config()
             st = wait_for(flare, lambda s: s.get("readiness") == "ready", 90, "ready after the edit")
             assert st["failure"] is None
+
+
+def test_a_hung_gateway_is_reported_named_by_chat_and_restarted(tmp_path: Any) -> None:
+    port = free_port()
+    # fast probes so the test takes seconds; ten failures leave a window (~20 s) to look at it hung
+    liveness = {"every": "1s", "timeout": "1s", "failures": 10}
+    with FlareUp(tmp_path, [bot("hermes", port)], liveness=liveness) as flare:
+        st = wait_for(flare, lambda s: s.get("readiness") == "ready", 90, "ready")
+        hung = int(st["pid"])
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            st = wait_for(flare, lambda s: s.get("readiness") == "unresponsive", 20, "seen not answering")
+            assert st["state"] == "RUNNING" and st["pid"] == hung  # supervisord alone sees nothing wrong
+            assert st["detail"].startswith("not answering: GET /health got no answer within 1 s (")
+            assert st["detail"].endswith("flared restarts it after 10)")
+            assert st["liveness"]["probe"]["error"] == "GET /health got no answer within 1 s"
+
+            started = time.monotonic()
+            chat = flare.cli("chat", "--timeout", "2", "hello", timeout=30)
+            assert time.monotonic() - started < 15
+            assert chat.returncode == 1, chat.stderr
+            assert (
+                f"flared chat: bot 'hermes' is not answering on http://127.0.0.1:{port} "
+                "(GET /health got no answer within 2 s)" in chat.stderr
+            )
+
+            text = flare.cli("status")
+            assert text.returncode == 0, text.stderr
+            row = next(ln for ln in text.stdout.splitlines() if ln.startswith("hermes "))
+            assert " unresponsive " in f" {row} "
+            assert "gateway not answering: GET /health got no answer within 1 s" in text.stdout
+
+            st = wait_for(
+                flare,
+                lambda s: s.get("readiness") == "ready" and s.get("pid") not in (None, hung),
+                90,
+                "restarted and ready again",
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        assert not os.path.exists(f"/proc/{hung}")  # ended, not left behind
+        assert st["restarts"] >= 1
+        again = st["liveness"]["restarts"]
+        assert again["count"] == 1 and again["reason"] == "GET /health got no answer within 1 s"
+        text = flare.cli("status")
+        assert "restarted 1 time because it stopped answering (last " in text.stdout
+        log = (flare.state_dir / "logs" / "flared.log").read_text()
+        assert f"bot hermes: gateway (pid {hung}) stopped answering: GET /health got no answer" in log
+        assert "restarting it" in log
+        chat = flare.cli("chat", "--timeout", "5", "hello", timeout=30)
+        assert "is not answering" not in chat.stderr  # it answers again (the model behind it is down)

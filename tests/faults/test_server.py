@@ -3,7 +3,8 @@
 One real `flared up` (supervisord + flared, control on TCP with a token)
 serves every row. Each row sends its fault on both listeners and asserts
 that flared kept answering on both, that its RSS stayed within a bound of
-what it was before, and that its open fds came back (nothing held).
+what it was before, and that its open fds came back (nothing held). The
+last row stops flared itself and checks what the CLI says about it.
 """
 
 from __future__ import annotations
@@ -237,3 +238,35 @@ def test_slowloris_connections_are_dropped_and_others_still_answered(
     for c in conns:
         c.close()
     assert dropped == len(conns), f"{len(conns) - dropped} slow connections were still open"
+
+
+def test_a_stopped_flared_is_named_with_how_to_resume_it_not_a_traceback(daemon: Daemon) -> None:
+    """Row: flared is SIGSTOPped (Ctrl-Z, a debugger): its socket still takes connections."""
+    import signal
+    import subprocess
+
+    from tests.fixtures.flare import FLARED
+
+    cfg = str(daemon.flare.config_path)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        runs = [
+            subprocess.Popen(
+                [*FLARED, *args, "-c", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for args in (["status"], ["chat", "--json", "hello"])
+        ]
+        outs = [p.communicate(timeout=60) for p in runs]
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    resume = (
+        f"did not answer within 10 s: it is stopped (SIGSTOP, or Ctrl-Z in its terminal); "
+        f"`kill -CONT {daemon.pid}` resumes it\n"
+    )
+    for name, p, (_, stderr) in zip(("status", "chat"), runs, outs, strict=True):
+        assert p.returncode == 1, stderr
+        assert "Traceback" not in stderr
+        assert stderr.endswith(f"flared {name}: flared (pid {daemon.pid}) {resume}"), stderr
+    assert outs[0][0] == ""
+    assert json.loads(outs[1][0])["error"] == f"flared (pid {daemon.pid}) {resume}".rstrip("\n")
+    daemon.answers()

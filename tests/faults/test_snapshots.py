@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -170,7 +171,7 @@ def test_disk_full_during_restore_changes_nothing_and_never_falls_back(tmp_path:
         # the disk fills up during unsquashfs itself.
         key = manifest_key("athena", newest["id"])
         m = Manifest.from_bytes(svc.store.get_bytes(key)[0])
-        m.raw_size = 1
+        m.raw_size = m.allocated_size = 1
         svc.store.put_bytes(key, m.to_bytes())
     out = in_tmpfs(
         loaded.state_dir / "bots",
@@ -192,6 +193,34 @@ def test_disk_full_during_restore_changes_nothing_and_never_falls_back(tmp_path:
     assert out["kept"] == "newer than any snapshot\n"
     assert older["id"] != newest["id"]
     restorable(svc.store, tmp_path)
+
+
+RESTORE_SPARSE = (
+    CHILD_PRELUDE
+    + r"""
+cfg = sys.argv[1]
+svc = SnapshotService(load_config(cfg))
+res = svc.restore("athena")
+st = os.stat(svc.home("athena") / "sparse.bin")
+print(json.dumps({"res": res, "size": st.st_size, "allocated": st.st_blocks * 512}))
+"""
+)
+
+
+def test_a_sparse_file_is_counted_by_the_blocks_it_takes_not_its_size(tmp_path: Path) -> None:
+    """A 1.5 GiB sparse file takes no space, and unsquashfs writes it sparse again: a restore
+    onto a 16 MiB disk was refused ("needs about 1.5 GiB") although it fits."""
+    loaded = load(tmp_path)
+    svc = ready_service(loaded)
+    home = make_home(svc.home("athena"))
+    with open(home / "sparse.bin", "wb") as fh:
+        fh.truncate(1536 * 1024 * 1024)
+    taken = snap(svc)
+    manifest = Manifest.from_bytes(svc.store.get_bytes(manifest_key("athena", taken["id"]))[0])
+    assert manifest.raw_size > 1536 * 1024 * 1024 > 16 * 1024 * 1024 > (manifest.allocated_size or 0)
+    out = in_tmpfs(loaded.state_dir / "bots", "16m", RESTORE_SPARSE, str(loaded.path))
+    assert out["res"]["result"] == "restored" and out["res"]["id"] == taken["id"], out["res"]
+    assert out["size"] == 1536 * 1024 * 1024 and out["allocated"] < 1024 * 1024
 
 
 SNAPSHOT_ON_FULL_DISK = (
@@ -930,3 +959,75 @@ def test_a_store_edited_in_the_yaml_and_back_is_followed_by_the_running_daemon(t
         again = flare.cli("snapshot", "--json")
         assert again.returncode == 0, again.stdout + again.stderr
         assert json.loads(again.stdout)["results"][0]["result"] == "ok"
+
+
+# ---------------------------------------------------------------------- make clean
+
+
+def make_clean(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_clean_never_deletes_a_store_and_the_old_default_moves_out(tmp_path: Path) -> None:
+    """`make clean` deleted ./.flare and with it the default store file://./.flare/store:
+    every snapshot. The default is now ./.flare-store, beside the state dir; a store
+    left at the old default is kept by `make clean` and moved out at the next start."""
+
+    def write(store: str | None) -> Path:
+        data = config(tmp_path, [bot("athena")], state_dir="./.flare")
+        if store is None:
+            del data["store"]  # the embedded default
+        else:
+            data["store"] = {"url": store}
+        (tmp_path / "hermes-flare.yaml").write_text(yaml.safe_dump(data))
+        return tmp_path / "hermes-flare.yaml"
+
+    def snapshot_now(cfg: Path) -> str:
+        make_home(tmp_path / ".flare" / "bots" / "athena" / "home")
+        out = run_cli("snapshot", "--bot", "athena", "--json", "-c", str(cfg), timeout=120)
+        assert out.returncode == 0, out.stderr
+        return str(json.loads(out.stdout)["results"][0]["id"])
+
+    def listed(cfg: Path) -> list[str]:
+        out = run_cli("snapshots", "--json", "-c", str(cfg), timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [s["id"] for s in json.loads(out.stdout)["snapshots"]]
+
+    # The default: beside the state dir; `make clean` removes the state dir only.
+    cfg = write(None)
+    first = snapshot_now(cfg)
+    assert (tmp_path / ".flare-store" / "athena" / "latest.json").is_file()
+    out = make_clean(tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert not (tmp_path / ".flare").exists()
+    assert listed(cfg) == [first]
+
+    # A store inside the state dir (what the old default made): kept, the rest goes.
+    shutil.rmtree(tmp_path / ".flare-store")
+    cfg = write("file://./.flare/store")
+    old = snapshot_now(cfg)
+    out = make_clean(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith(
+        "make clean: kept the snapshot store .flare/store (every other file in .flare"
+    )
+    assert sorted(p.name for p in (tmp_path / ".flare").iterdir()) == ["store"]
+    assert listed(cfg) == [old]
+
+    # Upgraded to the new default: the old store is moved (one rename), nothing lost.
+    cfg = write(None)
+    out = run_cli("snapshots", "-c", str(cfg), timeout=120)
+    assert out.returncode == 0 and old in out.stdout, out.stderr
+    assert (
+        f"moved the snapshot store from {tmp_path}/.flare/store (the old default, inside the state dir "
+        f"that `make clean` deletes) to {tmp_path}/.flare-store, the new default: every snapshot is kept"
+    ) in out.stderr
+    assert listed(cfg) == [old]
+    assert not (tmp_path / ".flare" / "store").exists()
+    assert (tmp_path / ".flare-store" / "athena" / "snapshots" / f"{old}.sqsh").is_file()

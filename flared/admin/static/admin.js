@@ -246,7 +246,8 @@ function botCard(bot) {
   const snap = bot.snapshots || {};
   const hermes = bot.hermes || {};
   const ready = readiness(bot);
-  const error = bot.error || bot.last_error || snap.fenced || snap.shrunk || snap.gate || "";
+  const hung = ready === "unresponsive" ? `gateway ${bot.detail}` : "";
+  const error = bot.error || bot.last_error || hung || snap.fenced || snap.shrunk || snap.gate || "";
   const busy = (what) => view.busy.has(`${what}:${bot.name}`);
   const card = el(
     "article",
@@ -256,7 +257,7 @@ function botCard(bot) {
       {},
       el("h3", {}, bot.name),
       el("span", { class: `badge ${stateClass(bot.state)}`, "data-testid": "state" }, String(bot.state || "?")),
-      el("span", { class: `badge ${ready === "ready" ? "ok" : ready === "failed" ? "bad" : "warn"}`, "data-testid": "readiness" }, ready),
+      el("span", { class: `badge ${ready === "ready" ? "ok" : ready === "failed" || ready === "unresponsive" ? "bad" : "warn"}`, "data-testid": "readiness" }, ready),
       bot.group && bot.group !== "default" ? el("span", { class: "muted" }, `group ${bot.group}`) : null,
     ),
     el(
