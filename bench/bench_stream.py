@@ -49,10 +49,10 @@ from common import Paired, met, pairs_wanted, pct, quick, secs, table
 
 from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
-from flared.stream import base as stream_base
-from flared.stream.base import base_key
-from flared.stream.program import litestream_env, litestream_executable, write_config
-from flared.stream.render import StreamLayout, stream_key
+from flared.snapshots.stream import base as stream_base
+from flared.snapshots.stream.base import base_key
+from flared.snapshots.stream.program import litestream_env, litestream_executable, write_config
+from flared.snapshots.stream.render import StreamLayout, stream_key
 from tests.fixtures.flare import bot, config
 from tests.fixtures.s3server import shared_server
 

@@ -54,9 +54,9 @@ from flared.sandboxes.manager import LeaseManager
 from flared.sandboxes.types import SandboxError
 from flared.snapshots.final import Deadline, final_snapshot_deadline, not_saved_line
 from flared.snapshots.service import SnapshotService
-from flared.stream.program import NAME as STREAM_PROGRAM
-from flared.stream.render import StreamLayout
-from flared.stream.status import report as stream_report
+from flared.snapshots.stream.program import NAME as STREAM_PROGRAM
+from flared.snapshots.stream.render import StreamLayout
+from flared.snapshots.stream.status import report as stream_report
 from flared.supervisor import Layout, SupervisorClient, SupervisorError
 
 log = logging.getLogger("flared")

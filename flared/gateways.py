@@ -45,8 +45,8 @@ from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
 from flared.reconcile import Action, plan
-from flared.stream.program import NAME as STREAM_PROGRAM
-from flared.stream.program import stream_program
+from flared.snapshots.stream.program import NAME as STREAM_PROGRAM
+from flared.snapshots.stream.program import stream_program
 from flared.supervisor import Layout, SupervisorClient, apply, observe
 
 log = logging.getLogger("flared")

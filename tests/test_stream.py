@@ -20,11 +20,16 @@ import yaml
 
 from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
-from flared.stream import base as stream_base
-from flared.stream import restore as stream_restore
-from flared.stream import status as stream_status
-from flared.stream.program import litestream_env, litestream_executable, stream_program, write_config
-from flared.stream.render import StreamLayout, litestream_config, render
+from flared.snapshots.stream import base as stream_base
+from flared.snapshots.stream import restore as stream_restore
+from flared.snapshots.stream import status as stream_status
+from flared.snapshots.stream.program import (
+    litestream_env,
+    litestream_executable,
+    stream_program,
+    write_config,
+)
+from flared.snapshots.stream.render import StreamLayout, litestream_config, render
 from tests.fixtures.flare import bot, config
 from tests.fixtures.s3server import store_config
 

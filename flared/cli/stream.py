@@ -28,7 +28,7 @@ def register(sub: Subparsers) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flared.cli.up import adopt_handoff
-    from flared.stream.program import exec_litestream
+    from flared.snapshots.stream.program import exec_litestream
 
     adopt_handoff()
     loaded = load_or_exit(args)

@@ -49,10 +49,10 @@ from flared.snapshots.scheduler import Scheduler
 from flared.snapshots.state import BotState
 from flared.snapshots.stores import Progress, Store, StoreError, StoreUnreachable
 from flared.snapshots.stores.factory import open_store
-from flared.stream import base as stream_base
-from flared.stream import restore as stream_restore
-from flared.stream import status as stream_status
-from flared.stream.render import StreamLayout, stream_key
+from flared.snapshots.stream import base as stream_base
+from flared.snapshots.stream import restore as stream_restore
+from flared.snapshots.stream import status as stream_status
+from flared.snapshots.stream.render import StreamLayout, stream_key
 
 log = logging.getLogger("flared.snapshots")
 
@@ -756,7 +756,7 @@ class SnapshotService:
 
     def _make_bases(self, bot: str) -> None:
         """After a snapshot: a base for each database whose Litestream snapshot has none yet
-        (daily), so a cold boot need not rebuild the database from LTX (:mod:`flared.stream.base`)."""
+        (daily), so a cold boot need not rebuild the database from LTX (:mod:`flared.snapshots.stream.base`)."""
         try:
             made = stream_restore.make_bases(
                 self.loaded.config, self.store, bot, self._stream_scratch(bot) / "bases"

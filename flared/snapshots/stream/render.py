@@ -10,7 +10,7 @@ and any database Hermes creates later are picked up. Each goes to
 Litestream's working files (`meta-dir`, about a database's size each) live
 under the state dir, never in the home: a snapshot or a restore must not see
 them. Credentials are not in this text: the program's wrapper hands them to
-Litestream in its environment (:mod:`flared.stream.program`).
+Litestream in its environment (:mod:`flared.snapshots.stream.program`).
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ from flared.config.models import HermesFlareConfig
 from flared.hermes.paths import BotPaths
 from flared.snapshots.pack import PackError
 from flared.snapshots.stores import Store, StoreError
-from flared.stream.base import BootPlan, base_key, fetch_base, follow_to, put_base, stale, wanted
-from flared.stream.program import litestream_env, litestream_executable
-from flared.stream.render import replica, stream_key
+from flared.snapshots.stream.base import BootPlan, base_key, fetch_base, follow_to, put_base, stale, wanted
+from flared.snapshots.stream.program import litestream_env, litestream_executable
+from flared.snapshots.stream.render import replica, stream_key
 
 #: Databases restored at once (each `litestream restore` also fetches in parallel).
 PARALLEL = 4
 RESTORE_TIMEOUT = 600.0
 
-log = logging.getLogger("flared.stream")
+log = logging.getLogger("flared.snapshots.stream")
 
 
 class StreamRestoreError(Exception):
@@ -122,7 +122,7 @@ def restore_into(
     """Restore these databases of the bot's stream into `staging` (raises StreamRestoreError).
 
     To the newest position, a database with a `plans` entry starts from its base in
-    `store` (:mod:`flared.stream.base`), the fast way; any failure there falls back to
+    `store` (:mod:`flared.snapshots.stream.base`), the fast way; any failure there falls back to
     the plain restore. Returns what was done: ``{"databases": [...], "seconds": s,
     "from_base": [...]}``.
     """
@@ -170,7 +170,7 @@ def make_bases(
     cfg: HermesFlareConfig, store: Store, bot: str, work: Path, environ: Mapping[str, str] | None = None
 ) -> dict[str, int]:
     """Make the bases the bot's stream lacks: each database at its newest Litestream snapshot
-    (:mod:`flared.stream.base`), then drop its older bases. Reads the stream, never writes it.
+    (:mod:`flared.snapshots.stream.base`), then drop its older bases. Reads the stream, never writes it.
 
     Returns the bytes uploaded per database made; raises StreamRestoreError or StoreError."""
     stream_keys = [o.key for o in store.list(stream_key(bot) + "/")]

@@ -33,7 +33,7 @@ from pathlib import Path
 from flared.snapshots import pack
 from flared.snapshots.stores import Store
 from flared.snapshots.stores.local import file_sha256
-from flared.stream.render import stream_key
+from flared.snapshots.stream.render import stream_key
 
 BASE_PREFIX = "stream-base"
 #: A follow that applies nothing for this long is stuck (a gap it cannot bridge): fall back.

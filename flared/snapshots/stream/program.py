@@ -24,7 +24,7 @@ from pathlib import Path
 from flared.config.handoff import ENV_FILE_VAR, base_env
 from flared.config.loader import LoadedConfig
 from flared.config.models import StoreConfig
-from flared.stream.render import StreamLayout, digest, render
+from flared.snapshots.stream.render import StreamLayout, digest, render
 from flared.supervisor import Layout, ProgramSpec
 
 NAME = "litestream"
