@@ -421,3 +421,18 @@ def test_a_shared_dir_made_by_someone_else_is_refused(
         LocalProvider(sandbox_root(state))
     assert "remove it" in str(err.value)
     assert list(target.iterdir()) == [] and not any(shared.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-lease uids are given only as root")
+def test_leases_of_two_flareds_on_one_machine_get_different_uids(tmp_path: Path) -> None:
+    """Two state dirs (two flareds as root) share the machine's uid range: their leases must not
+    share a uid, whose process limit and processes the kernel counts machine-wide."""
+    first = Box(tmp_path / "one" / "state")
+    second = Box(tmp_path / "two" / "state")
+    try:
+        uids = [box.uid(box.lease()) for box in (first, second, first, second)]
+        assert len(set(uids)) == 4, uids
+        assert all(uid >= 200_000 for uid in uids)
+    finally:
+        first.close()
+        second.close()

@@ -22,6 +22,7 @@ timeout kills bwrap, which takes the sandbox's whole PID namespace with it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,11 +247,42 @@ class LocalProvider:
     def lease_dir(self, lease_id: str) -> Path:
         return self.leases_dir / lease_id
 
+    @property
+    def _shared(self) -> bool:
+        """Whether this root sits in the machine's shared dir, beside other flareds' roots."""
+        return self.root.parent.parent == SANDBOXES_HOME
+
+    @contextlib.contextmanager
+    def _allocating(self) -> Iterator[None]:
+        """Hold this provider's lock and, in the shared dir, the machine's lease-uid lock.
+
+        Every flared running as root on a machine (one per state dir) draws lease uids from
+        the same range: the file lock makes "find a free uid, then chown the lease to it"
+        atomic across them, so two never hand out the same uid at once.
+        """
+        with self._lock:
+            if not (self.as_root and self._shared):
+                yield
+                return
+            fd = os.open(self.root.parent / ".uid.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
     def _allocate_uid(self) -> int:
+        """A host uid no lease on this machine holds: of this flared, nor of another one.
+
+        The kernel's process limit counts a uid's processes machine-wide, so a uid shared
+        with another flared's lease (another state dir) would share its limit: one lease's
+        fork bomb would starve the other, and each would count the other's processes.
+        """
         if not self.as_root:
             return os.getuid()
         used = set()
-        for d in self.leases_dir.iterdir() if self.leases_dir.exists() else ():
+        leases = self.root.parent.glob("*/leases/*") if self._shared else self.leases_dir.glob("*")
+        for d in leases:
             with contextlib.suppress(OSError):
                 used.add((d / "work").stat().st_uid)
         for uid in range(UID_BASE, UID_BASE + UID_SPAN):
@@ -259,7 +291,7 @@ class LocalProvider:
         raise SandboxError("no free sandbox uid left")
 
     def create(self, lease_id: str, profile: SandboxProfile) -> dict[str, Any]:
-        with self._lock:
+        with self._allocating():
             self.leases_dir.mkdir(parents=True, exist_ok=True)
             self.leases_dir.chmod(0o711)
             uid = self._allocate_uid()
