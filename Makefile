@@ -17,8 +17,7 @@ test:
 	$(VENV)/ruff check flared tests bench
 	$(VENV)/ruff format --check flared tests bench
 	$(VENV)/mypy
-	@if [ -f worker/package.json ]; then ./scripts/worker-test; fi
-	$(VENV)/pytest -q
+	@./scripts/test-suites
 
 bench: setup
 	$(VENV)/python bench/run.py
