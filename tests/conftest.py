@@ -1,43 +1,95 @@
-"""How the suite is shared out when it runs in parallel (`make test`: pytest-xdist, `--dist loadgroup`).
+"""How the suite is shared out when it runs in parallel (`make test`: `pytest -n 3 --dist loadfile`,
+see scripts/test-suites).
 
-Most of the suite's wall time is waiting (gateways starting, polls, timeouts), so
-`make test` runs it in several worker processes. xdist hands out "groups": a
-test without a group is a unit of its own, any worker may take it. Three rules:
+Most of the suite's wall time is waiting (gateways starting, polls, timeouts),
+so `make test` runs it in several pytest-xdist worker processes. A worker takes
+one unit of work at a time; :class:`Scheduling` decides the units:
 
-- A module whose tests share a module-scoped fixture (one `flared up`, one
-  `wrangler dev`, a built image) stays on one worker: its fixture is set up
-  once, as in a serial run, not once per worker.
-- The tests named in :data:`SERIAL` run on one worker, one after another:
-  they share something machine-wide (podman's images and containers, the
-  Cloudflare topology's bridge) or assert a time bound tight enough that they
-  should not also compete with each other for the two cores.
-- Heavy groups are handed out first (:data:`FIRST`), so no worker starts a
-  long one when the others are nearly done.
+- By default a unit is a whole test file, as with xdist's ``loadfile``: its
+  tests run in order on one worker, and a module-scoped fixture (one
+  `flared up`, one `wrangler dev`, a built image) is set up once, as in a
+  serial run.
+- The files in :data:`SPLIT` are long and their tests independent (only
+  function-scoped fixtures, checked at collection): each test is a unit of its
+  own, so their slow tests spread over the workers.
+- The files of one :data:`SHARED` group form a single unit: they share
+  something a serial run never had to share (a per-process image build).
+- :data:`FIRST`: the longest units are handed out first, so no worker starts
+  a long one when the others are nearly done.
 
-Without `-n` (a plain `pytest`, or one file) none of this matters: tests run
-in order, one at a time, as before.
+xdist's own ``loadgroup`` (an ``xdist_group`` mark) cannot be used: it renames
+each test's node id, which pytest 9.2 no longer lets a plugin do.
+
+Without ``-n`` (a plain ``pytest``, or one file) none of this applies: tests
+run in order, one at a time, as before.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-#: Group name -> the test files (or node-id prefixes) it holds.
-SERIAL: dict[str, tuple[str, ...]] = {
-    # podman: image builds, containers, the podman bridge (10.88.0.1 exists only while a
-    # container is on it), wrangler's workerd containers. One at a time, as before.
-    "podman": (
-        "tests/test_topology.py",
-        "tests/test_agent_image.py",
-        "tests/test_compose.py",
-    ),
+#: Files whose tests are each a unit of their own (long files of independent tests).
+SPLIT: frozenset[str] = frozenset(
+    {
+        "tests/faults/test_gateways.py",
+        "tests/faults/test_shutdown.py",
+        "tests/faults/test_stream.py",
+        "tests/faults/test_orphans.py",
+        "tests/faults/test_snapshots.py",
+        "tests/test_up.py",
+        "tests/test_sandboxes_daemon.py",
+        "tests/test_gateways.py",
+    }
+)
+
+#: Units made of several files.
+SHARED: dict[str, tuple[str, ...]] = {
+    # Both boot the Agent image that `agent_image()` builds once per process (scripts/agent-image);
+    # one worker builds it once and runs them one after the other.
+    "agent-image": ("tests/test_agent_image.py", "tests/test_compose.py"),
 }
 
-#: Groups (or files) to hand out first: the longest ones, measured with `--durations`.
-FIRST: tuple[str, ...] = ("podman",)
+#: Units handed out first, longest first (from `--durations`; the rest follow in file order).
+FIRST: tuple[str, ...] = (
+    "agent-image",
+    "tests/test_topology.py",
+    "tests/faults/test_sandboxes.py",
+    "tests/faults/test_server.py",
+    "tests/e2e/test_slack_e2e.py",
+    "tests/test_operator.py",
+    "tests/faults/test_gateways.py::test_a_hung_gateway_is_reported_named_by_chat_and_restarted",
+    "tests/faults/test_shutdown.py::test_a_stalled_store_ends_the_final_snapshot_at_its_deadline_and_stop_and_up_exit_1",
+    "tests/faults/test_gateways.py::test_port_taken_gateway_is_failed_with_its_error_then_recovers",
+    "tests/test_cli_up.py",
+)
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to (see the module's docstring)."""
+    path = nodeid.split("::", 1)[0]
+    for name, files in SHARED.items():
+        if path in files:
+            return name
+    return nodeid if path in SPLIT else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` with this module's units, handed out in the order the workers collected
+    them (:func:`pytest_collection_modifyitems` puts FIRST first)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    config.option.loadscopereorder = False  # not by the number of tests in a unit: in FIRST's order
+    return Scheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,40 +107,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(Path(base).with_name(worker))
 
 
-def _module_scoped(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        d.scope in ("module", "package", "class") for defs in info.name2fixturedefs.values() for d in defs
-    )
-
-
-def group_of(item: pytest.Item) -> str | None:
-    """The xdist group of a test: a SERIAL group, its module's, or None (a unit of its own)."""
-    nodeid = item.nodeid
-    for name, prefixes in SERIAL.items():
-        if any(nodeid == p or nodeid.startswith((f"{p}::", f"{p}[")) for p in prefixes):
-            return name
-    if _module_scoped(item):
-        return nodeid.split("::", 1)[0]
-    return None
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    groups: dict[pytest.Item, str | None] = {}
+    """In a worker, put FIRST's units first; refuse a SPLIT file whose tests share a module fixture."""
     for item in items:
-        if any(item.iter_markers("xdist_group")):
-            continue  # a test that names its own group keeps it
-        group = groups[item] = group_of(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # a serial run keeps the usual order
-    rank = {name: i for i, name in enumerate(FIRST)}
-
-    def key(item: pytest.Item) -> int:
-        return rank.get(groups.get(item) or item.nodeid.split("::", 1)[0], len(rank))
-
-    items.sort(key=key)  # stable: within a rank, the usual order
+        path = item.nodeid.split("::", 1)[0]
+        if path not in SPLIT:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        shared = [
+            name
+            for name, defs in (info.name2fixturedefs.items() if info else ())
+            if any(d.scope in ("module", "package", "class") for d in defs)
+        ]
+        if shared:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the {shared[0]!r} fixture shared by its module: take {path} "
+                "out of SPLIT in tests/conftest.py (its tests must stay on one worker)"
+            )
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Every worker sorts alike (the controller checks that they all collected the same list).
+        rank = {name: i for i, name in enumerate(FIRST)}
+        items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))
