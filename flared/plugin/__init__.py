@@ -11,7 +11,9 @@ in its own module with an ``install(ctx)`` function:
   no sign of work (no reaction, status or title);
 - :mod:`flared.plugin.model`: model-provider headers the YAML asks for;
 - :mod:`flared.plugin.cron`: a cron job's own ``enabled_toolsets`` may narrow
-  the bot's toolsets, never widen them.
+  the bot's toolsets, never widen them;
+- :mod:`flared.plugin.scripts`: a cron job's ``script`` never runs on the
+  host (the ``cronjob`` tool refuses it, the scheduler runs nothing).
 
 Everything here runs inside a gateway process, with that bot's rights only:
 it may import nothing of flared's but :mod:`flared.control.tokens`, and
@@ -23,12 +25,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flared.plugin import cron, model, slack, strangers, terminal
+from flared.plugin import cron, model, scripts, slack, strangers, terminal
 
 log = logging.getLogger("flared.plugin")
 
-# cron first: a feature that fails to install stops the ones after it, and this one guards tools.
-FEATURES = {"cron": cron, "terminal": terminal, "slack": slack, "strangers": strangers, "model": model}
+# cron and scripts first: a feature that fails to install stops the ones after it, and these guard
+# tools and host code.
+FEATURES = {
+    "cron": cron,
+    "scripts": scripts,
+    "terminal": terminal,
+    "slack": slack,
+    "strangers": strangers,
+    "model": model,
+}
 REGISTERED: dict[str, Any] = {}
 
 

@@ -122,9 +122,7 @@ def test_no_cron_script_runs_on_the_host(tmp_path: Path) -> None:
             chat = flare.cli("chat", "--bot", "a", TURN, timeout=240)
             assert chat.returncode == 0, chat.stderr + flare.read_logs()
             assert not (scripts / "agent-wrote.py").exists(), "write_file wrote on the host"
-            assert not marker.exists(), (
-                "the agent's cron job ran a script on the host: " + marker.read_text()
-            )
+            assert not marker.exists(), "the agent's cron job ran a script on the host: " + marker.read_text()
             results = "\n".join(tool_results(llm))
             assert REFUSED in results, results[-3000:]
 
