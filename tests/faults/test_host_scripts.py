@@ -151,3 +151,47 @@ def test_no_cron_script_runs_on_the_host(tmp_path: Path) -> None:
 
             status = {j["name"]: j for j in flare.status()["cron"]["jobs"] if j.get("source") == "hermes"}
             assert "runs a script" in status["store-watch"].get("warning", ""), status["store-watch"]
+
+
+SKILL = """---
+name: probe
+description: Reports the status of the probe.
+---
+# Probe
+
+Status: !`{command}`
+"""
+
+
+def test_an_agent_written_skill_runs_no_inline_shell_on_the_host(tmp_path: Path) -> None:
+    """``skills.inline_shell`` runs a skill's !`cmd` snippets with bash in the gateway when it is viewed.
+
+    The agent writes skills on the host (``skill_manage``), so with the
+    option on, the agent would run any command there: the plugin refuses
+    every snippet, whatever the config says.
+    """
+    marker = tmp_path / "INLINE-ESCAPED"
+    turn_text = "WRITE-AND-VIEW-THE-PROBE"
+
+    def turn(r: LLMRequest) -> bool:
+        return r.is_agent_turn and turn_text in r.last_user_text
+
+    with FakeLLM(models=("fake-model",), default=text("done")) as llm:
+        model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
+        hermes = {"skills": {"inline_shell": True}}
+        with FlareUp(tmp_path, [bot("a", model=model, toolsets=["skills", "todo"], hermes=hermes)]) as flare:
+            flare.wait_running("a", timeout=90)
+            content = SKILL.format(command=f"echo ran > {marker}; echo INLINE-RAN")
+            llm.script(
+                tools(("skill_manage", {"action": "create", "name": "probe", "content": content}), when=turn),
+                tools(("skill_view", {"name": "probe"}), when=turn),
+                text("viewed", when=turn),
+            )
+            chat = flare.cli("chat", "--bot", "a", turn_text, timeout=240)
+            assert chat.returncode == 0, chat.stderr + flare.read_logs()
+            home = flare.state_dir / "bots" / "a" / "home"
+            assert list(home.glob("skills/**/probe/SKILL.md")), "the skill was not written"
+            assert not marker.exists(), "a skill's inline shell ran on the host"
+            results = "\n".join(tool_results(llm))
+            assert "INLINE-RAN" not in results
+            assert "inline shell does not run on the host" in results, results[-3000:]
