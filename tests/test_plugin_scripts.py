@@ -1,8 +1,9 @@
-"""The flare plugin's scripts feature: Hermes' cron scripts never run on the host.
+"""The flare plugin's scripts feature: cron scripts and skills' inline shell never run on the host.
 
-One case installs it over Hermes' real ``cron.scheduler`` and
-``tools.cronjob_tools`` in a clean subprocess and runs a script that would
-write a marker; the others check the wrappers' edges.
+One case installs it over Hermes' real ``cron.scheduler``,
+``tools.cronjob_tools`` and skill preprocessing in a clean subprocess and
+runs a script and an inline-shell snippet that would write markers; the
+others check the wrappers' edges.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ ok, doc, final, err = scheduler.run_job(job)
 prerun = scheduler._build_job_prompt({"id": "j2", "prompt": "go", "script": "w.py"})
 made = json.loads(tool.cronjob(action="create", schedule="every 1h", name="x", script="w.py", no_agent=True))
 cleared = tool._validate_cron_script_path("")
-print(json.dumps({"ok": ok, "err": err, "prerun": prerun, "made": made, "cleared": cleared}))
+from agent.skill_commands import _expand_inline_shell
+inline = _expand_inline_shell(f"status: !`touch {marker}-inline; echo up`", None, 5)
+print(json.dumps({"ok": ok, "err": err, "prerun": prerun, "made": made, "cleared": cleared, "inline": inline}))
 """
 
 
@@ -58,6 +61,8 @@ def test_hermes_runs_no_cron_script_and_its_tool_makes_no_script_job(tmp_path: P
     assert "## Script Error" in got["prerun"] and scripts.REFUSED in got["prerun"]
     assert got["made"]["success"] is False and scripts.REFUSED in got["made"]["error"]
     assert got["cleared"] is None
+    assert not Path(f"{marker}-inline").exists() and "up" not in got["inline"]
+    assert got["inline"].startswith(f"status: [{scripts.INLINE_REFUSED}: this snippet was not run")
     assert f"{scripts.REFUSED}: w.py" in out.stderr  # the gateway log names the script
 
 
@@ -70,7 +75,7 @@ def test_a_moved_hermes_name_refuses_to_load(monkeypatch: pytest.MonkeyPatch) ->
     fake._run_job_script = _run_job_script  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_scheduler", fake)
     monkeypatch.setattr(scripts, "SCHEDULER", "fake_scheduler")
-    with pytest.raises(RuntimeError, match="cron scripts could run on the host"):
+    with pytest.raises(RuntimeError, match="it could run code on the host"):
         scripts.install(None)
     assert fake._run_job_script is _run_job_script
 

@@ -1,4 +1,4 @@
-"""No cron script runs on the host: Hermes' ``script`` jobs are refused.
+"""No agent-reachable script runs on the host: cron ``script`` jobs and skills' inline shell.
 
 Hermes 0.19 lets a cron job carry a ``script`` (under ``<HERMES_HOME>/scripts/``):
 a pre-run data script whose stdout goes into the prompt, or, with
@@ -22,7 +22,15 @@ So this feature refuses both ways in:
   as it reports a failed script: a ``no_agent`` job fails with it, a pre-run
   job's agent is told (``## Script Error``). The gateway log names the script.
 
-Both names are looked up by Hermes at call time, so the wrappers take effect
+Skills' inline shell is the same hole one step shorter: with
+``skills.inline_shell`` on, Hermes runs each ``!`cmd``` of a skill with
+``bash -c`` in the gateway whenever the skill is viewed or invoked
+(``agent.skill_preprocessing.run_inline_shell``), and the agent writes
+skills on the host with ``skill_manage``. The snippet runner is replaced by
+one that runs nothing and leaves a marker in the skill's text, whatever the
+config says.
+
+Every name is looked up by Hermes at call time, so the wrappers take effect
 for every later call; :func:`install` fails loudly if Hermes moved them.
 """
 
@@ -39,7 +47,9 @@ log = logging.getLogger("flared.plugin.scripts")
 
 SCHEDULER, RUNNER = "cron.scheduler", "_run_job_script"
 TOOL, VALIDATOR = "tools.cronjob_tools", "_validate_cron_script_path"
+SKILLS, INLINE = "agent.skill_preprocessing", "run_inline_shell"
 REFUSED = "cron scripts do not run on the host"
+INLINE_REFUSED = "a skill's inline shell does not run on the host"
 _MARK = "__flare_no_host_scripts__"
 
 
@@ -80,6 +90,19 @@ def refuse_scripts(original: Callable[..., Any]) -> Callable[[str | None], str |
     return validate
 
 
+def refuse_inline(original: Callable[..., Any]) -> Callable[..., str]:
+    """A stand-in for the skill snippet runner that runs nothing; the skill's text says so."""
+
+    @functools.wraps(original)
+    def run(command: str, cwd: Any, timeout: int) -> str:
+        del timeout
+        log.warning("%s: %r (skill in %s) was not run", INLINE_REFUSED, command, cwd)
+        return f"[{INLINE_REFUSED}: this snippet was not run; run it in the sandbox with the terminal tool]"
+
+    setattr(run, _MARK, original)
+    return run
+
+
 def _wrap(module_name: str, attr: str, params: list[str], wrapper: Callable[..., Any]) -> None:
     module = importlib.import_module(module_name)
     current = getattr(module, attr)
@@ -89,13 +112,14 @@ def _wrap(module_name: str, attr: str, params: list[str], wrapper: Callable[...,
     if found != params:
         raise RuntimeError(
             f"{module_name}.{attr} takes {found}, not {params} as in the Hermes version this "
-            "plugin was checked against: cron scripts could run on the host; not loading"
+            "plugin was checked against: it could run code on the host; not loading"
         )
     setattr(module, attr, wrapper(current))
 
 
 def install(ctx: Any) -> None:
-    """Refuse cron scripts in the tool and in the scheduler; idempotent."""
+    """Refuse cron scripts in the tool and in the scheduler, and skills' inline shell; idempotent."""
     del ctx
     _wrap(SCHEDULER, RUNNER, ["script_path"], refuse_runs)
     _wrap(TOOL, VALIDATOR, ["script"], refuse_scripts)
+    _wrap(SKILLS, INLINE, ["command", "cwd", "timeout"], refuse_inline)

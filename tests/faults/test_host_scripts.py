@@ -194,4 +194,6 @@ def test_an_agent_written_skill_runs_no_inline_shell_on_the_host(tmp_path: Path)
             assert not marker.exists(), "a skill's inline shell ran on the host"
             results = "\n".join(tool_results(llm))
             assert "INLINE-RAN" not in results
-            assert "inline shell does not run on the host" in results, results[-3000:]
+            assert "inline shell does not run on the host: this snippet was not run" in results, results[
+                -3000:
+            ]
