@@ -156,7 +156,8 @@ def test_a_refused_home_shows_in_status_and_others_still_run(tmp_path: Path) -> 
 MEDIA_PROBE = r"""
 import json, sys
 from gateway.platforms.base import BasePlatformAdapter
-print(json.dumps([BasePlatformAdapter.extract_media(f"see MEDIA:{p}")[0] for p in sys.argv[1:]]))
+A = BasePlatformAdapter  # what the gateway does with a reply before it uploads (gateway/run.py)
+print(json.dumps([A.filter_media_delivery_paths(A.extract_media(f"see MEDIA:{p}")[0]) for p in sys.argv[1:]]))
 """
 
 

@@ -57,6 +57,11 @@ def flared_settings(cfg: HermesFlareConfig, bot: BotConfig) -> tuple[dict[str, A
         "FLARE_BOT": bot.name,
         "FLARE_BOT_TOKEN": bot_token(state_dir, bot.name),
         "FLARE_CONTROL_SOCKET": str(cfg.control.socket or state_dir / "flared.sock"),
+        # A reply's MEDIA:<path> uploads that host file to the chat. Hermes' default takes any file
+        # off a short deny list (another bot's .env, control.secret); the agent's own files live in
+        # its sandbox, so only Hermes' caches (generated media, uploads) may be attached.
+        "HERMES_MEDIA_DELIVERY_STRICT": "1",
+        "HERMES_MEDIA_TRUST_RECENT_FILES": "0",
     }
     frag, more = render_bot_settings(bot, state_dir)
     settings = deep_merge(settings, frag)
