@@ -4,7 +4,9 @@ A writer commits numbered transactions into the bot's `state.db` (beside
 Hermes' own tables) while the real gateway and the real Litestream run;
 the whole process tree is SIGKILLed at a random moment, the state dir is
 wiped (the machine and its disk are gone), and a new `flared up` boots
-from the store alone.
+from the store alone. The same again in the Agent image under podman: the
+writer runs inside the container, which is killed with `podman kill -s KILL`
+and removed with its state volume; a new container boots on a new volume.
 """
 
 from __future__ import annotations
