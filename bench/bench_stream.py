@@ -32,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,9 +51,9 @@ from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
 from flared.snapshots.stream import base as stream_base
 from flared.snapshots.stream.base import base_key
-from flared.snapshots.stream.program import litestream_env, litestream_executable, write_config
-from flared.snapshots.stream.render import StreamLayout, stream_key
+from flared.snapshots.stream.render import stream_key
 from tests.fixtures.flare import bot, config
+from tests.fixtures.litestream import replicating
 from tests.fixtures.s3server import shared_server
 
 BOT = "b"
@@ -90,23 +88,6 @@ def stores(tmp: Path) -> dict[str, Callable[[], dict[str, Any]]]:
         server = shared_server()
         out["s3"] = lambda: server.section(server.new_bucket())
     return out
-
-
-@contextlib.contextmanager
-def litestream(loaded: LoadedConfig) -> Iterator[None]:
-    path = write_config(loaded, [BOT])
-    with StreamLayout(loaded.state_dir).log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [litestream_executable(), "replicate", "-config", str(path), "-no-expand-env"],
-            env=litestream_env(loaded.config.store, os.environ),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def reply(db: Path, n: int) -> float:
@@ -176,7 +157,7 @@ def rpo_streaming(tmp: Path, store: dict[str, Any], n: int) -> list[float]:
         return {o.key for o in svc.store.list(prefix) if o.key.endswith(".ltx")}
 
     out = []
-    with litestream(loaded):
+    with replicating(loaded, [BOT]):
         wait_for(lambda: bool(ltx()), 30)
         time.sleep(1.5)
         for i in range(n):
@@ -237,7 +218,7 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
         shutil.rmtree(svc.home(BOT))
         shutil.copytree(template, svc.home(BOT), symlinks=True)
         if stream:
-            with litestream(loaded):
+            with replicating(loaded, [BOT]):
                 # the first sync ends with Litestream's own snapshot (level 9) of each database
                 wait_for(lambda: bool(snapshot_txids(svc)), 600)
                 # once streaming is allowed (a fence check after the claim), a snapshot also
@@ -330,7 +311,7 @@ def hourly(tmp: Path, template: Path, *, stream: bool, chatty: bool) -> float:
     assert svc.snapshot(BOT)["result"] == "ok"  # the first snapshot is not what an hour costs
     with contextlib.ExitStack() as stack:
         if stream:
-            stack.enter_context(litestream(loaded))
+            stack.enter_context(replicating(loaded, [BOT]))
             wait_for(lambda: bool(snapshot_txids(svc)), 600)  # the first sync is not either,
             wait_for(lambda: svc.may_stream(BOT), 60)
             assert svc.snapshot(BOT)["result"] in {"ok", "unchanged"}  # nor the day's base
