@@ -16,7 +16,9 @@ databases included: `snapshots.stream.enabled: false`):
 - **Cold-boot restore** of the same home from the file store into a wiped state dir (the
   snapshot service's boot path): today unsquashfs of everything; streaming unsquashfs of the
   rest and, beside it, each database from its base (made by the snapshot after Litestream's
-  first sync) plus the LTX files after it. Target <= 1.5x today's.
+  first sync) plus the LTX files after it. Each way's store is made once per size pair, then
+  the boots alternate between the two (`BENCH_STREAM_BOOTS` per size pair), each after a
+  `sync` so one boot's writes do not land on the next. Target <= 1.5x today's.
 - **Bytes put in the store per hour** by the default policy (every 15m, on change after 30 s
   of quiet) for an idle bot and a chatty one (a turn every 40 s: two messages in `state.db`,
   lines in a session file and the agent log), on the same home, over a measured window after
@@ -30,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,9 +51,9 @@ from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
 from flared.snapshots.stream import base as stream_base
 from flared.snapshots.stream.base import base_key
-from flared.snapshots.stream.program import litestream_env, litestream_executable, write_config
-from flared.snapshots.stream.render import StreamLayout, stream_key
+from flared.snapshots.stream.render import stream_key
 from tests.fixtures.flare import bot, config
+from tests.fixtures.litestream import replicating
 from tests.fixtures.s3server import shared_server
 
 BOT = "b"
@@ -61,6 +61,8 @@ ROUNDS = pairs_wanted(4, 1)  # today-samples per store: each waits for the 30 s 
 STREAM_PER_ROUND = 5
 HOME_MB = int(os.environ.get("BENCH_STREAM_HOME_MB", "60" if quick() else "500"))
 SIZE_PAIRS = pairs_wanted(2, 1)
+BOOT_PAIRS = int(os.environ.get("BENCH_STREAM_BOOTS", "2" if quick() else "5"))  # cold boots per size pair
+BOOT_POLICY: dict[str, Any] = {"every": None, "on_change": {"enabled": False}}
 POLL = 0.02
 
 
@@ -86,23 +88,6 @@ def stores(tmp: Path) -> dict[str, Callable[[], dict[str, Any]]]:
         server = shared_server()
         out["s3"] = lambda: server.section(server.new_bucket())
     return out
-
-
-@contextlib.contextmanager
-def litestream(loaded: LoadedConfig) -> Iterator[None]:
-    path = write_config(loaded, [BOT])
-    with StreamLayout(loaded.state_dir).log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [litestream_executable(), "replicate", "-config", str(path), "-no-expand-env"],
-            env=litestream_env(loaded.config.store, os.environ),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def reply(db: Path, n: int) -> float:
@@ -172,7 +157,7 @@ def rpo_streaming(tmp: Path, store: dict[str, Any], n: int) -> list[float]:
         return {o.key for o in svc.store.list(prefix) if o.key.endswith(".ltx")}
 
     out = []
-    with litestream(loaded):
+    with replicating(loaded, [BOT]):
         wait_for(lambda: bool(ltx()), 30)
         time.sleep(1.5)
         for i in range(n):
@@ -216,21 +201,24 @@ def snapshot_txids(svc: SnapshotService) -> dict[str, int]:
 
 
 def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[str, int]]:
-    """(upload bytes streaming/today, cold-boot seconds streaming/today, sizes)."""
+    """(upload bytes streaming/today, cold-boot seconds streaming/today, sizes).
+
+    Each way's store is made once per size pair (its first snapshot, and for streaming the
+    first sync and the base); the cold boots then alternate between the two stores, each
+    into a wiped state dir, BOOT_PAIRS times."""
     size, boot = Paired(), Paired()
     sizes: dict[str, int] = {}
 
-    def one(stream: bool) -> tuple[int, float]:
+    def prepare(stream: bool) -> tuple[int, Path, dict[str, Any]]:
         where = Path(tempfile.mkdtemp(dir=tmp))
         store = {"url": f"file://{where / 'store'}"}
-        policy = {"every": None, "on_change": {"enabled": False}}
-        loaded = load(where, store, stream=stream, policy=policy, fence_check=1)
+        loaded = load(where, store, stream=stream, policy=BOOT_POLICY, fence_check=1)
         svc = SnapshotService(loaded)
         svc._boot_once(svc.state(BOT))
         shutil.rmtree(svc.home(BOT))
         shutil.copytree(template, svc.home(BOT), symlinks=True)
         if stream:
-            with litestream(loaded):
+            with replicating(loaded, [BOT]):
                 # the first sync ends with Litestream's own snapshot (level 9) of each database
                 wait_for(lambda: bool(snapshot_txids(svc)), 600)
                 # once streaming is allowed (a fence check after the claim), a snapshot also
@@ -240,7 +228,6 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
         else:
             out = svc.snapshot(BOT)
         assert out["result"] == "ok", out
-        uploaded = int(out["bytes_uploaded"])
         if stream:
             sizes["stream"] = sum(o.size for o in svc.store.list(stream_key(BOT) + "/"))
             sizes["base"] = sum(o.size for o in svc.store.list(base_key(BOT) + "/"))
@@ -250,22 +237,32 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
                 if o.key.split("/")[-2] in {"9", "0009"}  # Litestream's own snapshots (level 9)
             )
             assert sizes["base"], "no base was made"
-        # the machine is lost: a new state dir, the same store
-        shutil.rmtree(loaded.state_dir)
-        again = SnapshotService(load(where, store, stream=stream, policy=policy, fence_check=1))
+        return int(out["bytes_uploaded"]), where, store
+
+    def cold_boot(where: Path, store: dict[str, Any], stream: bool) -> float:
+        """The machine is lost: a new state dir, the same store; the seconds to a restored home."""
+        state = where / "state"
+        shutil.rmtree(state, ignore_errors=True)
+        again = SnapshotService(load(where, store, stream=stream, policy=BOOT_POLICY, fence_check=1))
+        os.sync()  # the last boot's writes go to disk before, not during, this one
         t0 = time.perf_counter()
         again._boot_once(again.state(BOT))
         took = time.perf_counter() - t0
         assert (again.home(BOT) / "state.db").is_file()
-        shutil.rmtree(where, ignore_errors=True)
-        return uploaded, took
+        return took
 
     for p in range(SIZE_PAIRS):
-        log(f"upload and cold boot: pair {p + 1}/{SIZE_PAIRS}")
-        b_size, b_boot = one(False)
-        a_size, a_boot = one(True)
+        log(f"upload: pair {p + 1}/{SIZE_PAIRS}")
+        b_size, b_where, b_store = prepare(False)
+        a_size, a_where, a_store = prepare(True)
         size.add(a_size, b_size)
-        boot.add(a_boot, b_boot)
+        for q in range(BOOT_PAIRS):
+            log(f"cold boot: pair {p * BOOT_PAIRS + q + 1}/{SIZE_PAIRS * BOOT_PAIRS}")
+            b_boot = cold_boot(b_where, b_store, False)
+            a_boot = cold_boot(a_where, a_store, True)
+            boot.add(a_boot, b_boot)
+        shutil.rmtree(a_where, ignore_errors=True)
+        shutil.rmtree(b_where, ignore_errors=True)
     return size, boot, sizes
 
 
@@ -314,7 +311,7 @@ def hourly(tmp: Path, template: Path, *, stream: bool, chatty: bool) -> float:
     assert svc.snapshot(BOT)["result"] == "ok"  # the first snapshot is not what an hour costs
     with contextlib.ExitStack() as stack:
         if stream:
-            stack.enter_context(litestream(loaded))
+            stack.enter_context(replicating(loaded, [BOT]))
             wait_for(lambda: bool(snapshot_txids(svc)), 600)  # the first sync is not either,
             wait_for(lambda: svc.may_stream(BOT), 60)
             assert svc.snapshot(BOT)["result"] in {"ok", "unchanged"}  # nor the day's base
