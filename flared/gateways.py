@@ -15,6 +15,12 @@ exit 78 waits for a config change or an explicit restart, other fast exits
 are retried after an exponential, capped delay. Either way `flared status`
 shows the gateway's own last error line and what to edit.
 
+A gateway must run with the ``flare`` plugin, which keeps the agent's
+activity off the host: a gateway that reports running without the plugin's
+record for its own run (:func:`plugin_problem`) is failed and stopped the
+same way, fatal until a restart or a config change. (A plugin that loads but
+cannot install a feature ends the gateway itself with exit 78.)
+
 Size: the gateways' lifecycle (render, reconcile, judge runs, back off) is
 one state machine over supervisord's programs; its pure parts
 (:func:`judge`, :func:`readiness`, :func:`backoff_delay`) are functions here,
@@ -40,7 +46,7 @@ from typing import Any
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
 from flared.hermes.home import gateway_program, render_home
-from flared.hermes.liveness import startup_failed_at
+from flared.hermes.liveness import gateway_liveness, startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -148,6 +154,39 @@ def judge(
     return replace(watch, start=start, stop=stop, fast_exits=fast), verdict
 
 
+#: What a gateway without a working ``flare`` plugin is told to do.
+PLUGIN_NOT_LOADED = (
+    "the flare plugin did not load in this gateway (Hermes reports it running, but the plugin "
+    "recorded nothing for this run): its tools and scripts would not be kept off the host, so "
+    "flared stopped it. Check that hermes-flare is installed in the Python that runs `hermes`"
+)
+
+
+def plugin_problem(record: Any, pid: int, start: float, log_lines: list[str] | None = None) -> str | None:
+    """Pure: why the run ``pid`` (started at ``start``, whole seconds) lacks a working plugin, or None.
+
+    ``record`` is ``$HERMES_HOME/state/flare-plugin.json``; the plugin writes
+    ``registered`` with its pid and time once every feature is installed. A
+    record of another pid, or an older one (a restored snapshot's, a pid
+    reused in a new container), does not count. ``log_lines``: the gateway
+    log's tail, for Hermes' own reason when it could not load the plugin.
+    """
+    reg = record.get("registered") if isinstance(record, dict) else None
+    if isinstance(reg, dict) and reg.get("pid") == pid:
+        try:
+            fresh = float(reg.get("at") or 0) >= start - 1
+        except (TypeError, ValueError):
+            fresh = False
+        if fresh and reg.get("ok", True) is not False:
+            return None
+        if fresh and reg.get("error"):
+            return str(reg["error"])
+    for line in reversed(log_lines or []):
+        if "Failed to load plugin 'flare'" in line:
+            return f"{PLUGIN_NOT_LOADED}; Hermes says: {_LOG_PREFIX.sub('', line).strip()}"
+    return PLUGIN_NOT_LOADED
+
+
 def backoff_delay(loops: int) -> float:
     """Seconds to wait after the ``loops``-th crash loop in a row (1-based)."""
     return float(min(BACKOFF_FIRST_S * 2 ** max(loops - 1, 0), BACKOFF_CAP_S))
@@ -156,7 +195,7 @@ def backoff_delay(loops: int) -> float:
 _HERMES_ADVICE = re.compile(
     r"\.?\s+(?:Set|Edit|Change|Fix)\b.*\bconfig\.yaml\b.*$", re.IGNORECASE | re.DOTALL
 )
-_LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL) [\w.]+: ")
+_LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL|WARNING) [\w.]+: ")
 
 
 def clean_error(text: str) -> str:
@@ -204,6 +243,11 @@ def failure_hint(bot: str, error: str | None, config_path: Path, bot_index: int,
         return (
             f"another process holds port {port.group(1)}: stop it, or set bots[{bot_index}].api.port "
             f"in {config_path}; {then}"
+        )
+    if "flare plugin" in (error or ""):
+        return (
+            "the gateway must run with hermes-flare's plugin: install hermes-flare and the hermes-agent "
+            f"release it supports into the same Python; {then}"
         )
     return (
         f"flared writes the gateway's config.yaml from {config_path}: fix bots[{bot_index}] there; "
@@ -298,6 +342,9 @@ class Gateways:
         self._loops: dict[str, int] = {}  # crash loops in a row per bot (the back-off level)
         self._watches: dict[str, RunWatch] = {}
         self._pids: dict[str, int] = {}
+        self._plugin_seen: dict[
+            str, tuple[int, float]
+        ] = {}  # bot -> (pid, start) of a run whose plugin is in
         self._render_cache: dict[str, tuple[Any, str]] = {}
         self._observed: list[dict[str, Any]] = []
 
@@ -479,6 +526,7 @@ class Gateways:
             seen.add(name)
             if name.startswith(GATEWAY_PREFIX):
                 self._judge(name.removeprefix(GATEWAY_PREFIX), p)
+                self._check_plugin(name.removeprefix(GATEWAY_PREFIX), p)
             if not pid:
                 continue
             prev = self._pids.get(name)
@@ -530,6 +578,30 @@ class Gateways:
                 delay,
             )
         self.failures[bot] = failure
+        self.wake()
+
+    def _check_plugin(self, bot: str, proc: dict[str, Any]) -> None:
+        """Fail (and so stop) a gateway that Hermes reports running without a working flare plugin.
+
+        Read once per run: after the plugin is seen for a pid and start, nothing
+        more is read for it.
+        """
+        pid, start = int(proc.get("pid") or 0), float(proc.get("start") or 0)
+        if proc.get("statename") != "RUNNING" or not pid or bot in self.failures:
+            return
+        if self._plugin_seen.get(bot) == (pid, start):
+            return
+        paths = BotPaths.of(self.live.config.state_dir, bot)
+        live = gateway_liveness(paths.home)
+        if live.get("pid") != pid or live.get("gateway_state") not in {"running", "degraded"}:
+            return  # not up yet: Hermes loads plugins before it reports running
+        problem = plugin_problem(live.get("plugin"), pid, start, tail_lines(paths.gateway_log, 400))
+        if problem is None:
+            self._plugin_seen[bot] = (pid, start)
+            return
+        program = self._render_cache.get(bot, (None, None))[1]
+        self.failures[bot] = Failure("fatal", None, problem, time.time(), None, program, 0)
+        log.error("bot %s: %s; not restarting until `flared restart --bot %s`", bot, problem, bot)
         self.wake()
 
     def failure_of(self, bot: str) -> Failure | None:

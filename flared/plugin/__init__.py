@@ -13,7 +13,21 @@ in its own module with an ``install(ctx)`` function:
 - :mod:`flared.plugin.cron`: a cron job's own ``enabled_toolsets`` may narrow
   the bot's toolsets, never widen them;
 - :mod:`flared.plugin.scripts`: a cron job's ``script`` never runs on the
-  host (the ``cronjob`` tool refuses it, the scheduler runs nothing).
+  host (the ``cronjob`` tool refuses it, the scheduler runs nothing);
+- :mod:`flared.plugin.hostpaths`: tools that run on the host (``text_to_speech``,
+  ``image_generate``, ``video_generate``, ``video_analyze``) write or read no
+  host path the model names outside Hermes' media caches.
+
+Fail closed: every feature guards something, so a gateway with one missing
+must not run. Hermes catches what ``register`` raises and goes on without the
+plugin, so :func:`register` does not raise: when a feature does not install
+it logs why, records it, and ends the process with Hermes' fatal-config
+status 78 before the gateway serves anything (flared shows the gateway as
+failed, with that line). When every feature is in, it records
+``{"registered": {"pid", "at", "features"}}`` in
+``$HERMES_HOME/state/flare-plugin.json``: flared stops a gateway that reports
+running without that record for its own run (the plugin never loaded at all;
+``flared.gateways``).
 
 Everything here runs inside a gateway process, with that bot's rights only:
 it may import nothing of flared's but :mod:`flared.control.tokens`, and
@@ -22,18 +36,23 @@ reaches flared only through the control socket with the bot's token.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from typing import Any
+import os
+import time
+from pathlib import Path
+from typing import Any, NoReturn
 
-from flared.plugin import cron, model, scripts, slack, strangers, terminal
+from flared.plugin import cron, hostpaths, model, scripts, slack, strangers, terminal
 
 log = logging.getLogger("flared.plugin")
 
-# cron and scripts first: a feature that fails to install stops the ones after it, and these guard
-# tools and host code.
+# The guards of tools and host code first (a feature that fails to install ends the process anyway).
 FEATURES = {
     "cron": cron,
     "scripts": scripts,
+    "hostpaths": hostpaths,
     "terminal": terminal,
     "slack": slack,
     "strangers": strangers,
@@ -42,10 +61,56 @@ FEATURES = {
 REGISTERED: dict[str, Any] = {}
 
 
+#: Hermes' exit status for a fatal config problem: supervisord does not restart it, flared shows it.
+FATAL_CONFIG_EXIT = 78
+#: The key of ``state/flare-plugin.json`` that says whether every feature is installed, and in which run.
+RECORD = "registered"
+
+
 def register(ctx: Any) -> None:
-    """Install every feature; a feature that fails to install fails loudly."""
+    """Install every feature, or end the process (exit 78) when one does not install."""
     REGISTERED["ctx"] = ctx
     for name, module in FEATURES.items():
-        module.install(ctx)
+        try:
+            module.install(ctx)
+        except Exception as exc:  # Hermes would log it and run on without the guard
+            refuse_to_run(name, exc)
         REGISTERED[name] = module
+    terminal.record_status({"pid": os.getpid(), "at": time.time(), "features": list(FEATURES)}, key=RECORD)
     log.info("flare plugin registered: %s", ", ".join(k for k in REGISTERED if k != "ctx"))
+
+
+def refuse_to_run(feature: str, exc: BaseException) -> NoReturn:
+    """Say why, where flared and the operator look, and end the process with status 78."""
+    message = (
+        f"the flare plugin's {feature} feature did not install ({exc}); without it agent "
+        "activity could run code or touch files on the host, so this gateway stops "
+        f"(exit {FATAL_CONFIG_EXIT}). Install the hermes-agent version this hermes-flare was "
+        "checked against, or a hermes-flare that supports this one"
+    )
+    log.critical("%s", message)
+    terminal.record_status({"ok": False, "pid": os.getpid(), "at": time.time(), "error": message}, key=RECORD)
+    _record_startup_failed(message)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(FATAL_CONFIG_EXIT)
+
+
+def _record_startup_failed(message: str) -> None:
+    """Hermes' own ``startup_failed`` record, which flared reads as a fatal config error.
+
+    Only when this process is the gateway that wrote the record (Hermes marks
+    it ``starting`` before it loads plugins): another Hermes process on the
+    same home (a CLI) must not mark a running gateway failed.
+    """
+    home = os.environ.get("HERMES_HOME")
+    if not home:
+        return
+    with contextlib.suppress(Exception):
+        state = json.loads((Path(home) / "gateway_state.json").read_text())
+        if state.get("pid") != os.getpid():
+            return
+        from gateway.status import write_runtime_status
+
+        write_runtime_status(gateway_state="startup_failed", exit_reason=message)
