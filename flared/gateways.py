@@ -46,7 +46,7 @@ from typing import Any
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
 from flared.hermes.home import gateway_program, render_home
-from flared.hermes.liveness import gateway_liveness, startup_failed_at
+from flared.hermes.liveness import gateway_liveness, plugin_failed, startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -168,8 +168,8 @@ def plugin_problem(record: Any, pid: int, start: float, log_lines: list[str] | N
     ``record`` is ``$HERMES_HOME/state/flare-plugin.json``; the plugin writes
     ``registered`` with its pid and time once every feature is installed. A
     record of another pid, or an older one (a restored snapshot's, a pid
-    reused in a new container), does not count. ``log_lines``: the gateway
-    log's tail, for Hermes' own reason when it could not load the plugin.
+    reused in a new container), does not count. ``log_lines``: the tail of
+    Hermes' ``logs/errors.log``, for its own reason when it could not load the plugin.
     """
     reg = record.get("registered") if isinstance(record, dict) else None
     if isinstance(reg, dict) and reg.get("pid") == pid:
@@ -274,7 +274,8 @@ def readiness(
     RUNNING is not ready: Hermes takes seconds to bring up its API after
     supervisord counts it started. Ready means Hermes itself says
     ``running`` (and its ``api_server`` is connected) for *this* process:
-    the files a previous run left behind do not count. A ready gateway whose
+    the files a previous run left behind do not count, and the flare plugin
+    recorded itself for this run (:func:`plugin_problem`). A ready gateway whose
     last liveness probes failed (``not_answering``, :mod:`flared.hangs`) is
     ``unresponsive``; one being restarted for that is ``starting``.
     """
@@ -308,6 +309,9 @@ def readiness(
     if has_api and platforms.get("api_server") == "fatal":
         return "failed", "the API server could not start"
     if gstate in {"running", "degraded"} and (not has_api or platforms.get("api_server") == "connected"):
+        pid, start = int(proc.get("pid") or 0), float(proc.get("start") or 0)
+        if plugin_problem(liveness.get("plugin"), pid, start) is not None:
+            return "starting", "checking the flare plugin"  # the next tick fails it (Gateways._check_plugin)
         if not_answering:
             return "unresponsive", not_answering
         return "ready", "" if gstate == "running" else "some platforms are retrying"
@@ -542,7 +546,11 @@ class Gateways:
         before = self._watches.get(name, RunWatch())
         # Hermes' record matters only for a run that ended since the last look: read it only then
         ended = not before.seen or float(proc.get("stop") or 0) > before.stop
-        watch, verdict = judge(before, proc, startup_failed_at(paths.home) if ended else None)
+        failed_at = startup_failed_at(paths.home) if ended else None
+        plugin = plugin_failed(paths.home) if ended else None
+        if plugin is not None and (failed_at is None or plugin[0] > failed_at):
+            failed_at = plugin[0]  # the plugin ended the run (exit 78) before Hermes wrote its state
+        watch, verdict = judge(before, proc, failed_at)
         self._watches[name] = watch
         if proc.get("statename") == "RUNNING" and watch.fast_exits == 0 and bot in self._loops:
             now = float(proc.get("now") or time.time())
@@ -551,6 +559,9 @@ class Gateways:
         if verdict is None or bot in self.failures:
             return
         error = gateway_error(paths.home, paths.gateway_log)
+        run_start = min(float(proc.get("start") or 0), before.start or float("inf"))
+        if plugin is not None and plugin[0] == failed_at and plugin[0] >= run_start - 1:
+            error = plugin[1]  # not a record an earlier run left
         code = proc.get("exitstatus")
         program = self._render_cache.get(bot, (None, None))[1]
         now = time.time()
@@ -595,7 +606,7 @@ class Gateways:
         live = gateway_liveness(paths.home)
         if live.get("pid") != pid or live.get("gateway_state") not in {"running", "degraded"}:
             return  # not up yet: Hermes loads plugins before it reports running
-        problem = plugin_problem(live.get("plugin"), pid, start, tail_lines(paths.gateway_log, 400))
+        problem = plugin_problem(live.get("plugin"), pid, start, tail_lines(paths.home / "logs" / "errors.log", 200))
         if problem is None:
             self._plugin_seen[bot] = (pid, start)
             return

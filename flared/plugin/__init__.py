@@ -37,11 +37,9 @@ reaches flared only through the control socket with the bot's token.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, NoReturn
 
 from flared.plugin import cron, hostpaths, model, scripts, slack, strangers, terminal
@@ -90,27 +88,7 @@ def refuse_to_run(feature: str, exc: BaseException) -> NoReturn:
     )
     log.critical("%s", message)
     terminal.record_status({"ok": False, "pid": os.getpid(), "at": time.time(), "error": message}, key=RECORD)
-    _record_startup_failed(message)
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
     os._exit(FATAL_CONFIG_EXIT)
-
-
-def _record_startup_failed(message: str) -> None:
-    """Hermes' own ``startup_failed`` record, which flared reads as a fatal config error.
-
-    Only when this process is the gateway that wrote the record (Hermes marks
-    it ``starting`` before it loads plugins): another Hermes process on the
-    same home (a CLI) must not mark a running gateway failed.
-    """
-    home = os.environ.get("HERMES_HOME")
-    if not home:
-        return
-    with contextlib.suppress(Exception):
-        state = json.loads((Path(home) / "gateway_state.json").read_text())
-        if state.get("pid") != os.getpid():
-            return
-        from gateway.status import write_runtime_status
-
-        write_runtime_status(gateway_state="startup_failed", exit_reason=message)
