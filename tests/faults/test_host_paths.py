@@ -11,6 +11,7 @@ were. Audio without ``output_path``, or inside Hermes' audio cache, still works.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,52 @@ def test_text_to_speech_writes_no_host_file_outside_the_audio_cache(tmp_path: Pa
             assert cached.read_text() == "ID3 fake audio", results
             assert len(spoken) == 2 and all("/cache/audio/" in r["file_path"] for r in spoken), spoken
             assert f"output_path {str(victim)!r} {REFUSED}" in flare.read_logs()
+
+
+def test_video_analyze_reads_no_host_file_outside_the_media_caches(tmp_path: Path) -> None:
+    """``video_analyze`` reads a local ``video_url`` on the host and sends its bytes to the model.
+
+    A file outside Hermes' caches (another bot's, flared's, anything with a
+    video suffix) must never reach the model; a video in the bot's cache (one
+    a user sent) still does, which shows the channel the check watches works.
+    """
+    secret = tmp_path / "elsewhere" / "secret.mp4"
+    secret.parent.mkdir()
+    secret.write_bytes(b"SECRET-VIDEO-BYTES-outside-the-cache")
+    leak = base64.b64encode(secret.read_bytes()).decode()
+    allowed = b"USER-SENT-VIDEO-in-the-cache"
+    turn_text = "WATCH-THE-VIDEO"
+
+    def turn(r: LLMRequest) -> bool:
+        return r.is_agent_turn and turn_text in r.last_user_text
+
+    with FakeLLM(models=("fake-model",), default=text("a video of nothing")) as llm:
+        model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
+        with FlareUp(tmp_path, [bot("a", model=model, toolsets=["video", "todo"])]) as flare:
+            flare.wait_ready("a", timeout=120)
+            home = flare.state_dir / "bots" / "a" / "home"
+            sent = home / "cache" / "videos" / "sent.mp4"
+            sent.parent.mkdir(parents=True, exist_ok=True)
+            sent.write_bytes(allowed)
+            llm.script(
+                tools(
+                    ("video_analyze", {"video_url": str(secret), "question": "what is in it?"}),
+                    ("video_analyze", {"video_url": f"file://{secret}", "question": "and now?"}),
+                    ("video_analyze", {"video_url": str(sent), "question": "and this one?"}),
+                    when=turn,
+                ),
+                text("watched", when=turn),
+            )
+            chat = flare.cli("chat", "--bot", "a", turn_text, timeout=240)
+            assert chat.returncode == 0, chat.stderr + flare.read_logs()
+            assert "video_analyze" in llm.wait_for(turn, timeout=5).tool_names
+            bodies = [json.dumps(r.body) for r in llm.requests]
+            assert not any(leak in b for b in bodies), "a host file outside the caches was sent to the model"
+            assert any(base64.b64encode(allowed).decode() in b for b in bodies), (
+                "the cached video never reached the model"
+            )
+            results = tool_results(llm)
+            refused = [
+                r for r in results if "outside Hermes' media caches, and was not read" in str(r.get("error"))
+            ]
+            assert len(refused) == 2, results
