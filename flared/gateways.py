@@ -606,7 +606,9 @@ class Gateways:
         live = gateway_liveness(paths.home)
         if live.get("pid") != pid or live.get("gateway_state") not in {"running", "degraded"}:
             return  # not up yet: Hermes loads plugins before it reports running
-        problem = plugin_problem(live.get("plugin"), pid, start, tail_lines(paths.home / "logs" / "errors.log", 200))
+        problem = plugin_problem(
+            live.get("plugin"), pid, start, tail_lines(paths.home / "logs" / "errors.log", 200)
+        )
         if problem is None:
             self._plugin_seen[bot] = (pid, start)
             return

@@ -3,7 +3,7 @@
 ``image_generate`` and ``video_generate`` read a local ``image_url`` /
 ``reference_image_urls`` on the host and upload it to the image provider;
 ``text_to_speech`` writes ``output_path``; ``video_analyze`` reads
-``video_url``. Each call goes through ``registry.dispatch`` as the agent's
+``video_url``; a ``cronjob``'s ``workdir`` is read for context files. Each call goes through ``registry.dispatch`` as the agent's
 would: a host path outside Hermes' caches is refused before the tool runs,
 URLs and cached files pass.
 """
@@ -73,6 +73,7 @@ def test_each_tool_is_wrapped_once(guarded: Path) -> None:
         ("video_analyze", {"video_url": "/etc/hostname", "question": "q"}),
         ("text_to_speech", {"text": "t", "output_path": "/etc/hostname"}),
         ("text_to_speech", {"text": "t", "output_path": "config.yaml"}),
+        ("cronjob", {"action": "create", "schedule": "every 1h", "prompt": "p", "workdir": "/etc"}),
     ],
 )
 def test_a_host_path_outside_the_caches_is_refused_before_the_tool_runs(
@@ -80,12 +81,13 @@ def test_a_host_path_outside_the_caches_is_refused_before_the_tool_runs(
 ) -> None:
     result = dispatch(tool, args)
     assert result["success"] is False
-    assert (
-        f"{tool}: " in result["error"]
-        and "is a path on the gateway's host outside Hermes'" in result["error"]
-    )
+    assert result["error"].startswith(f"{tool}: ") and "is a path on the gateway's host" in result["error"]
     assert "sandbox" in result["error"], result
     assert any(tool in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert (
+        not (guarded / "cron" / "jobs.json").exists()
+        or "/etc" not in (guarded / "cron" / "jobs.json").read_text()
+    )
 
 
 def test_a_link_in_the_cache_that_leads_out_is_refused(guarded: Path) -> None:
@@ -119,3 +121,10 @@ def test_install_refuses_when_a_path_argument_moved(guarded: Path, monkeypatch: 
     monkeypatch.setitem(entry.schema, "parameters", {**entry.schema["parameters"], "properties": props})
     with pytest.raises(RuntimeError, match="text_to_speech takes no output_path"):
         hostpaths.install(None)
+
+
+def test_a_cron_job_without_a_workdir_is_made(guarded: Path) -> None:
+    made = dispatch("cronjob", {"action": "create", "schedule": "every 1h", "prompt": "p", "name": "plain"})
+    assert made.get("success") is True, made
+    cleared = dispatch("cronjob", {"action": "update", "job_id": made["job_id"], "workdir": ""})
+    assert cleared.get("success") is True, cleared

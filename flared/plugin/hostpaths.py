@@ -14,7 +14,11 @@ host* as an argument (Hermes 0.19):
   ``plugins/video_gen/xai``; only Hermes' small deny list, ``.env`` and
   ``auth.json``, is refused);
 - ``video_analyze`` reads ``video_url`` given as a local path (any file with
-  a video suffix) and sends it to the model (``tools/vision_tools.py``).
+  a video suffix) and sends it to the model (``tools/vision_tools.py``);
+- ``cronjob``'s ``workdir`` makes the scheduler read ``AGENTS.md``,
+  ``CLAUDE.md`` and ``.cursorrules`` of that host directory into the job's
+  prompt (``cron/scheduler.py``); every workdir is refused (the job's tools
+  run in the sandbox, where a host path means nothing).
 
 This feature wraps each of those tools' registry handler (the one thing
 ``registry.dispatch`` calls for the model, in a conversation, a cron job, a
@@ -66,11 +70,12 @@ URL_PREFIXES = ("http://", "https://", "data:")
 
 @dataclass(frozen=True)
 class Guard:
-    """One tool: its module, the arguments that name host paths, and what the model is told."""
+    """One tool: its module, the arguments that name host paths, where they may lead, and what the model is told."""
 
     module: str
     args: tuple[str, ...]
-    writes: bool  # True: the path is written (only the audio cache); False: read (any media cache)
+    roots: str  # "audio": Hermes' audio cache (written); "media": any media cache (read); "none": nowhere
+    refused: str  # what happened, after "... is a path on the gateway's host"
     hint: str
 
 
@@ -78,28 +83,41 @@ GUARDS: dict[str, Guard] = {
     "text_to_speech": Guard(
         "tools.tts_tool",
         ("output_path",),
-        True,
+        "audio",
+        "outside Hermes' audio cache, and was not written",
         "leave output_path out: the audio goes to Hermes' audio cache and is attached to your reply",
     ),
     "image_generate": Guard(
         "tools.image_generation_tool",
         ("image_url", "reference_image_urls"),
-        False,
+        "media",
+        "outside Hermes' media caches, and was not read",
         "pass an http(s) or data: URL, or an image from Hermes' cache (one the user sent or "
         "image_generate made)",
     ),
     "video_generate": Guard(
         "tools.video_generation_tool",
         ("image_url", "reference_image_urls"),
-        False,
+        "media",
+        "outside Hermes' media caches, and was not read",
         "pass an http(s) or data: URL, or an image from Hermes' cache (one the user sent or "
         "image_generate made)",
     ),
     "video_analyze": Guard(
         "tools.vision_tools",
         ("video_url",),
-        False,
+        "media",
+        "outside Hermes' media caches, and was not read",
         "pass an http(s) URL, or a video the user sent (Hermes' cache)",
+    ),
+    # A job's workdir makes Hermes read AGENTS.md/CLAUDE.md/.cursorrules there into the job's
+    # prompt and sets it as the tools' cwd; under flared the tools run in the sandbox.
+    "cronjob": Guard(
+        "tools.cronjob_tools",
+        ("workdir",),
+        "none",
+        "(a job's workdir is read on the host for its context files), and was not set",
+        "leave workdir out: the job's commands run in its sandbox, so say in its prompt where to cd",
     ),
 }
 
@@ -110,13 +128,15 @@ def hermes_home() -> Path:
     return Path(get_hermes_home())
 
 
-def allowed_roots(writes: bool) -> list[Path]:
-    """Where a guarded tool may touch the host: the audio cache to write, any media cache to read."""
-    if writes:
+def allowed_roots(kind: str) -> list[Path]:
+    """Where a guarded argument may lead on the host: the audio cache, any media cache, or nowhere."""
+    if kind == "audio":
         tts = importlib.import_module("tools.tts_tool")
         return [Path(tts.DEFAULT_OUTPUT_DIR)]
-    home = hermes_home()
-    return [home / name for name in MEDIA_CACHES]
+    if kind == "media":
+        home = hermes_home()
+        return [home / name for name in MEDIA_CACHES]
+    return []
 
 
 def local_path(value: str) -> str | None:
@@ -141,10 +161,8 @@ def outside(path: str, roots: Iterable[Path]) -> bool:
 
 def refusal(tool: str, arg: str, value: str, guard: Guard) -> str:
     """What the model is told (and the gateway log says) about a refused path."""
-    where = "written" if guard.writes else "read"
-    caches = "Hermes' audio cache" if guard.writes else "Hermes' media caches"
     return (
-        f"{tool}: {arg} {value!r} is a path on the gateway's host outside {caches}, and was not {where}. "
+        f"{tool}: {arg} {value!r} is a path on the gateway's host {guard.refused}. "
         "hermes-flare keeps the agent's files in its sandbox, and this tool runs on the host "
         f"(it cannot see the sandbox): {guard.hint}"
     )
@@ -159,12 +177,11 @@ def check(tool: str, guard: Guard, args: dict[str, Any]) -> str | None:
         for value in values:
             if not isinstance(value, str) or not value.strip():
                 continue
-            path = value.strip() if guard.writes else local_path(value)
+            # A written path is a path whatever it looks like; a read one may be a URL.
+            path = os.path.expanduser(value.strip()) if guard.roots != "media" else local_path(value)
             if path is None:
                 continue
-            if guard.writes:
-                path = os.path.expanduser(path)
-            roots = roots if roots is not None else allowed_roots(guard.writes)
+            roots = roots if roots is not None else allowed_roots(guard.roots)
             if outside(path, roots):
                 return refusal(tool, arg, value, guard)
     return None
@@ -232,4 +249,4 @@ def install(ctx: Any) -> None:
             + ": they could write or read any file on the host; not loading"
         )
     # The audio cache must resolve now: a broken one would refuse every call, quietly.
-    allowed_roots(True)
+    allowed_roots("audio")
