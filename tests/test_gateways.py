@@ -175,6 +175,11 @@ def test_failure_hint_names_hermes_flare_yaml_and_what_to_run(tmp_path: Path) ->
     other = failure_hint("b", "weird", cfg, 2, "fatal")
     assert f"config.yaml from {cfg}: fix bots[2] there" in other
     assert "flared restart --bot b" in failure_hint("b", None, cfg, 1, "loop")
+    plugin = failure_hint("b", "the flare plugin's scripts feature did not install (x)", cfg, 1, "fatal")
+    assert (
+        plugin.startswith("the gateway must run with hermes-flare's plugin")
+        and "flared restart --bot b" in plugin
+    )
 
 
 def test_plugin_problem() -> None:
