@@ -23,7 +23,7 @@ must not run. Hermes catches what ``register`` raises and goes on without the
 plugin, so :func:`register` does not raise: when a feature does not install
 it logs why, records it, and ends the process with Hermes' fatal-config
 status 78 before the gateway serves anything (flared shows the gateway as
-failed, with that line). When every feature is in, it records
+failed, with that line). When every feature is in, the gateway's process records
 ``{"registered": {"pid", "at", "features"}}`` in
 ``$HERMES_HOME/state/flare-plugin.json``: flared stops a gateway that reports
 running without that record for its own run (the plugin never loaded at all;
@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from typing import Any, NoReturn
 
@@ -74,8 +75,20 @@ def register(ctx: Any) -> None:
         except Exception as exc:  # Hermes would log it and run on without the guard
             refuse_to_run(name, exc)
         REGISTERED[name] = module
-    terminal.record_status({"pid": os.getpid(), "at": time.time(), "features": list(FEATURES)}, key=RECORD)
+    if is_gateway():
+        terminal.record_status(
+            {"pid": os.getpid(), "at": time.time(), "features": list(FEATURES)}, key=RECORD
+        )
     log.info("flare plugin registered: %s", ", ".join(k for k in REGISTERED if k != "ctx"))
+
+
+def is_gateway() -> bool:
+    """Whether this process is the gateway flared started (its command line is flared's own choice).
+
+    Only the gateway writes the record flared checks: another Hermes process
+    on the same home (a CLI, a kanban worker) must not stand in for it.
+    """
+    return sys.argv[1:3] == ["gateway", "run"]
 
 
 def refuse_to_run(feature: str, exc: BaseException) -> NoReturn:
@@ -87,7 +100,10 @@ def refuse_to_run(feature: str, exc: BaseException) -> NoReturn:
         "checked against, or a hermes-flare that supports this one"
     )
     log.critical("%s", message)
-    terminal.record_status({"ok": False, "pid": os.getpid(), "at": time.time(), "error": message}, key=RECORD)
+    if is_gateway():
+        terminal.record_status(
+            {"ok": False, "pid": os.getpid(), "at": time.time(), "error": message}, key=RECORD
+        )
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
