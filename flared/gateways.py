@@ -45,6 +45,7 @@ from typing import Any
 
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
+from flared.hermes import guard
 from flared.hermes.home import gateway_program, render_home
 from flared.hermes.liveness import gateway_liveness, plugin_failed, startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
@@ -478,12 +479,13 @@ class Gateways:
         cfg = self.live.config
         home = BotPaths.of(cfg.state_dir, bot.name).home
         digest = self.live.loaded.digest
-        key = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        hook = guard.hook_dir(home) / "handler.py"
+        key = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"), _file_key(hook))
         cached = self._render_cache.get(bot.name)
         if cached is not None and cached[0] == key:
             return cached[1]
         text = gateway_program(cfg, bot, render_home(cfg, bot)).render()
-        after = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        after = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"), _file_key(hook))
         self._render_cache[bot.name] = (after, text)
         return text
 

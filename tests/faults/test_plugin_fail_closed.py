@@ -9,7 +9,9 @@ fail, never skip a check):
 - Hermes' cron script runner takes another argument (a later release): the
   plugin cannot wrap it. A job whose script is due at start is in the store;
   it must never run, and the gateway must not stay up;
-- the plugin cannot be imported at all: the gateway must not stay up.
+- the plugin cannot be imported at all: flared's ``flare-guard`` hook ends
+  the gateway before the due script runs; and with Hermes' hooks off too,
+  flared's own check stops it.
 
 Either way ``flared status`` says the gateway failed, and why.
 """
@@ -74,7 +76,8 @@ def stays_down(flare: FlareUp, seconds: float = 8) -> dict[str, Any]:
     return st
 
 
-def test_a_plugin_that_cannot_wrap_ends_the_gateway_before_a_due_script_runs(tmp_path: Path) -> None:
+def plant_due_script(tmp_path: Path) -> Path:
+    """A ``no_agent`` job in the bot's store whose script (on the host) is due at once; returns its marker."""
     marker = tmp_path / "ESCAPED"
     home = tmp_path / "state" / "bots" / "a" / "home"
     (home / "scripts").mkdir(parents=True)
@@ -84,7 +87,11 @@ def test_a_plugin_that_cannot_wrap_ends_the_gateway_before_a_due_script_runs(tmp
         [sys.executable, "-c", MAKE_JOB], env=env, capture_output=True, text=True, timeout=120
     )
     assert made.returncode == 0, made.stderr[-2000:]
+    return marker
 
+
+def test_a_plugin_that_cannot_wrap_ends_the_gateway_before_a_due_script_runs(tmp_path: Path) -> None:
+    marker = plant_due_script(tmp_path)
     broken = {"PYTHONPATH": str(HOOKS / "break-signature")}
     with FlareUp(tmp_path, [bot("a", toolsets=["cronjob", "todo"])], env=broken) as flare:
         st = settle(flare)
@@ -96,12 +103,28 @@ def test_a_plugin_that_cannot_wrap_ends_the_gateway_before_a_due_script_runs(tmp
         st = stays_down(flare)
         assert st["failure"]["kind"] == "fatal", st
         assert not marker.exists(), "a cron script ran on the host: " + marker.read_text()
-        agent_log = (home / "logs" / "agent.log").read_text(errors="replace")
+        agent_log = (flare.state_dir / "bots" / "a" / "home" / "logs" / "agent.log").read_text(
+            errors="replace"
+        )
         assert "did not install" in agent_log and "flare plugin registered" not in agent_log
 
 
-def test_a_gateway_whose_plugin_never_loaded_is_stopped(tmp_path: Path) -> None:
+def test_a_gateway_whose_plugin_never_loaded_ends_before_a_due_script_runs(tmp_path: Path) -> None:
+    """flared's ``flare-guard`` hook, which Hermes loads after its plugins, ends it (exit 78)."""
+    marker = plant_due_script(tmp_path)
     broken = {"PYTHONPATH": str(HOOKS / "break-import")}
+    with FlareUp(tmp_path, [bot("a", toolsets=["cronjob", "todo"])], env=broken) as flare:
+        st = settle(flare)
+        assert st["readiness"] == "failed", f"a gateway without the plugin was left running: {st}"
+        assert "the flare plugin is not working in this gateway (it did not load)" in (st["error"] or ""), st
+        st = stays_down(flare)
+        assert st["failure"]["kind"] == "fatal", st
+        assert not marker.exists(), "a cron script ran on the host: " + marker.read_text()
+
+
+def test_a_gateway_running_without_the_plugin_is_stopped_by_flared(tmp_path: Path) -> None:
+    """No plugin and no hooks (a Hermes that changed both): flared's own check stops it once Hermes runs."""
+    broken = {"PYTHONPATH": str(HOOKS / "break-import-and-hooks")}
     with FlareUp(tmp_path, [bot("a", toolsets=["todo"])], env=broken) as flare:
         st = settle(flare)
         assert st["readiness"] == "failed", f"a gateway without the plugin was left running: {st}"
