@@ -25,9 +25,10 @@ it logs why, records it, and ends the process with Hermes' fatal-config
 status 78 before the gateway serves anything (flared shows the gateway as
 failed, with that line). When every feature is in, the gateway's process records
 ``{"registered": {"pid", "at", "features"}}`` in
-``$HERMES_HOME/state/flare-plugin.json``: flared stops a gateway that reports
-running without that record for its own run (the plugin never loaded at all;
-``flared.gateways``).
+``$HERMES_HOME/state/flare-plugin.json``. A plugin that never loads runs
+nothing, so flared's ``flare-guard`` gateway hook (:mod:`flared.hermes.guard`)
+ends such a gateway, and flared stops one that reports running without that
+record for its own run (:mod:`flared.gateways`).
 
 Everything here runs inside a gateway process, with that bot's rights only:
 it may import nothing of flared's but :mod:`flared.control.tokens`, and
