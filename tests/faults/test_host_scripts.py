@@ -79,7 +79,7 @@ def test_no_cron_script_runs_on_the_host(tmp_path: Path) -> None:
         model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
         toolsets = ["cronjob", "file", "terminal", "todo"]
         with FlareUp(tmp_path, [bot("a", model=model, toolsets=toolsets)]) as flare:
-            flare.wait_running("a", timeout=90)
+            flare.wait_ready("a", timeout=120)
             home = flare.state_dir / "bots" / "a" / "home"
             scripts = home / "scripts"
             scripts.mkdir(exist_ok=True)
@@ -180,7 +180,7 @@ def test_an_agent_written_skill_runs_no_inline_shell_on_the_host(tmp_path: Path)
         model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
         hermes = {"skills": {"inline_shell": True}}
         with FlareUp(tmp_path, [bot("a", model=model, toolsets=["skills", "todo"], hermes=hermes)]) as flare:
-            flare.wait_running("a", timeout=90)
+            flare.wait_ready("a", timeout=120)
             content = SKILL.format(command=f"echo ran > {marker}; echo INLINE-RAN")
             llm.script(
                 tools(("skill_manage", {"action": "create", "name": "probe", "content": content}), when=turn),

@@ -66,7 +66,7 @@ def test_an_agent_made_cron_job_gets_only_the_bots_toolsets(tmp_path: Path) -> N
     with FakeLLM(models=("fake-model",), default=text("done")) as llm:
         model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
         with FlareUp(tmp_path, [bot("a", model=model, toolsets=BOT_TOOLSETS)]) as flare:
-            flare.wait_running("a", timeout=90)
+            flare.wait_ready("a", timeout=120)
             home = flare.state_dir / "bots" / "a" / "home"
             env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HERMES_HOME": str(home)}
             # The gateway is held still while the jobs are made (its ticker must not run them and
@@ -141,7 +141,7 @@ def test_a_subagent_gets_no_toolset_the_bot_does_not_have(tmp_path: Path) -> Non
     with FakeLLM(models=("fake-model",), default=text("child done")) as llm:
         model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
         with FlareUp(tmp_path, [bot("a", model=model, toolsets=DELEGATING)]) as flare:
-            flare.wait_running("a", timeout=90)
+            flare.wait_ready("a", timeout=120)
             llm.script(
                 tools(
                     ("delegate_task", {"goal": "CHILD-ONE: look it up", "toolsets": wider}),
