@@ -347,9 +347,8 @@ class Gateways:
         self._loops: dict[str, int] = {}  # crash loops in a row per bot (the back-off level)
         self._watches: dict[str, RunWatch] = {}
         self._pids: dict[str, int] = {}
-        self._plugin_seen: dict[
-            str, tuple[int, float]
-        ] = {}  # bot -> (pid, start) of a run whose plugin is in
+        # bot -> (pid, start) of the run whose flare plugin was seen in place
+        self._plugin_seen: dict[str, tuple[int, float]] = {}
         self._render_cache: dict[str, tuple[Any, str]] = {}
         self._observed: list[dict[str, Any]] = []
 

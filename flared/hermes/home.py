@@ -172,7 +172,7 @@ def write_guard(home: Path) -> None:
 
 
 def render_home(cfg: HermesFlareConfig, bot: BotConfig) -> str:
-    """Write the bot's config.yaml and .env; return a digest of what was rendered.
+    """Write the bot's config.yaml, .env and flare-guard hook; return a digest of what was rendered.
 
     Raises :class:`UnsafeHome` (nothing written, no link followed) when the
     home, ``config.yaml`` or ``.env`` is a link or not a plain file.
