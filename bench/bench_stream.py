@@ -12,11 +12,14 @@ databases included: `snapshots.stream.enabled: false`):
   streaming samples). Target: p95 <= 2 s.
 - **Snapshot upload** of the agent home (bench/homes.py; 500 MB, `BENCH_STREAM_HOME_MB`): the
   bytes the first snapshot puts in the store, with and without the databases. Target:
-  streaming <= 1/5 of today's.
+  streaming <= 1/5 of today's. Then the time of a snapshot after a chat turn (two messages,
+  a session line, a log line), with Litestream running for streaming.
 - **Cold-boot restore** of the same home from the file store into a wiped state dir (the
   snapshot service's boot path): today unsquashfs of everything; streaming unsquashfs of the
   rest and, beside it, each database from its base (made by the snapshot after Litestream's
-  first sync) plus the LTX files after it. Target <= 1.5x today's.
+  first sync) plus the LTX files after it (the turns'). Each way's store is made once per size pair, then
+  the boots alternate between the two (`BENCH_STREAM_BOOTS` per size pair), each after a
+  `sync` so one boot's writes do not land on the next. Target <= 1.5x today's.
 - **Bytes put in the store per hour** by the default policy (every 15m, on change after 30 s
   of quiet) for an idle bot and a chatty one (a turn every 40 s: two messages in `state.db`,
   lines in a session file and the agent log), on the same home, over a measured window after
@@ -28,11 +31,10 @@ databases included: `snapshots.stream.enabled: false`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,9 +53,9 @@ from flared.config.loader import LoadedConfig, load_config
 from flared.snapshots.service import SnapshotService
 from flared.snapshots.stream import base as stream_base
 from flared.snapshots.stream.base import base_key
-from flared.snapshots.stream.program import litestream_env, litestream_executable, write_config
-from flared.snapshots.stream.render import StreamLayout, stream_key
+from flared.snapshots.stream.render import stream_key
 from tests.fixtures.flare import bot, config
+from tests.fixtures.litestream import replicating
 from tests.fixtures.s3server import shared_server
 
 BOT = "b"
@@ -61,6 +63,9 @@ ROUNDS = pairs_wanted(4, 1)  # today-samples per store: each waits for the 30 s 
 STREAM_PER_ROUND = 5
 HOME_MB = int(os.environ.get("BENCH_STREAM_HOME_MB", "60" if quick() else "500"))
 SIZE_PAIRS = pairs_wanted(2, 1)
+SNAP_PAIRS = int(os.environ.get("BENCH_STREAM_SNAPS", "2" if quick() else "4"))  # per size pair
+BOOT_PAIRS = int(os.environ.get("BENCH_STREAM_BOOTS", "2" if quick() else "5"))  # cold boots per size pair
+BOOT_POLICY: dict[str, Any] = {"every": None, "on_change": {"enabled": False}}
 POLL = 0.02
 
 
@@ -86,23 +91,6 @@ def stores(tmp: Path) -> dict[str, Callable[[], dict[str, Any]]]:
         server = shared_server()
         out["s3"] = lambda: server.section(server.new_bucket())
     return out
-
-
-@contextlib.contextmanager
-def litestream(loaded: LoadedConfig) -> Iterator[None]:
-    path = write_config(loaded, [BOT])
-    with StreamLayout(loaded.state_dir).log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [litestream_executable(), "replicate", "-config", str(path), "-no-expand-env"],
-            env=litestream_env(loaded.config.store, os.environ),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def reply(db: Path, n: int) -> float:
@@ -172,7 +160,7 @@ def rpo_streaming(tmp: Path, store: dict[str, Any], n: int) -> list[float]:
         return {o.key for o in svc.store.list(prefix) if o.key.endswith(".ltx")}
 
     out = []
-    with litestream(loaded):
+    with replicating(loaded, [BOT]):
         wait_for(lambda: bool(ltx()), 30)
         time.sleep(1.5)
         for i in range(n):
@@ -215,22 +203,37 @@ def snapshot_txids(svc: SnapshotService) -> dict[str, int]:
     return stream_base.snapshot_txids(stream_base.stream_files(BOT, keys))
 
 
-def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[str, int]]:
-    """(upload bytes streaming/today, cold-boot seconds streaming/today, sizes)."""
-    size, boot = Paired(), Paired()
+@dataclasses.dataclass
+class Prepared:
+    """One way's store after its first snapshot, and the service that wrote it."""
+
+    uploaded: int
+    where: Path
+    store: dict[str, Any]
+    loaded: LoadedConfig
+    svc: SnapshotService
+
+
+def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, Paired, dict[str, int]]:
+    """(upload bytes, snapshot seconds after a turn, cold-boot seconds: each streaming/today; sizes).
+
+    Each way's store is made once per size pair (its first snapshot, and for streaming the
+    first sync and the base). Then, alternating between the two ways: SNAP_PAIRS snapshots,
+    each after a chat turn (Litestream running for streaming), and BOOT_PAIRS cold boots, each
+    into a wiped state dir, so a streaming boot follows the turns' LTX files after its base."""
+    size, snap, boot = Paired(), Paired(), Paired()
     sizes: dict[str, int] = {}
 
-    def one(stream: bool) -> tuple[int, float]:
+    def prepare(stream: bool) -> Prepared:
         where = Path(tempfile.mkdtemp(dir=tmp))
         store = {"url": f"file://{where / 'store'}"}
-        policy = {"every": None, "on_change": {"enabled": False}}
-        loaded = load(where, store, stream=stream, policy=policy, fence_check=1)
+        loaded = load(where, store, stream=stream, policy=BOOT_POLICY, fence_check=1)
         svc = SnapshotService(loaded)
         svc._boot_once(svc.state(BOT))
         shutil.rmtree(svc.home(BOT))
         shutil.copytree(template, svc.home(BOT), symlinks=True)
         if stream:
-            with litestream(loaded):
+            with replicating(loaded, [BOT]):
                 # the first sync ends with Litestream's own snapshot (level 9) of each database
                 wait_for(lambda: bool(snapshot_txids(svc)), 600)
                 # once streaming is allowed (a fence check after the claim), a snapshot also
@@ -240,7 +243,6 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
         else:
             out = svc.snapshot(BOT)
         assert out["result"] == "ok", out
-        uploaded = int(out["bytes_uploaded"])
         if stream:
             sizes["stream"] = sum(o.size for o in svc.store.list(stream_key(BOT) + "/"))
             sizes["base"] = sum(o.size for o in svc.store.list(base_key(BOT) + "/"))
@@ -250,23 +252,45 @@ def upload_and_restore(tmp: Path, template: Path) -> tuple[Paired, Paired, dict[
                 if o.key.split("/")[-2] in {"9", "0009"}  # Litestream's own snapshots (level 9)
             )
             assert sizes["base"], "no base was made"
-        # the machine is lost: a new state dir, the same store
-        shutil.rmtree(loaded.state_dir)
-        again = SnapshotService(load(where, store, stream=stream, policy=policy, fence_check=1))
+        return Prepared(int(out["bytes_uploaded"]), where, store, loaded, svc)
+
+    def snapshot_after_turn(way: Prepared, n: int) -> float:
+        turn(way.svc.home(BOT), n)
+        t0 = time.perf_counter()
+        out = way.svc.snapshot(BOT)
+        took = time.perf_counter() - t0
+        assert out["result"] == "ok", out
+        return took
+
+    def cold_boot(way: Prepared, stream: bool) -> float:
+        """The machine is lost: a new state dir, the same store; the seconds to a restored home."""
+        shutil.rmtree(way.where / "state", ignore_errors=True)
+        again = SnapshotService(load(way.where, way.store, stream=stream, policy=BOOT_POLICY, fence_check=1))
+        os.sync()  # the last boot's writes go to disk before, not during, this one
         t0 = time.perf_counter()
         again._boot_once(again.state(BOT))
         took = time.perf_counter() - t0
         assert (again.home(BOT) / "state.db").is_file()
-        shutil.rmtree(where, ignore_errors=True)
-        return uploaded, took
+        return took
 
     for p in range(SIZE_PAIRS):
-        log(f"upload and cold boot: pair {p + 1}/{SIZE_PAIRS}")
-        b_size, b_boot = one(False)
-        a_size, a_boot = one(True)
-        size.add(a_size, b_size)
-        boot.add(a_boot, b_boot)
-    return size, boot, sizes
+        log(f"upload: pair {p + 1}/{SIZE_PAIRS}")
+        today, streaming = prepare(False), prepare(True)
+        size.add(streaming.uploaded, today.uploaded)
+        with replicating(streaming.loaded, [BOT]):
+            for q in range(SNAP_PAIRS):
+                log(f"snapshot after a turn: pair {p * SNAP_PAIRS + q + 1}/{SIZE_PAIRS * SNAP_PAIRS}")
+                b = snapshot_after_turn(today, q)
+                a = snapshot_after_turn(streaming, q)
+                snap.add(a, b)
+        for q in range(BOOT_PAIRS):
+            log(f"cold boot: pair {p * BOOT_PAIRS + q + 1}/{SIZE_PAIRS * BOOT_PAIRS}")
+            b = cold_boot(today, False)
+            a = cold_boot(streaming, True)
+            boot.add(a, b)
+        shutil.rmtree(streaming.where, ignore_errors=True)
+        shutil.rmtree(today.where, ignore_errors=True)
+    return size, snap, boot, sizes
 
 
 WINDOW = float(os.environ.get("BENCH_STREAM_WINDOW", "40" if quick() else "120"))
@@ -314,7 +338,7 @@ def hourly(tmp: Path, template: Path, *, stream: bool, chatty: bool) -> float:
     assert svc.snapshot(BOT)["result"] == "ok"  # the first snapshot is not what an hour costs
     with contextlib.ExitStack() as stack:
         if stream:
-            stack.enter_context(litestream(loaded))
+            stack.enter_context(replicating(loaded, [BOT]))
             wait_for(lambda: bool(snapshot_txids(svc)), 600)  # the first sync is not either,
             wait_for(lambda: svc.may_stream(BOT), 60)
             assert svc.snapshot(BOT)["result"] in {"ok", "unchanged"}  # nor the day's base
@@ -356,7 +380,7 @@ def main() -> int:
     try:
         rpo, rpo_ok = rpo_section(tmp)
         with big_home(tmp) as template:
-            size, boot, sizes = upload_and_restore(tmp, template)
+            size, snap, boot, sizes = upload_and_restore(tmp, template)
             hours = hourly_section(tmp, template, sizes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -366,7 +390,7 @@ def main() -> int:
     print(__doc__.split("\n\n", 1)[1].strip() + "\n")
     print(f"RPO, {ROUNDS} rounds per store (target p95 <= 2 s: {met(rpo_ok)}):\n")
     print(rpo + "\n")
-    print(f"The {HOME_MB} MB agent home, first snapshot and cold boot, {size.n} pairs:\n")
+    print(f"The {HOME_MB} MB agent home: first snapshot, a snapshot after a chat turn, cold boot:\n")
     print(
         table(
             ["measure", "today", "streaming", "streaming / today", "target"],
@@ -377,6 +401,13 @@ def main() -> int:
                     f"{size.a_median / 2**20:.1f} MiB",
                     size.spread(),
                     f"<= 0.2x: {met(size_ok)}",
+                ],
+                [
+                    "snapshot after a chat turn",
+                    secs(snap.b_median),
+                    secs(snap.a_median),
+                    snap.spread(),
+                    "",
                 ],
                 [
                     "cold-boot restore",

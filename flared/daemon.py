@@ -31,10 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flared import __version__, orphans
+from flared import orphans
 from flared.admin.page import AdminPage
 from flared.admin.sessions import AdminSessions
 from flared.api import build_router
+from flared.build import release
 from flared.config.live import LiveConfig
 from flared.config.loader import LoadedConfig
 from flared.config.redact import redact_text
@@ -144,7 +145,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._signal_stop)
         signal.signal(signal.SIGINT, self._signal_stop)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reloader.from_disk).start())
-        log.info("flared %s starting with %s (digest %s)", __version__, loaded.path, loaded.digest[:12])
+        log.info("flared %s starting with %s (digest %s)", release(), loaded.path, loaded.digest[:12])
         try:
             self.supervisor.wait_ready()
         except SupervisorError as exc:
@@ -471,7 +472,7 @@ class Daemon:
         loaded, errors = self.live.loaded, self.live.errors
         out: dict[str, Any] = {
             "flared": {
-                "version": __version__,
+                "version": release(),
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "last_tick": self.last_tick.isoformat() if self.last_tick else None,

@@ -15,6 +15,12 @@ exit 78 waits for a config change or an explicit restart, other fast exits
 are retried after an exponential, capped delay. Either way `flared status`
 shows the gateway's own last error line and what to edit.
 
+A gateway must run with the ``flare`` plugin, which keeps the agent's
+activity off the host: a gateway that reports running without the plugin's
+record for its own run (:func:`plugin_problem`) is failed and stopped the
+same way, fatal until a restart or a config change. (A plugin that loads but
+cannot install a feature ends the gateway itself with exit 78.)
+
 Size: the gateways' lifecycle (render, reconcile, judge runs, back off) is
 one state machine over supervisord's programs; its pure parts
 (:func:`judge`, :func:`readiness`, :func:`backoff_delay`) are functions here,
@@ -39,8 +45,9 @@ from typing import Any
 
 from flared.config.live import LiveConfig
 from flared.config.models import BotConfig
+from flared.hermes import guard
 from flared.hermes.home import gateway_program, render_home
-from flared.hermes.liveness import startup_failed_at
+from flared.hermes.liveness import gateway_liveness, plugin_failed, startup_failed_at
 from flared.hermes.paths import GATEWAY_PREFIX, BotPaths, program_name
 from flared.operator.program import NAME as OPERATOR_PROGRAM
 from flared.operator.program import operator_program
@@ -148,6 +155,39 @@ def judge(
     return replace(watch, start=start, stop=stop, fast_exits=fast), verdict
 
 
+#: What a gateway without a working ``flare`` plugin is told to do.
+PLUGIN_NOT_LOADED = (
+    "the flare plugin did not load in this gateway (Hermes reports it running, but the plugin "
+    "recorded nothing for this run): its tools and scripts would not be kept off the host, so "
+    "flared stopped it. Check that hermes-flare is installed in the Python that runs `hermes`"
+)
+
+
+def plugin_problem(record: Any, pid: int, start: float, log_lines: list[str] | None = None) -> str | None:
+    """Pure: why the run ``pid`` (started at ``start``, whole seconds) lacks a working plugin, or None.
+
+    ``record`` is ``$HERMES_HOME/state/flare-plugin.json``; the plugin writes
+    ``registered`` with its pid and time once every feature is installed. A
+    record of another pid, or an older one (a restored snapshot's, a pid
+    reused in a new container), does not count. ``log_lines``: the tail of
+    Hermes' ``logs/errors.log``, for its own reason when it could not load the plugin.
+    """
+    reg = record.get("registered") if isinstance(record, dict) else None
+    if isinstance(reg, dict) and reg.get("pid") == pid:
+        try:
+            fresh = float(reg.get("at") or 0) >= start - 1
+        except (TypeError, ValueError):
+            fresh = False
+        if fresh and reg.get("ok", True) is not False:
+            return None
+        if fresh and reg.get("error"):
+            return str(reg["error"])
+    for line in reversed(log_lines or []):
+        if "Failed to load plugin 'flare'" in line:
+            return f"{PLUGIN_NOT_LOADED}; Hermes says: {_LOG_PREFIX.sub('', line).strip()}"
+    return PLUGIN_NOT_LOADED
+
+
 def backoff_delay(loops: int) -> float:
     """Seconds to wait after the ``loops``-th crash loop in a row (1-based)."""
     return float(min(BACKOFF_FIRST_S * 2 ** max(loops - 1, 0), BACKOFF_CAP_S))
@@ -156,7 +196,7 @@ def backoff_delay(loops: int) -> float:
 _HERMES_ADVICE = re.compile(
     r"\.?\s+(?:Set|Edit|Change|Fix)\b.*\bconfig\.yaml\b.*$", re.IGNORECASE | re.DOTALL
 )
-_LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL) [\w.]+: ")
+_LOG_PREFIX = re.compile(r"^(?:\S+ \S+ )?(?:ERROR|CRITICAL|WARNING) [\w.]+: ")
 
 
 def clean_error(text: str) -> str:
@@ -205,6 +245,11 @@ def failure_hint(bot: str, error: str | None, config_path: Path, bot_index: int,
             f"another process holds port {port.group(1)}: stop it, or set bots[{bot_index}].api.port "
             f"in {config_path}; {then}"
         )
+    if "flare plugin" in (error or ""):
+        return (
+            "the gateway must run with hermes-flare's plugin: install hermes-flare and the hermes-agent "
+            f"release it supports into the same Python; {then}"
+        )
     return (
         f"flared writes the gateway's config.yaml from {config_path}: fix bots[{bot_index}] there; "
         f"a change to the file retries the gateway, {then}"
@@ -230,7 +275,8 @@ def readiness(
     RUNNING is not ready: Hermes takes seconds to bring up its API after
     supervisord counts it started. Ready means Hermes itself says
     ``running`` (and its ``api_server`` is connected) for *this* process:
-    the files a previous run left behind do not count. A ready gateway whose
+    the files a previous run left behind do not count, and the flare plugin
+    recorded itself for this run (:func:`plugin_problem`). A ready gateway whose
     last liveness probes failed (``not_answering``, :mod:`flared.hangs`) is
     ``unresponsive``; one being restarted for that is ``starting``.
     """
@@ -264,6 +310,9 @@ def readiness(
     if has_api and platforms.get("api_server") == "fatal":
         return "failed", "the API server could not start"
     if gstate in {"running", "degraded"} and (not has_api or platforms.get("api_server") == "connected"):
+        pid, start = int(proc.get("pid") or 0), float(proc.get("start") or 0)
+        if plugin_problem(liveness.get("plugin"), pid, start) is not None:
+            return "starting", "checking the flare plugin"  # the next tick fails it (Gateways._check_plugin)
         if not_answering:
             return "unresponsive", not_answering
         return "ready", "" if gstate == "running" else "some platforms are retrying"
@@ -298,6 +347,8 @@ class Gateways:
         self._loops: dict[str, int] = {}  # crash loops in a row per bot (the back-off level)
         self._watches: dict[str, RunWatch] = {}
         self._pids: dict[str, int] = {}
+        # bot -> (pid, start) of the run whose flare plugin was seen in place
+        self._plugin_seen: dict[str, tuple[int, float]] = {}
         self._render_cache: dict[str, tuple[Any, str]] = {}
         self._observed: list[dict[str, Any]] = []
 
@@ -427,12 +478,13 @@ class Gateways:
         cfg = self.live.config
         home = BotPaths.of(cfg.state_dir, bot.name).home
         digest = self.live.loaded.digest
-        key = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        hook = guard.hook_dir(home) / "handler.py"
+        key = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"), _file_key(hook))
         cached = self._render_cache.get(bot.name)
         if cached is not None and cached[0] == key:
             return cached[1]
         text = gateway_program(cfg, bot, render_home(cfg, bot)).render()
-        after = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"))
+        after = (digest, _file_key(home / "config.yaml"), _file_key(home / ".env"), _file_key(hook))
         self._render_cache[bot.name] = (after, text)
         return text
 
@@ -479,6 +531,7 @@ class Gateways:
             seen.add(name)
             if name.startswith(GATEWAY_PREFIX):
                 self._judge(name.removeprefix(GATEWAY_PREFIX), p)
+                self._check_plugin(name.removeprefix(GATEWAY_PREFIX), p)
             if not pid:
                 continue
             prev = self._pids.get(name)
@@ -494,7 +547,11 @@ class Gateways:
         before = self._watches.get(name, RunWatch())
         # Hermes' record matters only for a run that ended since the last look: read it only then
         ended = not before.seen or float(proc.get("stop") or 0) > before.stop
-        watch, verdict = judge(before, proc, startup_failed_at(paths.home) if ended else None)
+        failed_at = startup_failed_at(paths.home) if ended else None
+        plugin = plugin_failed(paths.home) if ended else None
+        if plugin is not None and (failed_at is None or plugin[0] > failed_at):
+            failed_at = plugin[0]  # the plugin ended the run (exit 78) before Hermes wrote its state
+        watch, verdict = judge(before, proc, failed_at)
         self._watches[name] = watch
         if proc.get("statename") == "RUNNING" and watch.fast_exits == 0 and bot in self._loops:
             now = float(proc.get("now") or time.time())
@@ -503,6 +560,9 @@ class Gateways:
         if verdict is None or bot in self.failures:
             return
         error = gateway_error(paths.home, paths.gateway_log)
+        run_start = min(float(proc.get("start") or 0), before.start or float("inf"))
+        if plugin is not None and plugin[0] == failed_at and plugin[0] >= run_start - 1:
+            error = plugin[1]  # not a record an earlier run left
         code = proc.get("exitstatus")
         program = self._render_cache.get(bot, (None, None))[1]
         now = time.time()
@@ -530,6 +590,32 @@ class Gateways:
                 delay,
             )
         self.failures[bot] = failure
+        self.wake()
+
+    def _check_plugin(self, bot: str, proc: dict[str, Any]) -> None:
+        """Fail (and so stop) a gateway that Hermes reports running without a working flare plugin.
+
+        Read once per run: after the plugin is seen for a pid and start, nothing
+        more is read for it.
+        """
+        pid, start = int(proc.get("pid") or 0), float(proc.get("start") or 0)
+        if proc.get("statename") != "RUNNING" or not pid or bot in self.failures:
+            return
+        if self._plugin_seen.get(bot) == (pid, start):
+            return
+        paths = BotPaths.of(self.live.config.state_dir, bot)
+        live = gateway_liveness(paths.home)
+        if live.get("pid") != pid or live.get("gateway_state") not in {"running", "degraded"}:
+            return  # not up yet: Hermes loads plugins before it reports running
+        problem = plugin_problem(
+            live.get("plugin"), pid, start, tail_lines(paths.home / "logs" / "errors.log", 200)
+        )
+        if problem is None:
+            self._plugin_seen[bot] = (pid, start)
+            return
+        program = self._render_cache.get(bot, (None, None))[1]
+        self.failures[bot] = Failure("fatal", None, problem, time.time(), None, program, 0)
+        log.error("bot %s: %s; not restarting until `flared restart --bot %s`", bot, problem, bot)
         self.wake()
 
     def failure_of(self, bot: str) -> Failure | None:

@@ -15,7 +15,6 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,9 +25,12 @@ from tests.fixtures.podman import (
     agent_image,
     give_to_image_user,
     podman,
+    running_with_api,
     worker_env,
+    worker_vars,
 )
-from tests.fixtures.s3server import ACCESS_KEY, SECRET_KEY, shared_server
+from tests.fixtures.podman import hermes_bot as bot
+from tests.fixtures.s3server import shared_server
 
 pytestmark = pytest.mark.integration
 
@@ -49,19 +51,6 @@ def image() -> str:
     return ref
 
 
-def worker_vars(bucket: str) -> dict[str, str]:
-    """The Worker's vars (as `flared render wrangler` writes them) and secrets."""
-    return {
-        "BOT_GROUPS": '{"hermes":"default"}',
-        "SANDBOX_PROFILES": "default",
-        "R2_BUCKET_NAME": bucket,
-        "CF_ACCOUNT_ID": "0123456789abcdef0123456789abcdef",
-        "R2_ACCESS_KEY_ID": ACCESS_KEY,
-        "R2_SECRET_ACCESS_KEY": SECRET_KEY,
-        "EGRESS_SECRETS": "",
-    }
-
-
 def container_env(
     store: str, bucket: str, volume: Path, token: str
 ) -> tuple[dict[str, str], dict[Path, str]]:
@@ -74,21 +63,6 @@ def container_env(
         return env, {}
     env["FLARE_STORE__URL"] = "file:///store"
     return env, {volume: "/store"}
-
-
-def bot(status: dict[str, Any]) -> dict[str, Any]:
-    bots = [b for b in status["bots"] if b["name"] == "hermes"]
-    assert bots, status
-    return bots[0]
-
-
-def running_with_api(c: AgentContainer, token: str) -> dict[str, Any] | None:
-    code, status = c.request("GET", "/status", token)
-    if code != 200:
-        return None
-    b = bot(status)
-    platforms = ((b.get("hermes") or {}).get("platforms")) or {}
-    return b if b["state"] == "RUNNING" and platforms.get("api_server") == "connected" else None
 
 
 def processes(c: AgentContainer) -> list[tuple[int, str, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import flared
+from flared.build import release
 from flared.config.loader import load_config
 from flared.config.models import MIN_COMPATIBILITY_DATE
 from flared.config.wrangler import DO_CLASSES, INSTANCE_TYPES, RenderError, render
@@ -167,7 +167,7 @@ def test_defaults_with_only_an_account_id(tmp_path: Path) -> None:
     assert v["EGRESS_SECRETS"] == v["ACCESS_ALLOWED_SERVICE_TOKENS"] == ""
     # Empty on deploy: only a local topology points the store elsewhere.
     assert v["R2_ENDPOINT"] == ""
-    assert v["FLARED_VERSION"] == flared.__version__
+    assert v["FLARED_VERSION"] == release()
 
 
 def test_cloudflare_section_groups_and_access(tmp_path: Path) -> None:

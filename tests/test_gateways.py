@@ -14,6 +14,7 @@ import pytest
 from flared.gateways import (
     BACKOFF_CAP_S,
     FAST_EXIT_S,
+    PLUGIN_NOT_LOADED,
     STABLE_S,
     Failure,
     RunWatch,
@@ -22,6 +23,7 @@ from flared.gateways import (
     failure_hint,
     gateway_error,
     judge,
+    plugin_problem,
     readiness,
 )
 from flared.hermes.liveness import startup_failed_at
@@ -173,13 +175,39 @@ def test_failure_hint_names_hermes_flare_yaml_and_what_to_run(tmp_path: Path) ->
     other = failure_hint("b", "weird", cfg, 2, "fatal")
     assert f"config.yaml from {cfg}: fix bots[2] there" in other
     assert "flared restart --bot b" in failure_hint("b", None, cfg, 1, "loop")
+    plugin = failure_hint("b", "the flare plugin's scripts feature did not install (x)", cfg, 1, "fatal")
+    assert (
+        plugin.startswith("the gateway must run with hermes-flare's plugin")
+        and "flared restart --bot b" in plugin
+    )
+
+
+def test_plugin_problem() -> None:
+    """A gateway counts as having the flare plugin only with the plugin's record of its own run."""
+    assert plugin_problem({"registered": {"pid": 7, "at": 100.2}}, 7, 100) is None
+    assert plugin_problem({"registered": {"pid": 7, "at": 99.5}}, 7, 100) is None  # whole-second start
+    for record in (None, {}, {"registered": {"pid": 8, "at": 100.2}}, {"registered": {"pid": 7, "at": 90}}):
+        assert plugin_problem(record, 7, 100) == PLUGIN_NOT_LOADED
+    failed = {"registered": {"ok": False, "pid": 7, "at": 100.2, "error": "scripts did not install"}}
+    assert plugin_problem(failed, 7, 100) == "scripts did not install"
+    hermes = ["2026-12-06 21:46:22,012 WARNING hermes_cli.plugins: Failed to load plugin 'flare': No module"]
+    said = plugin_problem(None, 7, 100, hermes)
+    assert said == f"{PLUGIN_NOT_LOADED}; Hermes says: Failed to load plugin 'flare': No module"
 
 
 def test_readiness() -> None:
-    running = {"statename": "RUNNING", "pid": 42}
-    ok = {"pid": 42, "gateway_state": "running", "platforms": {"api_server": "connected"}}
+    running = {"statename": "RUNNING", "pid": 42, "start": 100}
+    plugin = {"registered": {"pid": 42, "at": 102.5, "features": ["cron"]}}
+    ok = {"pid": 42, "gateway_state": "running", "platforms": {"api_server": "connected"}, "plugin": plugin}
     kw = {"enabled": True, "phase": "ready", "held": False, "failure": None, "has_api": True}
     assert readiness(proc=running, liveness=ok, **kw) == ("ready", "")  # type: ignore[arg-type]
+    for record in (None, {"registered": {"pid": 41, "at": 102.5}}, {"registered": {"pid": 42, "at": 50}}):
+        # no plugin, another run's record (a restored snapshot's): not ready, and the tick fails it
+        no_plugin = dict(ok, plugin=record)
+        assert readiness(proc=running, liveness=no_plugin, **kw) == (  # type: ignore[arg-type]
+            "starting",
+            "checking the flare plugin",
+        )
     stale = dict(ok, pid=41)  # the previous run's file
     assert readiness(proc=running, liveness=stale, **kw)[0] == "starting"  # type: ignore[arg-type]
     connecting = dict(ok, platforms={"api_server": "connecting"})

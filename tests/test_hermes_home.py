@@ -151,3 +151,54 @@ def test_a_refused_home_shows_in_status_and_others_still_run(tmp_path: Path) -> 
     assert set(desired) == {"gateway-b"}
     assert "config.yaml is a symbolic link" in gw.boot_errors["a"]
     assert "remove it" in gw.boot_errors["a"]
+
+
+MEDIA_PROBE = r"""
+import json, sys
+from gateway.platforms.base import BasePlatformAdapter
+A = BasePlatformAdapter  # what the gateway does with a reply before it uploads (gateway/run.py)
+print(json.dumps([A.filter_media_delivery_paths(A.extract_media(f"see MEDIA:{p}")[0]) for p in sys.argv[1:]]))
+"""
+
+
+@pytest.mark.integration
+def test_a_reply_attaches_no_host_file_but_hermes_own_caches(tmp_path: Path) -> None:
+    """A reply's ``MEDIA:<path>`` makes the gateway upload that host file to the chat.
+
+    Hermes' default accepts any file off its short deny list: another bot's
+    ``.env``, ``control.secret``, a state database. The agent's own files
+    live in its sandbox, so flared renders the gateway to attach only files
+    in Hermes' own caches (generated images, audio, uploads).
+    """
+    import json
+    import subprocess
+    import sys
+
+    from dotenv import dotenv_values
+
+    cfg = loaded(tmp_path)
+    render_home(cfg, cfg.bots[0])  # type: ignore[attr-defined]
+    state = tmp_path / "state"
+    home = BotPaths.of(state, "hermes").home
+    other = state / "bots" / "other" / "home"
+    other.mkdir(parents=True)
+    secrets = [other / ".env", state / "control.secret", home / "state.db", tmp_path / "fresh.pdf"]
+    for p in secrets:
+        p.write_text("xoxb-not-for-the-chat\n")
+    image = home / "cache" / "images" / "chart.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\x89PNG\r\n")
+    env = {k: v or "" for k, v in dotenv_values(home / ".env").items()}
+    env.update({"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HERMES_HOME": str(home)})
+    out = subprocess.run(
+        [sys.executable, "-c", MEDIA_PROBE, *map(str, [*secrets, image])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    attached = json.loads(out.stdout.strip().splitlines()[-1])
+    leaked = [str(p) for p, got in zip(secrets, attached, strict=False) if got]
+    assert not leaked, f"a reply could attach {leaked}"
+    assert attached[-1] == [[str(image), False]]

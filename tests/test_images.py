@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-import flared
+from flared.build import release
 from flared.supervisor import SupervisorClient
 from tests.fixtures.flare import bot, free_port
 
@@ -310,7 +310,7 @@ def test_the_agent_start_command_runs_outside_a_container(tmp_path: Path) -> Non
         # ... and flared reports the digest the Worker computes of the same text.
         assert health["config_digest"] == hashlib.sha256(yaml_text.encode()).hexdigest()
         # ... and its version, which the Worker compares with the one it was rendered with.
-        assert health["version"] == flared.__version__
+        assert health["version"] == release()
         # TCP control needs the internal token.
         with pytest.raises(urllib.error.HTTPError) as denied:
             get_json(f"http://127.0.0.1:{port}/status")

@@ -382,3 +382,16 @@ def test_timezone_note() -> None:
         )
         is None
     )
+
+
+def test_an_agent_job_with_a_script_or_wider_toolsets_is_flagged() -> None:
+    from flared.config.models import BotConfig
+    from flared.policy.agent_jobs import own_entry
+
+    bot = BotConfig.model_validate({"name": "a", "toolsets": ["todo"]})
+    both = own_entry(bot, {"id": "1", "script": "w.sh", "enabled_toolsets": ["browser"]})
+    assert both["warning"] == (
+        "asks for toolsets the bot does not have (browser): they are not given; "
+        "runs a script (w.sh): cron scripts do not run on the host, every run fails"
+    )
+    assert "warning" not in own_entry(bot, {"id": "2", "enabled_toolsets": ["todo"]})

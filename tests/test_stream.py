@@ -6,11 +6,9 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -27,10 +25,10 @@ from flared.snapshots.stream.program import (
     litestream_env,
     litestream_executable,
     stream_program,
-    write_config,
 )
 from flared.snapshots.stream.render import StreamLayout, litestream_config, render
 from tests.fixtures.flare import bot, config
+from tests.fixtures.litestream import replicating
 from tests.fixtures.s3server import store_config
 
 
@@ -142,25 +140,6 @@ def test_stream_listing_finds_databases_on_file_and_s3_layouts() -> None:
 # ---------------------------------------------------------------------- with the real binary
 
 
-@contextlib.contextmanager
-def litestream(loaded: LoadedConfig, bots: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    """The real Litestream with the config flared renders (what `flared stream run` execs)."""
-    path = write_config(loaded, bots)
-    log = StreamLayout(loaded.state_dir).log
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [litestream_executable(), "replicate", "-config", str(path), "-no-expand-env"],
-            env=litestream_env(loaded.config.store, os.environ),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-
-
 def rows(db: Path) -> list[int]:
     con = sqlite3.connect(db)
     try:
@@ -209,7 +188,7 @@ def test_restore_gives_the_newest_databases_and_restore_id_those_of_that_snapsho
         (home / "memories" / "USER.md").write_text("first\n")
         db = home / "state.db"
         insert(db, range(1, 11))
-        with litestream(loaded, ["athena"]):
+        with replicating(loaded, ["athena"]):
             synced(loaded, db)
             first = svc.snapshot("athena")
             assert first["result"] == "ok", first
@@ -296,7 +275,7 @@ def test_a_database_deleted_outside_a_restore_stops_its_stream_until_restored(tm
     home = svc.home("athena")
     insert(home / "state.db", range(1, 6))
     (home / "notes.txt").write_text("kept\n")
-    with litestream(loaded, ["athena"]):
+    with replicating(loaded, ["athena"]):
         synced(loaded, home / "state.db")
         assert svc.may_stream("athena")  # new databases join the watched set
         assert svc.snapshot("athena")["result"] == "ok"
@@ -381,7 +360,7 @@ def test_a_cold_boot_starts_from_the_base_and_follows_the_stream_to_the_newest_t
     bases = tmp_path / "store" / "athena" / "stream-base" / "state.db"
     # Two lives: the second streams on from databases the first boot restored from the base.
     for life, numbers in enumerate((range(11, 31), range(31, 51))):
-        with litestream(loaded, ["athena"]):
+        with replicating(loaded, ["athena"]):
             synced(loaded, db)
             _newest_snapshot(tmp_path / "store", "athena", "state.db")
             st.claimed_at = 0.0  # streaming allowed (no recent takeover to wait out)
@@ -416,7 +395,7 @@ def test_a_damaged_base_falls_back_to_the_plain_restore(
     db = svc.home("athena") / "state.db"
     insert(db, range(1, 6))
     assert svc.snapshot("athena")["result"] == "ok"
-    with litestream(loaded, ["athena"]):
+    with replicating(loaded, ["athena"]):
         synced(loaded, db)
         _newest_snapshot(tmp_path / "store", "athena", "state.db")
         assert stream_restore.make_bases(loaded.config, svc.store, "athena", tmp_path / "work") == {
@@ -441,7 +420,7 @@ def test_a_follow_litestream_refuses_says_why_at_once(tmp_path: Path) -> None:
     svc._boot_once(svc.state("athena"))
     db = svc.home("athena") / "state.db"
     insert(db, range(1, 4))
-    with litestream(loaded, ["athena"]):
+    with replicating(loaded, ["athena"]):
         synced(loaded, db)
         _newest_snapshot(tmp_path / "store", "athena", "state.db")
     work = tmp_path / "work"

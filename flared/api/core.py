@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from flared import __version__
 from flared.api.chat import bot_endpoint
+from flared.build import release
 from flared.config.redact import redact_text, redacted_config
 from flared.control.server import HTTPError, Request, Response, Router
 from flared.gateways import Gateways
@@ -41,7 +41,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
         cfg = live.config
         return {
             "ok": True,
-            "version": __version__,
+            "version": release(),
             "config_digest": live.loaded.digest,
             "last_tick": daemon.last_tick.isoformat() if daemon.last_tick else None,
             "group": os.environ.get("FLARE_GROUP") or (cfg.bots[0].group if cfg.bots else "default"),
@@ -55,7 +55,7 @@ def register(router: Router, daemon: DaemonView, gateways: Gateways, reloader: R
         cfg = live.config
         here = {b.name for b in gateways.enabled_bots()}
         return {
-            "version": __version__,
+            "version": release(),
             "pid": os.getpid(),
             "state_dir": str(cfg.state_dir),
             "config": {

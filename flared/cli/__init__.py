@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flared import __version__
+from flared.build import release
 from flared.cli import admin, chat, logs, operator, sandboxes, snapshots, status, stream, up, validate
 from flared.cli.common import EXIT_FAILED, EXIT_INVALID, CommandError
 from flared.cli.text import localize_hints
@@ -31,13 +31,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INVALID)
 
 
+class _Version(argparse.Action):
+    """--version, with the build id computed only when asked (it reads the package's source)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"flared {release()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flared",
         description="hermes-flare: run Hermes Agent bots from one YAML file, with snapshots and sandboxes.",
         epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input (config or arguments).",
     )
-    parser.add_argument("--version", action="version", version=f"flared {__version__}")
+    parser.add_argument("--version", action=_Version, help="print flared's release and build id, then exit")
     # `flared -c FILE status` as well as `flared status -c FILE`: a separate dest, because a
     # subcommand's own default (None) would overwrite the value given before it.
     parser.add_argument(

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flared import __version__
+from flared.build import release
 from flared.config import yamlpos
 from flared.config.loader import LoadedConfig, find_config, load_config, read_config_text
 from flared.config.models import CloudflareConfig, HermesFlareConfig
@@ -120,7 +120,7 @@ def worker_vars(cfg: HermesFlareConfig, cf: CloudflareConfig) -> dict[str, str]:
         # Another S3 endpoint than R2's, for a local test topology only; empty on deploy.
         "R2_ENDPOINT": "",
         # What the Agent image should run: /api/status flags a group running another flared.
-        "FLARED_VERSION": __version__,
+        "FLARED_VERSION": release(),
         "ACCESS_TEAM_DOMAIN": access.team_domain if access else "",
         "ACCESS_AUD": access.aud if access else "",
         "ACCESS_ALLOWED_EMAILS": ",".join(access.allowed_emails) if access else "",

@@ -21,6 +21,7 @@ import yaml
 
 from flared.config.models import BotConfig, HermesFlareConfig
 from flared.control.tokens import bot_token, derived_secret
+from flared.hermes import guard
 from flared.hermes.paths import BotPaths, program_name
 from flared.hermes.settings import render_bot_settings
 from flared.plugin import terminal
@@ -57,6 +58,11 @@ def flared_settings(cfg: HermesFlareConfig, bot: BotConfig) -> tuple[dict[str, A
         "FLARE_BOT": bot.name,
         "FLARE_BOT_TOKEN": bot_token(state_dir, bot.name),
         "FLARE_CONTROL_SOCKET": str(cfg.control.socket or state_dir / "flared.sock"),
+        # A reply's MEDIA:<path> uploads that host file to the chat. Hermes' default takes any file
+        # off a short deny list (another bot's .env, control.secret); the agent's own files live in
+        # its sandbox, so only Hermes' caches (generated media, uploads) may be attached.
+        "HERMES_MEDIA_DELIVERY_STRICT": "1",
+        "HERMES_MEDIA_TRUST_RECENT_FILES": "0",
     }
     frag, more = render_bot_settings(bot, state_dir)
     settings = deep_merge(settings, frag)
@@ -154,8 +160,19 @@ def _write_if_changed(path: Path, text: str, mode: int, current: str | None) -> 
     return True
 
 
+def write_guard(home: Path) -> None:
+    """The ``flare-guard`` gateway hook (:mod:`flared.hermes.guard`), never through a link."""
+    hook = guard.hook_dir(home)
+    for d, what in ((hook.parent, "hooks directory"), (hook, "flare-guard hook")):
+        d.mkdir(mode=0o700, exist_ok=True)
+        _check_dir(d, what)
+    for name, text in guard.files().items():
+        path = hook / name
+        _write_if_changed(path, text, 0o600, read_own(path))
+
+
 def render_home(cfg: HermesFlareConfig, bot: BotConfig) -> str:
-    """Write the bot's config.yaml and .env; return a digest of what was rendered.
+    """Write the bot's config.yaml, .env and flare-guard hook; return a digest of what was rendered.
 
     Raises :class:`UnsafeHome` (nothing written, no link followed) when the
     home, ``config.yaml`` or ``.env`` is a link or not a plain file.
@@ -185,6 +202,7 @@ def render_home(cfg: HermesFlareConfig, bot: BotConfig) -> str:
     env_text = render_env(env)
     _write_if_changed(config_path, config_text, 0o600, current_config)
     _write_if_changed(env_path, env_text, 0o600, current_env)
+    write_guard(paths.home)
     h = hashlib.sha256()
     # Digest what flared decides, not the merged file: Hermes writes its own
     # keys into config.yaml (e.g. onboarding state after the first message),

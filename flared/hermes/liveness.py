@@ -52,6 +52,22 @@ def startup_failed_at(home: Path) -> float | None:
         return None
 
 
+def plugin_failed(home: Path) -> tuple[float, str] | None:
+    """When the flare plugin last ended a gateway because a feature did not install (epoch s), and why.
+
+    The plugin records it in ``state/flare-plugin.json`` before it exits 78:
+    Hermes loads plugins before it writes ``gateway_state.json``, and a run
+    that short loses its exit status in supervisord.
+    """
+    try:
+        reg = json.loads((home / "state" / "flare-plugin.json").read_text())["registered"]
+        if reg.get("ok", True) is not False:
+            return None
+        return float(reg["at"]), str(reg.get("error") or "the flare plugin did not install")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def health_error(host: str, port: int, timeout: float) -> str | None:
     """None when the gateway's api_server answers ``GET /health`` within ``timeout``; else what went wrong.
 

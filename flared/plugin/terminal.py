@@ -250,8 +250,8 @@ def _wrap_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     return create_environment
 
 
-def record_status(entry: dict[str, Any]) -> None:
-    """Merge ``{"terminal": entry}`` into the status file ``flared status`` reads."""
+def record_status(entry: dict[str, Any], key: str = "terminal") -> None:
+    """Merge ``{key: entry}`` into the status file ``flared status`` reads."""
     home = os.environ.get("HERMES_HOME")
     if not home:
         return
@@ -264,7 +264,7 @@ def record_status(entry: dict[str, Any]) -> None:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        data["terminal"] = entry
+        data[key] = entry
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)

@@ -254,8 +254,16 @@ def own_entry(bot: BotConfig, job: dict[str, Any]) -> dict[str, Any]:
         "toolsets": asked or None,
         "note": "made by the agent (not in hermes-flare.yaml)",
     }
+    warnings = []
     if beyond:
-        out["warning"] = f"asks for toolsets the bot does not have ({', '.join(beyond)}): they are not given"
+        warnings.append(f"asks for toolsets the bot does not have ({', '.join(beyond)}): they are not given")
+    if job.get("script"):
+        # flared.plugin.scripts refuses it in the gateway; said here so the operator sees why it fails.
+        warnings.append(
+            f"runs a script ({job['script']}): cron scripts do not run on the host, every run fails"
+        )
+    if warnings:
+        out["warning"] = "; ".join(warnings)
     return out
 
 

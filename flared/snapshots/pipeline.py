@@ -26,7 +26,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from flared import __version__
+from flared.build import release
 from flared.config.models import SnapshotsConfig
 from flared.snapshots import capture as cap
 from flared.snapshots import catalog, crypto, pack, shrink
@@ -287,7 +287,7 @@ def _take(job: SnapshotJob) -> SnapshotResult:
             compression=job.policy.compression.algorithm,
             encrypted=key is not None,
             key_id=crypto.key_id(key) if key is not None else None,
-            flared_version=__version__,
+            flared_version=release(),
             hermes_version=hermes_version(),
             host=host(),
             parent=latest.id if latest else None,

@@ -5,6 +5,9 @@ The agent makes cron jobs itself (its ``cronjob`` tool calls Hermes'
 none. A real gateway runs both, on the fake model server, and every tool the
 model is offered in those runs must be one of the bot's. ``flared status``
 lists both jobs, with a warning on the one that asked for more.
+
+The agent delegates (``delegate_task``), naming toolsets, roles and an ACP
+command in its arguments: each subagent is offered only the bot's tools.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,13 +54,11 @@ for job in made:
 """
 
 
-def bot_tools() -> set[str]:
+def bot_tools(toolsets: list[str] = BOT_TOOLSETS) -> set[str]:
     """Every tool the bot's toolsets hold, by Hermes' own resolution."""
     code = "import json, sys; from toolsets import resolve_toolset; "
     code += "print(json.dumps(sorted({t for ts in sys.argv[1:] for t in resolve_toolset(ts)})))"
-    out = subprocess.run(
-        [sys.executable, "-c", code, *BOT_TOOLSETS], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code, *toolsets], capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -64,7 +66,7 @@ def test_an_agent_made_cron_job_gets_only_the_bots_toolsets(tmp_path: Path) -> N
     with FakeLLM(models=("fake-model",), default=text("done")) as llm:
         model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
         with FlareUp(tmp_path, [bot("a", model=model, toolsets=BOT_TOOLSETS)]) as flare:
-            flare.wait_running("a", timeout=90)
+            flare.wait_ready("a", timeout=120)
             home = flare.state_dir / "bots" / "a" / "home"
             env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HERMES_HOME": str(home)}
             # The gateway is held still while the jobs are made (its ticker must not run them and
@@ -116,3 +118,68 @@ def test_an_agent_made_cron_job_gets_only_the_bots_toolsets(tmp_path: Path) -> N
             shown = flare.cli("status")
             assert shown.returncode == 0, shown.stderr
             assert "wide" in shown.stdout and "agent's own" in shown.stdout
+
+
+DELEGATING = ["todo", "file", "delegation"]
+TURN = "DELEGATE-THE-RESEARCH"
+
+
+def test_a_subagent_gets_no_toolset_the_bot_does_not_have(tmp_path: Path) -> None:
+    """``delegate_task``: the model names toolsets, roles and ACP commands; children get the bot's tools only.
+
+    Hermes 0.19 gives the model no ``toolsets`` argument (children inherit the
+    parent's) and strips ``acp_command``/``acp_args`` from tasks; this holds it
+    to that through a real gateway, so a Hermes that starts honouring them fails here.
+    """
+    from tests.fakes.llm_server import tools
+
+    wider = ["terminal", "browser", "web", "code_execution", "hermes-cli", "todo"]
+
+    def turn(r: LLMRequest) -> bool:
+        return r.is_agent_turn and TURN in r.last_user_text
+
+    with FakeLLM(models=("fake-model",), default=text("child done")) as llm:
+        model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
+        with FlareUp(tmp_path, [bot("a", model=model, toolsets=DELEGATING)]) as flare:
+            flare.wait_ready("a", timeout=120)
+            llm.script(
+                tools(
+                    ("delegate_task", {"goal": "CHILD-ONE: look it up", "toolsets": wider}),
+                    (
+                        "delegate_task",
+                        {
+                            "tasks": [
+                                {
+                                    "goal": "CHILD-TWO: look it up",
+                                    "toolsets": wider,
+                                    "role": "orchestrator",
+                                    "acp_command": "sh",
+                                    "acp_args": ["-c", f"touch {tmp_path / 'ESCAPED'}"],
+                                }
+                            ],
+                            "role": "orchestrator",
+                            "toolsets": wider,
+                        },
+                    ),
+                    when=turn,
+                ),
+                text("delegated", when=turn),
+            )
+            chat = flare.cli("chat", "--bot", "a", TURN, timeout=240)
+            assert chat.returncode == 0, chat.stderr + flare.read_logs()
+            allowed = bot_tools(DELEGATING)
+            assert {"todo", "read_file", "delegate_task"} <= allowed
+            assert not (FORBIDDEN - {"delegate_task"}) & allowed
+            for tag in ("CHILD-ONE", "CHILD-TWO"):
+                try:
+                    child = llm.wait_for(_turn_of(tag), timeout=60)
+                except TimeoutError:
+                    raise AssertionError(f"{tag} never ran\n{flare.read_logs()}") from None
+                offered = set(child.tool_names)
+                assert offered <= allowed - {"delegate_task"}, f"{tag} got {sorted(offered - allowed)}"
+                assert "todo" in offered, f"{tag} lost the bot's own tools: {sorted(offered)}"
+            assert not (tmp_path / "ESCAPED").exists(), "a task's acp_command ran on the host"
+
+
+def _turn_of(tag: str) -> Callable[[LLMRequest], bool]:
+    return lambda r: r.is_agent_turn and tag in r.text

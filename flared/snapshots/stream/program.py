@@ -100,9 +100,14 @@ def write_config(loaded: LoadedConfig, bots: Iterable[str]) -> Path:
     return layout.config
 
 
+def replicate_command(loaded: LoadedConfig, bots: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of `litestream replicate` for these bots (writes its config)."""
+    config = write_config(loaded, bots)
+    argv = [litestream_executable(), "replicate", "-config", str(config), "-no-expand-env"]
+    return argv, litestream_env(loaded.config.store, os.environ)
+
+
 def exec_litestream(loaded: LoadedConfig, bots: Iterable[str]) -> None:
     """Replace this process with `litestream replicate` for these bots (does not return)."""
-    config = write_config(loaded, bots)
-    exe = litestream_executable()
-    env = litestream_env(loaded.config.store, os.environ)
-    os.execve(exe, [exe, "replicate", "-config", str(config), "-no-expand-env"], env)
+    argv, env = replicate_command(loaded, bots)
+    os.execve(argv[0], argv, env)
