@@ -36,13 +36,15 @@ import pytest
 SPLIT: frozenset[str] = frozenset(
     {
         "tests/faults/test_gateways.py",
-        "tests/faults/test_shutdown.py",
-        "tests/faults/test_stream.py",
+        "tests/faults/test_host_scripts.py",
         "tests/faults/test_orphans.py",
+        "tests/faults/test_plugin_fail_closed.py",
+        "tests/faults/test_shutdown.py",
         "tests/faults/test_snapshots.py",
-        "tests/test_up.py",
-        "tests/test_sandboxes_daemon.py",
+        "tests/faults/test_stream.py",
         "tests/test_gateways.py",
+        "tests/test_sandboxes_daemon.py",
+        "tests/test_up.py",
     }
 )
 
@@ -57,11 +59,13 @@ SHARED: dict[str, tuple[str, ...]] = {
 FIRST: tuple[str, ...] = (
     "agent-image",
     "tests/test_topology.py",
+    "tests/faults/test_host_scripts.py::test_no_cron_script_runs_on_the_host",
+    "tests/faults/test_gateways.py::test_a_hung_gateway_is_reported_named_by_chat_and_restarted",
     "tests/faults/test_sandboxes.py",
+    "tests/faults/test_stream.py::test_in_the_image_kill_9_of_the_container_then_a_new_volume_loses_at_most_a_second",
     "tests/faults/test_server.py",
     "tests/e2e/test_slack_e2e.py",
     "tests/test_operator.py",
-    "tests/faults/test_gateways.py::test_a_hung_gateway_is_reported_named_by_chat_and_restarted",
     "tests/faults/test_shutdown.py::test_a_stalled_store_ends_the_final_snapshot_at_its_deadline_and_stop_and_up_exit_1",
     "tests/faults/test_gateways.py::test_port_taken_gateway_is_failed_with_its_error_then_recovers",
     "tests/test_cli_up.py",
