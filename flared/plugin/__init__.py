@@ -38,6 +38,7 @@ reaches flared only through the control socket with the bot's token.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -108,4 +109,17 @@ def refuse_to_run(feature: str, exc: BaseException) -> NoReturn:
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
+    drain_hermes_log()
     os._exit(FATAL_CONFIG_EXIT)
+
+
+def drain_hermes_log(timeout: float = 2.0) -> None:
+    """Let Hermes write what is queued for agent.log before a hard exit.
+
+    Hermes' file handlers sit behind a queue that a thread of its own empties
+    (``hermes_logging``); flushing the root logger's handlers does not wait for
+    it, and ``os._exit`` ends that thread: the line saying why the gateway
+    stops could be lost on a busy machine. Bounded, as Hermes' own hard exits are.
+    """
+    with contextlib.suppress(Exception):
+        importlib.import_module("hermes_logging").drain_log_queue(timeout=timeout)
