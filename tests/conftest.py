@@ -98,17 +98,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """A worker's temp dir is ``<run's basetemp>/gw1``, not xdist's ``.../popen-gw1``.
+    """A worker's temp dir is a ``pytest-NN`` of its own, as a serial run's, not xdist's
+    ``<run's basetemp>/popen-gw1``.
 
     Unix socket paths are limited to 108 bytes, and supervisord binds
-    ``<state>/supervisor/supervisor.sock.<pid>``: under
-    ``/tmp/pytest-of-root/pytest-NN/popen-gwN/<test name, 30 chars>0/state`` it no
-    longer fits. Six characters fewer leave the room a serial run has, less four.
+    ``<state>/supervisor/supervisor.sock.<pid>``: a test's state dir under
+    ``/tmp/pytest-of-root/pytest-NNN/popen-gwN/<test name, 30 chars>0/`` leaves it
+    no room. pytest numbers, locks and prunes these dirs across concurrent runs.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     base = config.option.basetemp
     if worker and base and Path(base).name == f"popen-{worker}":
-        config.option.basetemp = str(Path(base).with_name(worker))
+        config.option.basetemp = None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
