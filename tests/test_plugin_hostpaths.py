@@ -74,6 +74,37 @@ def test_each_tool_is_wrapped_once(guarded: Path) -> None:
         ("text_to_speech", {"text": "t", "output_path": "/etc/hostname"}),
         ("text_to_speech", {"text": "t", "output_path": "config.yaml"}),
         ("cronjob", {"action": "create", "schedule": "every 1h", "prompt": "p", "workdir": "/etc"}),
+        # The dispatcher mkdirs a dir: path and runs `git worktree add` in a worktree: repo, on the host.
+        (
+            "kanban_create",
+            {"title": "t", "assignee": "a", "workspace_kind": "dir", "workspace_path": "/tmp/x"},
+        ),
+        (
+            "kanban_create",
+            {"title": "t", "assignee": "a", "workspace_kind": "worktree", "workspace_path": "/srv"},
+        ),
+        ("kanban_create", {"title": "t", "assignee": "a", "workspace_path": "relative/dir"}),
+        # A project's path becomes the repo kanban adds worktrees to.
+        ("project_create", {"name": "p", "path": "/srv/repo"}),
+        # A skill's files are on the host: git honours .git/config (core.fsmonitor runs a command).
+        (
+            "skill_manage",
+            {"action": "write_file", "name": "s", "file_path": "scripts/.git/config", "file_content": "x"},
+        ),
+        (
+            "skill_manage",
+            {"action": "write_file", "name": "s", "file_path": "assets/.gitattributes", "file_content": "x"},
+        ),
+        (
+            "skill_manage",
+            {
+                "action": "patch",
+                "name": "s",
+                "file_path": "references/.hermes.md",
+                "old_string": "a",
+                "new_string": "b",
+            },
+        ),
     ],
 )
 def test_a_host_path_outside_the_caches_is_refused_before_the_tool_runs(
@@ -88,6 +119,7 @@ def test_a_host_path_outside_the_caches_is_refused_before_the_tool_runs(
         not (guarded / "cron" / "jobs.json").exists()
         or "/etc" not in (guarded / "cron" / "jobs.json").read_text()
     )
+    assert not list(guarded.glob("skills/**/.git*")) and not list(guarded.glob("**/kanban.db"))
 
 
 def test_a_link_in_the_cache_that_leads_out_is_refused(guarded: Path) -> None:
@@ -128,3 +160,30 @@ def test_a_cron_job_without_a_workdir_is_made(guarded: Path) -> None:
     assert made.get("success") is True, made
     cleared = dispatch("cronjob", {"action": "update", "job_id": made["job_id"], "workdir": ""})
     assert cleared.get("success") is True, cleared
+
+
+def test_a_kanban_task_without_a_workspace_path_is_made(
+    guarded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the host path is refused: a scratch task (under Hermes' own kanban dir) is made as before."""
+    monkeypatch.setenv("HERMES_KANBAN_TASK", "")
+    made = dispatch("kanban_create", {"title": "t", "assignee": "worker", "workspace_kind": "scratch"})
+    assert made.get("task_id"), made
+
+
+def test_a_skill_file_without_a_dot_component_is_written(guarded: Path) -> None:
+    body = "---\nname: s\ndescription: a skill\n---\n\n# S\n\nDo the thing.\n"
+    made = dispatch("skill_manage", {"action": "create", "name": "s", "content": body})
+    assert made.get("success") is True, made
+    wrote = dispatch(
+        "skill_manage",
+        {"action": "write_file", "name": "s", "file_path": "scripts/run.sh", "file_content": "x"},
+    )
+    assert wrote.get("success") is True, wrote
+    refused = dispatch(
+        "skill_manage",
+        {"action": "write_file", "name": "s", "file_path": "scripts/.git/HEAD", "file_content": "x"},
+    )
+    assert "was not written" in refused["error"], refused
+    assert (guarded / "skills" / "s" / "scripts" / "run.sh").is_file()
+    assert not (guarded / "skills" / "s" / "scripts" / ".git").exists()

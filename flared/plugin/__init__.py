@@ -16,7 +16,9 @@ in its own module with an ``install(ctx)`` function:
   host (the ``cronjob`` tool refuses it, the scheduler runs nothing);
 - :mod:`flared.plugin.hostpaths`: tools that run on the host (``text_to_speech``,
   ``image_generate``, ``video_generate``, ``video_analyze``) write or read no
-  host path the model names outside Hermes' media caches.
+  host path the model names outside Hermes' media caches; ``cronjob`` ``workdir``,
+  ``kanban_create`` ``workspace_path`` and ``project_create`` ``path`` are
+  refused; ``skill_manage`` writes no dot-named file (``scripts/.git/config``).
 
 Fail closed: every feature guards something, so a gateway with one missing
 must not run. Hermes catches what ``register`` raises and goes on without the

@@ -18,7 +18,19 @@ host* as an argument (Hermes 0.19):
 - ``cronjob``'s ``workdir`` makes the scheduler read ``AGENTS.md``,
   ``CLAUDE.md`` and ``.cursorrules`` of that host directory into the job's
   prompt (``cron/scheduler.py``); every workdir is refused (the job's tools
-  run in the sandbox, where a host path means nothing).
+  run in the sandbox, where a host path means nothing);
+- ``kanban_create``'s ``workspace_path`` makes the kanban dispatcher (in the
+  gateway) create that host directory (``dir``) or run ``git worktree add``
+  in the host repo around it (``worktree``), then start the worker Hermes
+  process there (``hermes_cli/kanban_db.py`` ``resolve_workspace``); and
+  ``project_create``'s ``path`` becomes the repo a project's kanban tasks
+  add worktrees to: every such path is refused (tasks without one get
+  Hermes' scratch dir, or the operator's board ``default_workdir``);
+- ``skill_manage`` writes a skill's files on the host, held inside the
+  skill's directory but free to name ``scripts/.git/config``: git honours
+  such a repo (``core.fsmonitor`` runs a shell command at the next
+  ``git status`` there), so a file path with a dot-named component is
+  refused.
 
 This feature wraps each of those tools' registry handler (the one thing
 ``registry.dispatch`` calls for the model, in a conversation, a cron job, a
@@ -74,7 +86,9 @@ class Guard:
 
     module: str
     args: tuple[str, ...]
-    roots: str  # "audio": Hermes' audio cache (written); "media": any media cache (read); "none": nowhere
+    # "audio": Hermes' audio cache (written); "media": any media cache (read); "none": nowhere;
+    # "nodot": a path inside a directory Hermes holds it to, with no dot-named component (.git, .gitattributes)
+    roots: str
     refused: str  # what happened, after "... is a path on the gateway's host"
     hint: str
 
@@ -118,6 +132,33 @@ GUARDS: dict[str, Guard] = {
         "none",
         "(a job's workdir is read on the host for its context files), and was not set",
         "leave workdir out: the job's commands run in its sandbox, so say in its prompt where to cd",
+    ),
+    # The dispatcher mkdirs it or runs `git worktree add` in the repo around it, on the host.
+    "kanban_create": Guard(
+        "tools.kanban_tools",
+        ("workspace_path",),
+        "none",
+        "(the kanban dispatcher creates it, or adds a git worktree there, on the host), and the "
+        "task was not created",
+        "leave workspace_path out: the task gets its own scratch workspace (or the board's "
+        "default repo), and its worker's commands run in a sandbox",
+    ),
+    # A project's path is the repo its kanban tasks' worktrees are added to.
+    "project_create": Guard(
+        "tools.project_tools",
+        ("path",),
+        "none",
+        "(kanban adds git worktrees to a project's repo on the host), and the project was not created",
+        "leave path out: your files are in your sandbox, which this tool cannot see",
+    ),
+    # Confined to the skill's dir by Hermes, but a scripts/.git/config there is a repo git obeys.
+    "skill_manage": Guard(
+        "tools.skill_manager_tool",
+        ("file_path",),
+        "nodot",
+        "with a dot-named component (git and other tools honour such files, e.g. .git/config), "
+        "and was not written",
+        "name the file without a leading dot in any part of its path, e.g. scripts/run.sh",
     ),
 }
 
@@ -176,6 +217,10 @@ def check(tool: str, guard: Guard, args: dict[str, Any]) -> str | None:
         values = raw if isinstance(raw, list) else [raw]
         for value in values:
             if not isinstance(value, str) or not value.strip():
+                continue
+            if guard.roots == "nodot":
+                if any(part.startswith(".") for part in value.strip().replace("\\", "/").split("/")):
+                    return refusal(tool, arg, value, guard)
                 continue
             # A written path is a path whatever it looks like; a read one may be a URL.
             path = os.path.expanduser(value.strip()) if guard.roots != "media" else local_path(value)

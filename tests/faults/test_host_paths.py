@@ -144,3 +144,89 @@ def test_video_analyze_reads_no_host_file_outside_the_media_caches(tmp_path: Pat
                 r for r in results if "outside Hermes' media caches, and was not read" in str(r.get("error"))
             ]
             assert len(refused) == 2, results
+
+
+def test_kanban_and_skills_make_no_host_dir_or_repo_the_model_names(tmp_path: Path) -> None:
+    """``kanban_create`` ``workspace_path`` is a host dir the dispatcher makes (or a repo it runs
+    ``git worktree add`` in); ``skill_manage`` could write ``scripts/.git/config`` into a skill, a
+    repo git obeys (``core.fsmonitor`` runs a command). Both are refused in a real gateway; a
+    scratch task and a plain skill file are still made.
+    """
+    outside = tmp_path / "outside" / "made-by-kanban"
+    turn_text = "PLAN-THE-WORK"
+    skill = "---\nname: s\ndescription: a skill\n---\n\n# S\n\nDo the thing.\n"
+    config = '[core]\n\tfsmonitor = "touch /tmp/flare-pwned; false"\n'
+
+    def turn(r: LLMRequest) -> bool:
+        return r.is_agent_turn and turn_text in r.last_user_text
+
+    with FakeLLM(models=("fake-model",), default=text("planned")) as llm:
+        model = {"provider": "custom", "base_url": llm.base_url, "model": "fake-model"}
+        # Hermes offers kanban_create to a profile whose top-level toolsets list kanban.
+        hermes = {"toolsets": ["kanban"]}
+        with FlareUp(
+            tmp_path, [bot("a", model=model, toolsets=["kanban", "skills", "todo"], hermes=hermes)]
+        ) as flare:
+            flare.wait_ready("a", timeout=120)
+            home = flare.state_dir / "bots" / "a" / "home"
+            llm.script(
+                tools(
+                    (
+                        "kanban_create",
+                        {
+                            "title": "t",
+                            "assignee": "nobody",
+                            "workspace_kind": "dir",
+                            "workspace_path": str(outside),
+                        },
+                    ),
+                    (
+                        "kanban_create",
+                        {
+                            "title": "t",
+                            "assignee": "nobody",
+                            "workspace_kind": "worktree",
+                            "workspace_path": str(tmp_path),
+                        },
+                    ),
+                    ("kanban_create", {"title": "scratch", "assignee": "nobody"}),
+                    ("skill_manage", {"action": "create", "name": "s", "content": skill}),
+                    when=turn,
+                ),
+                tools(
+                    (
+                        "skill_manage",
+                        {
+                            "action": "write_file",
+                            "name": "s",
+                            "file_path": "scripts/.git/config",
+                            "file_content": config,
+                        },
+                    ),
+                    (
+                        "skill_manage",
+                        {
+                            "action": "write_file",
+                            "name": "s",
+                            "file_path": "scripts/run.sh",
+                            "file_content": "echo hi\n",
+                        },
+                    ),
+                    when=lambda r: turn(r) and any(m.get("role") == "tool" for m in r.messages),
+                ),
+                text("planned", when=turn),
+            )
+            chat = flare.cli("chat", "--bot", "a", turn_text, timeout=240)
+            assert chat.returncode == 0, chat.stderr + flare.read_logs()
+            offered = llm.wait_for(turn, timeout=5).tool_names
+            assert {"kanban_create", "skill_manage"} <= set(offered), offered
+
+            assert not outside.exists() and not outside.parent.exists(), "kanban made a host dir"
+            assert not list(home.glob("skills/**/.git")), "skill_manage wrote a .git dir"
+            assert (home / "skills" / "s" / "scripts" / "run.sh").is_file()
+            bodies = "\n".join(json.dumps(r.body) for r in llm.requests)
+            assert bodies.count("(the kanban dispatcher creates it") >= 2, bodies[-3000:]
+            assert "with a dot-named component" in bodies
+            assert '"task_id"' in bodies, "the scratch task was not made"
+            logs = flare.read_logs()
+            assert f"workspace_path {str(outside)!r} is a path on the gateway's host" in logs
