@@ -12,8 +12,8 @@ one unit of work at a time; :class:`Scheduling` decides the units:
 - The files in :data:`SPLIT` are long and their tests independent (only
   function-scoped fixtures, checked at collection): each test is a unit of its
   own, so their slow tests spread over the workers.
-- The files of one :data:`SHARED` group form a single unit: they share
-  something a serial run never had to share (a per-process image build).
+- The files (or tests) of one :data:`SHARED` group form a single unit: they
+  share something a serial run never had to share (podman image builds).
 - :data:`FIRST`: the longest units are handed out first, so no worker starts
   a long one when the others are nearly done.
 
@@ -48,21 +48,26 @@ SPLIT: frozenset[str] = frozenset(
     }
 )
 
-#: Units made of several files.
+#: Units made of several files (or of tests of several files).
 SHARED: dict[str, tuple[str, ...]] = {
-    # Both boot the Agent image that `agent_image()` builds once per process (scripts/agent-image);
-    # one worker builds it once and runs them one after the other.
-    "agent-image": ("tests/test_agent_image.py", "tests/test_compose.py"),
+    # podman image builds, one at a time: the Agent image that `agent_image()` builds once per
+    # process (scripts/agent-image), and wrangler's own build of the same Dockerfile in the
+    # topology test. A build beside another one that replaces the image failed podman's layer
+    # cache ("checking if cached image exists ...: layer not known").
+    "podman": (
+        "tests/test_agent_image.py",
+        "tests/test_compose.py",
+        "tests/test_topology.py",
+        "tests/faults/test_stream.py::test_in_the_image_kill_9_of_the_container_then_a_new_volume_loses_at_most_a_second",
+    ),
 }
 
 #: Units handed out first, longest first (from `--durations`; the rest follow in file order).
 FIRST: tuple[str, ...] = (
-    "agent-image",
-    "tests/test_topology.py",
+    "podman",
     "tests/faults/test_host_scripts.py::test_no_cron_script_runs_on_the_host",
     "tests/faults/test_gateways.py::test_a_hung_gateway_is_reported_named_by_chat_and_restarted",
     "tests/faults/test_sandboxes.py",
-    "tests/faults/test_stream.py::test_in_the_image_kill_9_of_the_container_then_a_new_volume_loses_at_most_a_second",
     "tests/faults/test_server.py",
     "tests/e2e/test_slack_e2e.py",
     "tests/test_operator.py",
@@ -75,8 +80,8 @@ FIRST: tuple[str, ...] = (
 def unit_of(nodeid: str) -> str:
     """The unit of work a test belongs to (see the module's docstring)."""
     path = nodeid.split("::", 1)[0]
-    for name, files in SHARED.items():
-        if path in files:
+    for name, members in SHARED.items():
+        if path in members or nodeid in members:
             return name
     return nodeid if path in SPLIT else path
 
